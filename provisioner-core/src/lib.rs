@@ -1,5 +1,28 @@
 //! Dynamic volume provisioning for Kubernetes: the [`Provisioner`] trait a
-//! storage backend implements, and the engine that drives it.
+//! storage backend implements, and the [`Engine`] that drives it.
 //!
-//! The engine is being built (see the project issues); this crate currently
-//! exposes the names that the rest of the workspace depends on.
+//! A cluster user writes a PersistentVolumeClaim naming a StorageClass; the
+//! PV binder in kube-controller-manager annotates the claim with the class's
+//! provisioner name; the engine sees the annotation, asks the [`Provisioner`]
+//! for a backend volume and saves a PersistentVolume bound to the claim. When
+//! the claim goes, the binder marks the volume `Released`, and the engine
+//! deletes the backend volume and then the PersistentVolume.
+//!
+//! The engine's rules live in a few pure modules: [`decision`] (what to do
+//! about one volume), [`volume`] (the PersistentVolume it saves), [`backoff`];
+//! the I/O shell is [`engine`]. How it stays crash-safe is described in
+//! [`engine`]'s documentation.
+
+pub mod backoff;
+pub mod decision;
+pub mod engine;
+pub mod fixtures;
+pub mod keys;
+pub mod metrics;
+pub mod provisioner;
+pub mod quantity;
+pub mod queue;
+pub mod volume;
+
+pub use engine::{Engine, EngineBuilder, EngineError};
+pub use provisioner::{DeleteError, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};

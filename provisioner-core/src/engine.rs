@@ -1,0 +1,1143 @@
+//! The engine: watches claims, volumes and classes, and drives a
+//! [`Provisioner`] through the decisions of [`crate::decision`].
+//!
+//! # Shape
+//! Three reflectors keep caches of claims, volumes and classes. Every change
+//! is mapped to a *key*, the PersistentVolume name, and queued in a
+//! [`WorkQueue`] that hands a key to one worker at a time, so the provision
+//! path and the delete path of one volume can never run at once. A worker
+//! reads the caches, asks [`decide`] what to do and does it. Workers run
+//! only while this replica leads.
+//!
+//! # Crash safety
+//! The danger is the window between "backend volume created" and
+//! "PersistentVolume saved": a crash there, or a claim deleted while the
+//! engine is down, would leak the backend volume. The engine closes it with
+//! an *intent record* on the claim, written before the backend is touched:
+//!
+//! 1. One patch adds the finalizer [`keys::INTENT_FINALIZER`] and the
+//!    annotation [`keys::INTENT_VOLUME`] (the PV name) to the claim. It
+//!    carries the claim's resourceVersion, so it also confirms that the
+//!    cached claim is current (still unbound, not deleted) before the
+//!    dangerous call.
+//! 2. `provision()` runs, keyed by the PV name, so a repeat returns the same
+//!    backend volume.
+//! 3. The PV is created with `claimRef.uid`; `AlreadyExists` for the same
+//!    claim uid is success.
+//!
+//! Why this is enough: at every instant, any backend volume that may exist is
+//! recorded either by a claim carrying the intent finalizer or by a PV.
+//! The finalizer keeps the claim (and with it the class name, the request and
+//! the PV name) in the API server even if a user deletes it, so after a
+//! crash at any point the engine finds the claim, calls `provision()` again
+//! (idempotent: same volume, no duplicate), saves the PV, and only then
+//! removes the finalizer. A claim deleted meanwhile gets the PV anyway; the
+//! binder marks it `Released` once the claim is gone and the normal delete
+//! path removes the backend. If `provision()` answers that nothing was
+//! created (`Final`, `Reschedule`, `Infeasible`, `Ignored`) for a claim that
+//! is going away, the finalizer is removed at once.
+//!
+//! The intent finalizer is removed lazily, when the claim is deleted and its
+//! PV exists, which keeps the normal path at three writes per volume: the
+//! claim patch, the PV create, and the `ProvisioningSucceeded` event.
+//!
+//! Deletion runs backend delete, then PV delete (with a uid precondition),
+//! then removal of [`keys::VOLUME_FINALIZER`]; a crash in between repeats the
+//! backend delete, which provisioners must treat "not found" as success for.
+//!
+//! After each of its own writes the engine remembers the resourceVersions it
+//! replaced and does not act on a volume while the cache still shows one of
+//! them, so a lagging watch cannot cause a second provision or delete.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::decision::{self, Decision, Names, ProvisionPlan, Snapshot, decide};
+use crate::keys;
+use crate::metrics::Metrics;
+use crate::provisioner::{DeleteError, ProvisionError, ProvisionRequest, Provisioner};
+use crate::queue::WorkQueue;
+use crate::volume::{VolumeOptions, build_volume};
+
+/// Why the engine stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A watch could not be started or its cache never filled.
+    #[error("the {what} cache never became ready: {reason}")]
+    CacheNotReady {
+        /// Which cache.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The configuration is not usable.
+    #[error("invalid engine configuration: {0}")]
+    Config(String),
+}
+
+/// Settings of an [`Engine`], all with production defaults.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Concurrent operations. Backend calls are slow I/O, not CPU, so the
+    /// default is 100.
+    pub workers: usize,
+    /// Retry delays after failures and "in progress" answers.
+    pub backoff: Backoff,
+    /// Stop retrying a claim after this many failed attempts (default: never).
+    /// When reached, a `ProvisioningFailed` event says so, and the claim is
+    /// tried again only when it or its class changes.
+    pub give_up_after: Option<u32>,
+    /// The retry delay for [`ProvisionError::Infeasible`] (default 5 min);
+    /// a change to the class retries at once.
+    pub infeasible_retry: Duration,
+    /// Options for saved volumes (the finalizer).
+    pub volume: VolumeOptions,
+    /// Deadline for one `provision()` call; passing it counts as "in progress".
+    pub provision_timeout: Option<Duration>,
+    /// Deadline for one `delete()` call; passing it counts as a failure.
+    pub delete_timeout: Option<Duration>,
+    /// Every this often, every known volume is looked at again (default 10 min).
+    pub resync: Option<Duration>,
+    /// How long a shutdown waits for running operations before dropping them.
+    pub shutdown_grace: Duration,
+    /// The name this replica reports events as.
+    pub identity: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workers: 100,
+            backoff: Backoff::default(),
+            give_up_after: None,
+            infeasible_retry: Duration::from_secs(300),
+            volume: VolumeOptions::default(),
+            provision_timeout: None,
+            delete_timeout: None,
+            resync: Some(Duration::from_secs(600)),
+            shutdown_grace: Duration::from_secs(10),
+            identity: default_identity(),
+        }
+    }
+}
+
+fn default_identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "provisioner".to_string());
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+/// What an observer can know about a running engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStatus {
+    /// All three caches have listed once.
+    pub synced: bool,
+    /// This replica may act (it leads, or runs without election).
+    pub leading: bool,
+}
+
+impl EngineStatus {
+    /// Ready to serve: synced and leading. A follower is healthy but not ready.
+    pub fn ready(&self) -> bool {
+        self.synced && self.leading
+    }
+}
+
+/// Builds an [`Engine`].
+///
+/// ```no_run
+/// # async fn demo(client: kube::Client, p: std::sync::Arc<dyn provisioner_core::Provisioner>) {
+/// use provisioner_core::Engine;
+/// let mut registry = prometheus_client::registry::Registry::default();
+/// let engine = Engine::builder(client, "example.com/dir", p)
+///     .workers(50)
+///     .metrics(&mut registry)
+///     .build()
+///     .expect("valid configuration");
+/// let shutdown = tokio_util::sync::CancellationToken::new();
+/// engine.run(shutdown).await.expect("engine");
+/// # }
+/// ```
+pub struct EngineBuilder {
+    client: Client,
+    provisioner: Arc<dyn Provisioner>,
+    primary: String,
+    more_names: Vec<String>,
+    config: EngineConfig,
+    metrics: Option<Metrics>,
+    leadership: Option<watch::Receiver<bool>>,
+}
+
+impl EngineBuilder {
+    /// Also act for claims of these provisioner names.
+    pub fn additional_names<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.more_names.extend(names.into_iter().map(Into::into));
+        self
+    }
+    /// Number of concurrent operations.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.config.workers = workers;
+        self
+    }
+    /// Retry backoff.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+    /// Give up on a claim after `attempts` failed attempts.
+    pub fn give_up_after(mut self, attempts: u32) -> Self {
+        self.config.give_up_after = Some(attempts);
+        self
+    }
+    /// Retry delay for infeasible claims.
+    pub fn infeasible_retry(mut self, delay: Duration) -> Self {
+        self.config.infeasible_retry = delay;
+        self
+    }
+    /// Put the deletion finalizer on saved volumes (default on).
+    pub fn finalizer(mut self, on: bool) -> Self {
+        self.config.volume.finalizer = on;
+        self
+    }
+    /// Deadline for each `provision()` call.
+    pub fn provision_timeout(mut self, timeout: Duration) -> Self {
+        self.config.provision_timeout = Some(timeout);
+        self
+    }
+    /// Deadline for each `delete()` call.
+    pub fn delete_timeout(mut self, timeout: Duration) -> Self {
+        self.config.delete_timeout = Some(timeout);
+        self
+    }
+    /// Periodic full re-examination (`None`: only on changes).
+    pub fn resync(mut self, every: Option<Duration>) -> Self {
+        self.config.resync = every;
+        self
+    }
+    /// How long shutdown waits for running operations.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace = grace;
+        self
+    }
+    /// The identity in events (default: pod or host name plus a random suffix).
+    pub fn identity(mut self, identity: impl Into<String>) -> Self {
+        self.config.identity = identity.into();
+        self
+    }
+    /// Replace the whole configuration.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// Register the engine's metrics in `registry`.
+    pub fn metrics(mut self, registry: &mut prometheus_client::registry::Registry) -> Self {
+        self.metrics = Some(Metrics::register(registry));
+        self
+    }
+    /// Act only while `leadership` holds `true` (from a
+    /// [`crate::leader::LeaderElector`] or anything else). Without it the
+    /// engine always acts.
+    pub fn leadership(mut self, leadership: watch::Receiver<bool>) -> Self {
+        self.leadership = Some(leadership);
+        self
+    }
+    /// Checks the configuration and builds the engine.
+    pub fn build(self) -> Result<Engine, EngineError> {
+        if self.config.workers == 0 {
+            return Err(EngineError::Config("workers must be at least 1".into()));
+        }
+        if self.primary.is_empty() {
+            return Err(EngineError::Config("the provisioner name must not be empty".into()));
+        }
+        if self.config.backoff.initial.is_zero() || self.config.backoff.max < self.config.backoff.initial {
+            return Err(EngineError::Config("backoff needs 0 < initial <= max".into()));
+        }
+        let (status_tx, _) = watch::channel(EngineStatus::default());
+        Ok(Engine {
+            client: self.client,
+            provisioner: self.provisioner,
+            names: Names::new(self.primary, self.more_names),
+            config: self.config,
+            metrics: self.metrics.unwrap_or_else(Metrics::unregistered),
+            leadership: self.leadership,
+            status: status_tx,
+        })
+    }
+}
+
+/// The provisioning engine. Build it with [`Engine::builder`], run it with
+/// [`Engine::run`].
+pub struct Engine {
+    client: Client,
+    provisioner: Arc<dyn Provisioner>,
+    names: Names,
+    config: EngineConfig,
+    metrics: Metrics,
+    leadership: Option<watch::Receiver<bool>>,
+    status: watch::Sender<EngineStatus>,
+}
+
+impl Engine {
+    /// Starts building an engine for `provisioner_name` backed by `provisioner`.
+    pub fn builder(client: Client, provisioner_name: impl Into<String>, provisioner: Arc<dyn Provisioner>) -> EngineBuilder {
+        EngineBuilder {
+            client,
+            provisioner,
+            primary: provisioner_name.into(),
+            more_names: Vec::new(),
+            config: EngineConfig::default(),
+            metrics: None,
+            leadership: None,
+        }
+    }
+
+    /// The engine's status, for health and readiness endpoints.
+    pub fn status(&self) -> watch::Receiver<EngineStatus> {
+        self.status.subscribe()
+    }
+
+    /// The engine's metrics (shared with the registry they were registered in).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled. Then it stops taking work, lets
+    /// running operations finish for the grace period, and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), EngineError> {
+        let Engine { client, provisioner, names, config, metrics, leadership, status } = self;
+        let queue = WorkQueue::new();
+        let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
+        let (volumes, volume_writer) = reflector::store::<PersistentVolume>();
+        let (classes, class_writer) = reflector::store::<StorageClass>();
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter { controller: names.primary().to_string(), instance: Some(config.identity.clone()) },
+        );
+        let ctx = Arc::new(Ctx {
+            client: client.clone(),
+            provisioner,
+            names,
+            config,
+            metrics,
+            queue: queue.clone(),
+            claims,
+            volumes,
+            classes,
+            recorder,
+            state: Mutex::new(KeyState::default()),
+        });
+
+        let watches = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(watch_claims(ctx.clone(), claim_writer, watches.clone()));
+        tasks.spawn(watch_volumes(ctx.clone(), volume_writer, watches.clone()));
+        tasks.spawn(watch_classes(ctx.clone(), class_writer, watches.clone()));
+
+        let ready = async {
+            ctx.claims.wait_until_ready().await.map_err(|e| ("claims", e.to_string()))?;
+            ctx.volumes.wait_until_ready().await.map_err(|e| ("volumes", e.to_string()))?;
+            ctx.classes.wait_until_ready().await.map_err(|e| ("classes", e.to_string()))?;
+            Ok::<_, (&'static str, String)>(())
+        };
+        tokio::select! {
+            r = ready => if let Err((what, reason)) = r {
+                watches.cancel();
+                return Err(EngineError::CacheNotReady { what, reason });
+            },
+            _ = shutdown.cancelled() => {
+                watches.cancel();
+                return Ok(());
+            }
+        }
+        info!(names = ?ctx.names.all(), claims = ctx.claims.len(), volumes = ctx.volumes.len(), "caches synced");
+        status.send_modify(|s| s.synced = true);
+        // Everything already in the caches was queued by the initial lists.
+
+        if let Some(every) = ctx.config.resync {
+            tasks.spawn(resync(ctx.clone(), every, watches.clone()));
+        }
+        tasks.spawn(report_queue(ctx.clone(), watches.clone()));
+
+        let mut leadership = leadership.unwrap_or_else(|| watch::channel(true).1);
+        let mut terms = 0u64;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = wait_for(&mut leadership, true) => {}
+            }
+            ctx.metrics.leader.set(1);
+            status.send_modify(|s| s.leading = true);
+            info!(term = terms + 1, "leading; starting workers");
+            if terms > 0 {
+                // A new term: anything may have changed while following.
+                requeue_all(&ctx);
+            }
+            terms += 1;
+            let term = CancellationToken::new();
+            let mut workers = spawn_workers(&ctx, &term);
+            let lost = tokio::select! {
+                _ = shutdown.cancelled() => false,
+                _ = wait_for(&mut leadership, false) => true,
+            };
+            ctx.queue.close();
+            if lost {
+                // Another replica may start soon: stop everything now.
+                term.cancel();
+            } else if tokio::time::timeout(ctx.config.shutdown_grace, join_all(&mut workers)).await.is_err() {
+                warn!("shutdown grace period over; dropping running operations");
+            }
+            term.cancel();
+            join_all(&mut workers).await;
+            ctx.queue.reopen();
+            ctx.metrics.leader.set(0);
+            status.send_modify(|s| s.leading = false);
+            if !lost {
+                break;
+            }
+            info!("lost leadership; all work stopped");
+        }
+        watches.cancel();
+        while tasks.join_next().await.is_some() {}
+        status.send_modify(|s| s.leading = false);
+        Ok(())
+    }
+}
+
+async fn wait_for(rx: &mut watch::Receiver<bool>, value: bool) {
+    // A dropped sender means nobody can change leadership any more: stay as we are.
+    if rx.wait_for(|v| *v == value).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn join_all(workers: &mut tokio::task::JoinSet<()>) {
+    while workers.join_next().await.is_some() {}
+}
+
+/// Per-key memory of the engine, all in one lock.
+#[derive(Default)]
+struct KeyState {
+    /// PV name -> the claim it belongs to.
+    claim_of: HashMap<String, ObjectRef<PersistentVolumeClaim>>,
+    /// PV name -> consecutive failures.
+    failures: HashMap<String, u32>,
+    /// PV name -> resourceVersions the cache must move past before acting.
+    stale: HashMap<String, StaleMarks>,
+    /// PV name -> (claim rv, class rv) at which the engine gave up.
+    given_up: HashMap<String, (String, String)>,
+    /// Claim uids already warned about unsupported block mode.
+    block_warned: HashSet<String>,
+}
+
+#[derive(Default)]
+struct StaleMarks {
+    claim_rvs: Vec<String>,
+    volume_rvs: Vec<String>,
+    volume_absent: bool,
+    since: Option<Instant>,
+}
+
+/// How long a stale mark may hold back work before it is dropped (a watch
+/// that lags this much has other problems; acting is then safer than waiting
+/// forever).
+const STALE_MARK_LIMIT: Duration = Duration::from_secs(60);
+
+struct Ctx {
+    client: Client,
+    provisioner: Arc<dyn Provisioner>,
+    names: Names,
+    config: EngineConfig,
+    metrics: Metrics,
+    queue: WorkQueue,
+    claims: Store<PersistentVolumeClaim>,
+    volumes: Store<PersistentVolume>,
+    classes: Store<StorageClass>,
+    recorder: Recorder,
+    state: Mutex<KeyState>,
+}
+
+impl Ctx {
+    fn state(&self) -> std::sync::MutexGuard<'_, KeyState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn key_of_claim(&self, claim: &PersistentVolumeClaim) -> String {
+        claim
+            .annotations()
+            .get(keys::INTENT_VOLUME)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .unwrap_or_else(|| self.provisioner.volume_name(claim))
+    }
+
+    fn claim_api(&self, namespace: &str) -> Api<PersistentVolumeClaim> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    fn volume_api(&self) -> Api<PersistentVolume> {
+        Api::all(self.client.clone())
+    }
+
+    fn mark_stale(&self, key: &str, f: impl FnOnce(&mut StaleMarks)) {
+        let mut st = self.state();
+        let marks = st.stale.entry(key.to_string()).or_default();
+        marks.since = Some(Instant::now());
+        f(marks);
+    }
+
+    fn wrote(&self) {
+        self.metrics.api_writes.inc();
+    }
+
+    fn event(&self, regarding: k8s_openapi::api::core::v1::ObjectReference, type_: EventType, reason: &str, action: &str, note: String) {
+        self.wrote();
+        let recorder = self.recorder.clone();
+        let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+        // Events are informational: publish off the critical path.
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&ev, &regarding).await {
+                debug!(error = %e, "event not recorded");
+            }
+        });
+    }
+
+    fn claim_event(&self, claim: &PersistentVolumeClaim, type_: EventType, reason: &str, note: String) {
+        self.event(claim.object_ref(&()), type_, reason, "Provision", note);
+    }
+}
+
+fn strip<K: Resource>(obj: &mut K) {
+    // managedFields and the last-applied copy are most of an object's size
+    // and the engine reads neither.
+    obj.meta_mut().managed_fields = None;
+    if let Some(a) = obj.meta_mut().annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+async fn watch_claims(ctx: Arc<Ctx>, writer: reflector::store::Writer<PersistentVolumeClaim>, stop: CancellationToken) {
+    let api: Api<PersistentVolumeClaim> = Api::all(ctx.client.clone());
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(strip)
+        .reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            e = stream.try_next() => e,
+        };
+        match event {
+            Ok(Some(watcher::Event::Apply(c) | watcher::Event::InitApply(c))) => on_claim(&ctx, &c),
+            Ok(Some(watcher::Event::Delete(c))) => {
+                let key = ctx.key_of_claim(&c);
+                let mut st = ctx.state();
+                st.claim_of.remove(&key);
+                st.block_warned.remove(c.uid().as_deref().unwrap_or_default());
+                drop(st);
+                ctx.queue.add(&key);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => warn!(error = %e, "claim watch error; retrying"),
+        }
+    }
+}
+
+fn on_claim(ctx: &Ctx, claim: &PersistentVolumeClaim) {
+    if !decision::claim_is_relevant(claim, &ctx.names) {
+        return;
+    }
+    let key = ctx.key_of_claim(claim);
+    ctx.state().claim_of.insert(key.clone(), ObjectRef::from_obj(claim));
+    ctx.queue.add(&key);
+}
+
+async fn watch_volumes(ctx: Arc<Ctx>, writer: reflector::store::Writer<PersistentVolume>, stop: CancellationToken) {
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(strip)
+        .reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            e = stream.try_next() => e,
+        };
+        match event {
+            Ok(Some(watcher::Event::Apply(v) | watcher::Event::InitApply(v))) => {
+                if decision::volume_is_relevant(&v, &ctx.names) {
+                    ctx.queue.add(&v.name_any());
+                }
+            }
+            Ok(Some(watcher::Event::Delete(v))) => {
+                if decision::volume_is_relevant(&v, &ctx.names) {
+                    ctx.queue.add(&v.name_any());
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => warn!(error = %e, "volume watch error; retrying"),
+        }
+    }
+}
+
+async fn watch_classes(ctx: Arc<Ctx>, writer: reflector::store::Writer<StorageClass>, stop: CancellationToken) {
+    let api: Api<StorageClass> = Api::all(ctx.client.clone());
+    let stream = watcher(api, watcher::Config::default()).default_backoff().modify(strip).reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            e = stream.try_next() => e,
+        };
+        match event {
+            Ok(Some(watcher::Event::Apply(k))) => {
+                // A new or changed class: its waiting claims go now, and an
+                // infeasible claim gets a fresh start.
+                let name = k.name_any();
+                for claim in ctx.claims.state() {
+                    if decision::claim_class(&claim) == Some(name.as_str()) && decision::claim_is_relevant(&claim, &ctx.names) {
+                        let key = ctx.key_of_claim(&claim);
+                        ctx.state().failures.remove(&key);
+                        ctx.state().claim_of.insert(key.clone(), ObjectRef::from_obj(&*claim));
+                        ctx.queue.add(&key);
+                    }
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => warn!(error = %e, "class watch error; retrying"),
+        }
+    }
+}
+
+fn requeue_all(ctx: &Ctx) {
+    for claim in ctx.claims.state() {
+        on_claim(ctx, &claim);
+    }
+    for volume in ctx.volumes.state() {
+        if decision::volume_is_relevant(&volume, &ctx.names) {
+            ctx.queue.add(&volume.name_any());
+        }
+    }
+}
+
+async fn resync(ctx: Arc<Ctx>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => requeue_all(&ctx),
+        }
+    }
+}
+
+async fn report_queue(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                ctx.metrics.queue_depth.set((ctx.queue.ready_len() + ctx.queue.delayed_len()) as i64);
+            }
+        }
+    }
+}
+
+fn spawn_workers(ctx: &Arc<Ctx>, term: &CancellationToken) -> tokio::task::JoinSet<()> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..ctx.config.workers {
+        let ctx = ctx.clone();
+        let term = term.clone();
+        set.spawn(async move {
+            while let Some(key) = ctx.queue.next().await {
+                let outcome = tokio::select! {
+                    _ = term.cancelled() => {
+                        // Dropped mid-operation: whoever leads next redoes it.
+                        ctx.queue.done(&key);
+                        ctx.queue.add(&key);
+                        return;
+                    }
+                    o = reconcile(&ctx, &key) => o,
+                };
+                finish(&ctx, &key, outcome);
+            }
+        });
+    }
+    set
+}
+
+/// What a reconcile asks of the queue afterwards.
+#[derive(Debug)]
+enum Next {
+    /// Done until something changes.
+    Done,
+    /// Success: forget failures.
+    Succeeded,
+    /// A failed or unfinished attempt: retry with backoff.
+    Failed,
+    /// Retry after this long without counting a failure.
+    After(Duration),
+}
+
+fn finish(ctx: &Ctx, key: &str, next: Next) {
+    match next {
+        Next::Done => ctx.queue.done(key),
+        Next::Succeeded => {
+            ctx.state().failures.remove(key);
+            ctx.queue.done(key);
+        }
+        Next::After(d) => {
+            ctx.queue.done(key);
+            ctx.queue.add_after(key, d);
+        }
+        Next::Failed => {
+            let failures = {
+                let mut st = ctx.state();
+                let n = st.failures.entry(key.to_string()).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            };
+            ctx.metrics.retries.inc();
+            let delay = ctx.config.backoff.delay_jittered(failures, 0.1, rand::random::<f64>());
+            ctx.queue.done(key);
+            ctx.queue.add_after(key, delay);
+        }
+    }
+}
+
+fn is_stale(marks: &StaleMarks, claim: Option<&PersistentVolumeClaim>, volume: Option<&PersistentVolume>) -> bool {
+    let claim_stale = claim.is_some_and(|c| c.resource_version().is_some_and(|rv| marks.claim_rvs.contains(&rv)));
+    let volume_stale = match volume {
+        None => marks.volume_absent,
+        Some(v) => v.resource_version().is_some_and(|rv| marks.volume_rvs.contains(&rv)),
+    };
+    claim_stale || volume_stale
+}
+
+async fn reconcile(ctx: &Ctx, key: &str) -> Next {
+    let claim_ref = ctx.state().claim_of.get(key).cloned();
+    let claim = claim_ref.and_then(|r| ctx.claims.get(&r));
+    let volume = ctx.volumes.get(&ObjectRef::new(key));
+    let class_name = claim
+        .as_deref()
+        .and_then(decision::claim_class)
+        .map(str::to_string)
+        .or_else(|| volume.as_ref().and_then(|v| v.spec.as_ref()?.storage_class_name.clone()));
+    let class = class_name.as_deref().and_then(|n| ctx.classes.get(&ObjectRef::new(n)));
+
+    let cache_stale = {
+        let mut st = ctx.state();
+        match st.stale.get(key) {
+            Some(marks) if marks.since.is_some_and(|t| t.elapsed() > STALE_MARK_LIMIT) => {
+                st.stale.remove(key);
+                false
+            }
+            Some(marks) if is_stale(marks, claim.as_deref(), volume.as_deref()) => true,
+            Some(_) => {
+                st.stale.remove(key);
+                false
+            }
+            None => false,
+        }
+    };
+    if let (Some(c), Some(k)) = (claim.as_deref(), class.as_deref()) {
+        let st = ctx.state();
+        if let Some((crv, krv)) = st.given_up.get(key) {
+            if Some(crv) == c.resource_version().as_ref() && Some(krv) == k.resource_version().as_ref() && !decision::has_intent(c) {
+                return Next::Done;
+            }
+        }
+    }
+    let snap = Snapshot { claim: claim.as_deref(), volume: volume.as_deref(), class: class.as_deref(), cache_stale };
+    let decision = decide(key, &snap, &ctx.names, ctx.provisioner.as_ref());
+    debug!(volume = key, ?decision, "decided");
+    match decision {
+        Decision::Idle(_) | Decision::WaitForCache => Next::Done,
+        Decision::WaitForClass(class) => {
+            debug!(volume = key, class, "waiting for the class to exist");
+            Next::Done
+        }
+        Decision::RejectBlock => {
+            let Some(claim) = claim else { return Next::Done };
+            let uid = claim.uid().unwrap_or_default();
+            if ctx.state().block_warned.insert(uid) {
+                let name = class.as_deref().map(|k| k.provisioner.clone()).unwrap_or_else(|| ctx.names.primary().into());
+                ctx.claim_event(
+                    &claim,
+                    EventType::Warning,
+                    "ProvisioningFailed",
+                    format!("{name} does not support block volume provisioning"),
+                );
+            }
+            Next::Done
+        }
+        Decision::Provision(plan) => match (claim, class) {
+            (Some(claim), Some(class)) => provision(ctx, key, plan, claim, class).await,
+            _ => Next::Done,
+        },
+        Decision::ReleaseClaim => match claim {
+            Some(claim) => release_claim(ctx, key, &claim, false).await,
+            None => Next::Done,
+        },
+        Decision::DeleteBackend { delete_object } => match volume {
+            Some(volume) => delete(ctx, key, &volume, delete_object).await,
+            None => Next::Done,
+        },
+        Decision::RemoveVolumeFinalizer => match volume {
+            Some(volume) => remove_volume_finalizer(ctx, key, &volume).await,
+            None => Next::Done,
+        },
+    }
+}
+
+fn class_label(class: &StorageClass) -> String {
+    class.name_any()
+}
+
+async fn provision(
+    ctx: &Ctx,
+    key: &str,
+    plan: ProvisionPlan,
+    mut claim: Arc<PersistentVolumeClaim>,
+    class: Arc<StorageClass>,
+) -> Next {
+    let ns = claim.namespace().unwrap_or_default();
+    if plan.record_intent {
+        let mut finalizers = claim.finalizers().to_vec();
+        finalizers.push(keys::INTENT_FINALIZER.to_string());
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": claim.resource_version(),
+                "finalizers": finalizers,
+                "annotations": { keys::INTENT_VOLUME: plan.pv_name },
+            }
+        });
+        ctx.wrote();
+        match ctx.claim_api(&ns).patch(&claim.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(updated) => {
+                let before = claim.resource_version().unwrap_or_default();
+                ctx.mark_stale(key, |m| m.claim_rvs.push(before));
+                claim = Arc::new(updated);
+            }
+            // The cache was behind; the newer claim is on its way and will requeue the key.
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => return Next::Done,
+            Err(e) => {
+                warn!(volume = key, error = %e, "recording the provisioning intent failed");
+                return Next::Failed;
+            }
+        }
+    }
+
+    let request = ProvisionRequest {
+        pv_name: plan.pv_name.clone(),
+        claim: claim.clone(),
+        class: class.clone(),
+        selected_node: plan.selected_node.clone(),
+    };
+    let label = class_label(&class);
+    let started = Instant::now();
+    ctx.metrics.in_flight.inc();
+    let call = ctx.provisioner.provision(&request);
+    let result = match ctx.config.provision_timeout {
+        Some(t) => tokio::time::timeout(t, call)
+            .await
+            .unwrap_or_else(|_| Err(ProvisionError::InProgress(format!("provision call timed out after {t:?}")))),
+        None => call.await,
+    };
+    ctx.metrics.in_flight.dec();
+
+    let first_attempt = !ctx.state().failures.contains_key(key);
+    match result {
+        Ok(provisioned) => {
+            let pv = build_volume(&plan.pv_name, provisioned, &claim, &class, &ctx.config.volume);
+            save_volume(ctx, key, &claim, &class, pv, started.elapsed()).await
+        }
+        Err(ProvisionError::InProgress(msg)) => {
+            if first_attempt {
+                ctx.claim_event(
+                    &claim,
+                    EventType::Normal,
+                    "Provisioning",
+                    format!("External provisioner is provisioning volume for claim \"{ns}/{}\"", claim.name_any()),
+                );
+            }
+            debug!(volume = key, msg, "provisioning in progress");
+            Next::Failed
+        }
+        Err(ProvisionError::Ignored) => {
+            if decision::has_intent(&claim) {
+                release_claim(ctx, key, &claim, false).await
+            } else {
+                Next::Done
+            }
+        }
+        Err(err) if plan.finishing_only => {
+            // Nothing was created and the claim is going away: let it go.
+            debug!(volume = key, %err, "nothing to finish");
+            release_claim(ctx, key, &claim, false).await
+        }
+        Err(ProvisionError::Reschedule(msg)) if plan.selected_node.is_some() => {
+            ctx.metrics.provision_failed(&label);
+            ctx.claim_event(&claim, EventType::Warning, "ProvisioningFailed", format!("{msg}; asking the scheduler for another node"));
+            release_claim(ctx, key, &claim, true).await
+        }
+        Err(ProvisionError::Infeasible(msg)) => {
+            ctx.metrics.provision_failed(&label);
+            ctx.claim_event(&claim, EventType::Warning, "ProvisioningFailed", msg);
+            Next::After(ctx.config.infeasible_retry)
+        }
+        Err(ProvisionError::Final(msg) | ProvisionError::Reschedule(msg)) => {
+            ctx.metrics.provision_failed(&label);
+            let failures = ctx.state().failures.get(key).copied().unwrap_or(0) + 1;
+            if ctx.config.give_up_after.is_some_and(|limit| failures >= limit) {
+                ctx.claim_event(
+                    &claim,
+                    EventType::Warning,
+                    "ProvisioningFailed",
+                    format!("{msg}; giving up after {failures} attempts: edit the claim or its class to try again"),
+                );
+                let mut st = ctx.state();
+                st.given_up.insert(
+                    key.to_string(),
+                    (claim.resource_version().unwrap_or_default(), class.resource_version().unwrap_or_default()),
+                );
+                st.failures.remove(key);
+                return Next::Done;
+            }
+            ctx.claim_event(&claim, EventType::Warning, "ProvisioningFailed", msg);
+            Next::Failed
+        }
+    }
+}
+
+async fn save_volume(
+    ctx: &Ctx,
+    key: &str,
+    claim: &PersistentVolumeClaim,
+    class: &StorageClass,
+    pv: PersistentVolume,
+    took: Duration,
+) -> Next {
+    let label = class_label(class);
+    ctx.wrote();
+    let saved = match ctx.volume_api().create(&PostParams::default(), &pv).await {
+        Ok(saved) => Some(saved),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            // Ours from an earlier attempt (same claim uid) is success.
+            match ctx.volume_api().get_opt(key).await {
+                Ok(Some(existing)) => {
+                    let uid = existing.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.uid.clone());
+                    if uid == claim.uid() {
+                        Some(existing)
+                    } else {
+                        ctx.metrics.provision_failed(&label);
+                        ctx.claim_event(
+                            claim,
+                            EventType::Warning,
+                            "ProvisioningFailed",
+                            format!("volume {key} already exists and belongs to another claim"),
+                        );
+                        return Next::Failed;
+                    }
+                }
+                _ => return Next::Failed,
+            }
+        }
+        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
+            // The API server will never take this volume: undo the backend.
+            ctx.metrics.provision_failed(&label);
+            return match ctx.provisioner.delete(&pv).await {
+                Ok(()) | Err(DeleteError::Ignored) => {
+                    ctx.claim_event(
+                        claim,
+                        EventType::Warning,
+                        "ProvisioningFailed",
+                        format!("the API server rejected volume {key}: {}; its backend volume was removed", e.message),
+                    );
+                    Next::Failed
+                }
+                Err(de) => {
+                    ctx.claim_event(
+                        claim,
+                        EventType::Warning,
+                        "ProvisioningCleanupFailed",
+                        format!(
+                            "the API server rejected volume {key} ({}) and deleting its backend volume failed ({de}); \
+                             delete the backend volume for {key} by hand",
+                            e.message
+                        ),
+                    );
+                    Next::Failed
+                }
+            };
+        }
+        Err(e) => {
+            warn!(volume = key, error = %e, "saving the volume failed; will retry");
+            ctx.metrics.provision_failed(&label);
+            return Next::Failed;
+        }
+    };
+    if saved.is_some() {
+        ctx.mark_stale(key, |m| m.volume_absent = true);
+    }
+    ctx.metrics.provision_succeeded(&label, took);
+    ctx.claim_event(claim, EventType::Normal, "ProvisioningSucceeded", format!("Successfully provisioned volume {key}"));
+    info!(volume = key, claim = %format!("{}/{}", claim.namespace().unwrap_or_default(), claim.name_any()), "provisioned");
+    Next::Succeeded
+}
+
+/// Removes the intent record from the claim (and, when `reschedule`, the
+/// selected node), in one JSON patch guarded by `test` operations.
+async fn release_claim(ctx: &Ctx, key: &str, claim: &PersistentVolumeClaim, reschedule: bool) -> Next {
+    let mut ops = Vec::new();
+    if let Some(i) = claim.finalizers().iter().position(|f| f == keys::INTENT_FINALIZER) {
+        let path = format!("/metadata/finalizers/{i}");
+        ops.push(json!({ "op": "test", "path": path, "value": keys::INTENT_FINALIZER }));
+        ops.push(json!({ "op": "remove", "path": path }));
+    }
+    let mut remove_annotation = |k: &str| {
+        if claim.annotations().contains_key(k) {
+            ops.push(json!({ "op": "remove", "path": format!("/metadata/annotations/{}", k.replace('~', "~0").replace('/', "~1")) }));
+        }
+    };
+    remove_annotation(keys::INTENT_VOLUME);
+    if reschedule {
+        remove_annotation(keys::SELECTED_NODE);
+        remove_annotation(keys::ALPHA_SELECTED_NODE);
+    }
+    if ops.is_empty() {
+        return Next::Succeeded;
+    }
+    let patch: json_patch::Patch = match serde_json::from_value(serde_json::Value::Array(ops)) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "building a claim patch failed");
+            return Next::Failed;
+        }
+    };
+    ctx.wrote();
+    let ns = claim.namespace().unwrap_or_default();
+    match ctx.claim_api(&ns).patch(&claim.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+        Ok(_) => {
+            let before = claim.resource_version().unwrap_or_default();
+            ctx.mark_stale(key, |m| m.claim_rvs.push(before));
+            Next::Succeeded
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Next::Succeeded,
+        // A failed test: the claim changed; its update requeues the key.
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 => Next::Done,
+        Err(e) => {
+            warn!(volume = key, error = %e, "removing the provisioning intent failed");
+            Next::Failed
+        }
+    }
+}
+
+async fn delete(ctx: &Ctx, key: &str, volume: &PersistentVolume, delete_object: bool) -> Next {
+    let label = volume.spec.as_ref().and_then(|s| s.storage_class_name.clone()).unwrap_or_default();
+    let started = Instant::now();
+    ctx.metrics.in_flight.inc();
+    let call = ctx.provisioner.delete(volume);
+    let result = match ctx.config.delete_timeout {
+        Some(t) => tokio::time::timeout(t, call)
+            .await
+            .unwrap_or_else(|_| Err(DeleteError::Failed(format!("delete call timed out after {t:?}")))),
+        None => call.await,
+    };
+    ctx.metrics.in_flight.dec();
+    match result {
+        Ok(()) => {}
+        Err(DeleteError::Ignored) => return Next::Done,
+        Err(DeleteError::InUse(msg)) => {
+            debug!(volume = key, msg, "backend volume still in use");
+            return Next::Failed;
+        }
+        Err(DeleteError::Failed(msg)) => {
+            ctx.metrics.delete_failed(&label);
+            ctx.event(volume.object_ref(&()), EventType::Warning, "VolumeFailedDelete", "Delete", msg);
+            return Next::Failed;
+        }
+    }
+    ctx.metrics.delete_succeeded(&label, started.elapsed());
+    let before = volume.resource_version().unwrap_or_default();
+    ctx.mark_stale(key, |m| m.volume_rvs.push(before));
+    let mut current = volume.clone();
+    if delete_object {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions { uid: volume.uid(), resource_version: None }),
+            ..DeleteParams::default()
+        };
+        ctx.wrote();
+        match ctx.volume_api().delete(key, &dp).await {
+            Ok(either) => match either.left() {
+                Some(still_there) => {
+                    if let Some(rv) = still_there.resource_version() {
+                        ctx.mark_stale(key, |m| m.volume_rvs.push(rv));
+                    }
+                    current = still_there;
+                }
+                None => return Next::Succeeded,
+            },
+            Err(kube::Error::Api(e)) if e.code == 404 => return Next::Succeeded,
+            Err(kube::Error::Api(e)) if e.code == 409 => return Next::Done,
+            Err(e) => {
+                warn!(volume = key, error = %e, "deleting the volume object failed");
+                return Next::Failed;
+            }
+        }
+    }
+    remove_volume_finalizer(ctx, key, &current).await
+}
+
+async fn remove_volume_finalizer(ctx: &Ctx, key: &str, volume: &PersistentVolume) -> Next {
+    let Some(i) = volume.finalizers().iter().position(|f| f == keys::VOLUME_FINALIZER) else {
+        return Next::Succeeded;
+    };
+    let path = format!("/metadata/finalizers/{i}");
+    let ops = json!([
+        { "op": "test", "path": path, "value": keys::VOLUME_FINALIZER },
+        { "op": "remove", "path": path },
+    ]);
+    let patch: json_patch::Patch = match serde_json::from_value(ops) {
+        Ok(p) => p,
+        Err(_) => return Next::Failed,
+    };
+    ctx.wrote();
+    match ctx.volume_api().patch(key, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+        Ok(updated) => {
+            let before = volume.resource_version().unwrap_or_default();
+            let after = updated.resource_version().unwrap_or_default();
+            ctx.mark_stale(key, |m| {
+                m.volume_rvs.push(before);
+                m.volume_rvs.push(after);
+            });
+            Next::Succeeded
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Next::Succeeded,
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 => Next::Done,
+        Err(e) => {
+            warn!(volume = key, error = %e, "removing the volume finalizer failed");
+            Next::Failed
+        }
+    }
+}

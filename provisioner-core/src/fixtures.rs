@@ -1,0 +1,229 @@
+//! Builders for claims, classes and volumes, for unit tests of provisioners
+//! and of the engine's decisions.
+//!
+//! ```
+//! use provisioner_core::fixtures::{claim, class};
+//! let c = claim("ns", "data", "uid-1").class("fast").request("1Gi").provisioner("example.com/x").build();
+//! let k = class("fast", "example.com/x").wait_for_first_consumer().build();
+//! assert_eq!(k.volume_binding_mode.as_deref(), Some("WaitForFirstConsumer"));
+//! assert_eq!(c.metadata.uid.as_deref(), Some("uid-1"));
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{
+    ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeSpec,
+    PersistentVolumeStatus, VolumeResourceRequirements,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::ObjectMeta;
+
+use crate::keys;
+use crate::provisioner::ProvisionRequest;
+
+/// Starts a claim `namespace/name` with uid `uid`, `ReadWriteOnce`, 1Gi, resourceVersion "1".
+pub fn claim(namespace: &str, name: &str, uid: &str) -> ClaimBuilder {
+    ClaimBuilder(PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+            uid: Some(uid.into()),
+            resource_version: Some("1".into()),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".into(), Quantity("1Gi".into()))])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// Builds a [`PersistentVolumeClaim`].
+#[derive(Clone, Debug)]
+pub struct ClaimBuilder(PersistentVolumeClaim);
+
+impl ClaimBuilder {
+    fn spec(&mut self) -> &mut PersistentVolumeClaimSpec {
+        self.0.spec.get_or_insert_with(Default::default)
+    }
+    /// Sets an annotation.
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.0.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(key.into(), value.into());
+        self
+    }
+    /// Sets `spec.storageClassName`.
+    pub fn class(mut self, class: &str) -> Self {
+        self.spec().storage_class_name = Some(class.into());
+        self
+    }
+    /// Names the class with the legacy beta annotation, as the seed's claims do.
+    pub fn legacy_class(self, class: &str) -> Self {
+        self.annotation(keys::BETA_STORAGE_CLASS, class)
+    }
+    /// Sets the storage request.
+    pub fn request(mut self, size: &str) -> Self {
+        let res = self.spec().resources.get_or_insert_with(Default::default);
+        res.requests.get_or_insert_with(BTreeMap::new).insert("storage".into(), Quantity(size.into()));
+        self
+    }
+    /// Sets the access modes.
+    pub fn access_modes(mut self, modes: &[&str]) -> Self {
+        self.spec().access_modes = Some(modes.iter().map(|m| m.to_string()).collect());
+        self
+    }
+    /// Asks for a raw block volume.
+    pub fn block(mut self) -> Self {
+        self.spec().volume_mode = Some("Block".into());
+        self
+    }
+    /// The binder's annotation naming the provisioner.
+    pub fn provisioner(self, name: &str) -> Self {
+        self.annotation(keys::STORAGE_PROVISIONER, name)
+    }
+    /// The scheduler's selected node.
+    pub fn selected_node(self, node: &str) -> Self {
+        self.annotation(keys::SELECTED_NODE, node)
+    }
+    /// Bound (or pre-bound) to volume `pv`.
+    pub fn volume_name(mut self, pv: &str) -> Self {
+        self.spec().volume_name = Some(pv.into());
+        self
+    }
+    /// Marks the claim as being deleted.
+    pub fn deleting(mut self) -> Self {
+        self.0.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        self
+    }
+    /// Records this engine's provisioning intent for volume `pv`.
+    pub fn intent(mut self, pv: &str) -> Self {
+        self.0.metadata.finalizers.get_or_insert_with(Vec::new).push(keys::INTENT_FINALIZER.into());
+        self.annotation(keys::INTENT_VOLUME, pv)
+    }
+    /// Sets the resourceVersion.
+    pub fn resource_version(mut self, rv: &str) -> Self {
+        self.0.metadata.resource_version = Some(rv.into());
+        self
+    }
+    /// The claim.
+    pub fn build(self) -> PersistentVolumeClaim {
+        self.0
+    }
+}
+
+/// Starts a class `name` for `provisioner`, `Immediate` binding, no reclaim policy set.
+pub fn class(name: &str, provisioner: &str) -> ClassBuilder {
+    ClassBuilder(StorageClass {
+        metadata: ObjectMeta { name: Some(name.into()), resource_version: Some("1".into()), ..Default::default() },
+        provisioner: provisioner.into(),
+        ..Default::default()
+    })
+}
+
+/// Builds a [`StorageClass`].
+#[derive(Clone, Debug)]
+pub struct ClassBuilder(StorageClass);
+
+impl ClassBuilder {
+    /// `volumeBindingMode: WaitForFirstConsumer`.
+    pub fn wait_for_first_consumer(mut self) -> Self {
+        self.0.volume_binding_mode = Some("WaitForFirstConsumer".into());
+        self
+    }
+    /// Sets the reclaim policy (`Delete` or `Retain`).
+    pub fn reclaim_policy(mut self, policy: &str) -> Self {
+        self.0.reclaim_policy = Some(policy.into());
+        self
+    }
+    /// Adds a parameter.
+    pub fn parameter(mut self, key: &str, value: &str) -> Self {
+        self.0.parameters.get_or_insert_with(BTreeMap::new).insert(key.into(), value.into());
+        self
+    }
+    /// Sets the mount options.
+    pub fn mount_options(mut self, options: &[&str]) -> Self {
+        self.0.mount_options = Some(options.iter().map(|m| m.to_string()).collect());
+        self
+    }
+    /// The class.
+    pub fn build(self) -> StorageClass {
+        self.0
+    }
+}
+
+/// Starts a volume `name` provisioned by `provisioner` for `claim`, policy `Delete`, phase `Bound`.
+pub fn volume(name: &str, provisioner: &str, claim: &PersistentVolumeClaim) -> VolumeBuilder {
+    VolumeBuilder(PersistentVolume {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            uid: Some(format!("uid-of-{name}")),
+            resource_version: Some("1".into()),
+            annotations: Some(BTreeMap::from([(keys::PROVISIONED_BY.into(), provisioner.into())])),
+            finalizers: Some(vec![keys::VOLUME_FINALIZER.into()]),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeSpec {
+            persistent_volume_reclaim_policy: Some("Delete".into()),
+            claim_ref: Some(ObjectReference {
+                namespace: claim.metadata.namespace.clone(),
+                name: claim.metadata.name.clone(),
+                uid: claim.metadata.uid.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: Some(PersistentVolumeStatus { phase: Some("Bound".into()), ..Default::default() }),
+    })
+}
+
+/// Builds a [`PersistentVolume`].
+#[derive(Clone, Debug)]
+pub struct VolumeBuilder(PersistentVolume);
+
+impl VolumeBuilder {
+    /// Sets the phase (`Bound`, `Released`, ...).
+    pub fn phase(mut self, phase: &str) -> Self {
+        self.0.status.get_or_insert_with(Default::default).phase = Some(phase.into());
+        self
+    }
+    /// Sets the reclaim policy.
+    pub fn reclaim_policy(mut self, policy: &str) -> Self {
+        self.0.spec.get_or_insert_with(Default::default).persistent_volume_reclaim_policy = Some(policy.into());
+        self
+    }
+    /// Marks the volume as being deleted.
+    pub fn deleting(mut self) -> Self {
+        self.0.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        self
+    }
+    /// Removes every finalizer.
+    pub fn without_finalizers(mut self) -> Self {
+        self.0.metadata.finalizers = None;
+        self
+    }
+    /// The volume.
+    pub fn build(self) -> PersistentVolume {
+        self.0
+    }
+}
+
+/// A request for volume `pv_name` from class `class` with `parameters`.
+pub fn request<'a>(pv_name: &str, class_name: &str, parameters: impl IntoIterator<Item = (&'a str, &'a str)>) -> ProvisionRequest {
+    let mut k = class(class_name, "example.com/test");
+    for (key, value) in parameters {
+        k = k.parameter(key, value);
+    }
+    ProvisionRequest {
+        pv_name: pv_name.into(),
+        claim: Arc::new(claim("default", "data", "uid-1").class(class_name).build()),
+        class: Arc::new(k.build()),
+        selected_node: None,
+    }
+}

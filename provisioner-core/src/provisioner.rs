@@ -1,0 +1,231 @@
+//! The [`Provisioner`] trait a storage backend implements, and the types its
+//! calls take and return.
+//!
+//! The engine calls [`Provisioner::provision`] when a claim needs a volume and
+//! [`Provisioner::delete`] when a volume it saved must go. Every way a call can
+//! end is a distinct variant, so the engine always knows whether backend work
+//! may still be running (and must be finished and cleaned up) or nothing was
+//! created at all.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::ResourceExt;
+
+/// Everything a provisioner needs to create one backend volume.
+///
+/// `pv_name` is the idempotency key: a repeated call with the same name (after
+/// a retry, a restart or a crash) must return the same backend volume, never
+/// create a second one.
+#[derive(Clone, Debug)]
+pub struct ProvisionRequest {
+    /// Name of the PersistentVolume the engine will save (`pvc-<claim uid>` by default).
+    pub pv_name: String,
+    /// The claim, as last seen.
+    pub claim: Arc<PersistentVolumeClaim>,
+    /// The claim's class.
+    pub class: Arc<StorageClass>,
+    /// The node the scheduler picked (`volume.kubernetes.io/selected-node`), for
+    /// `WaitForFirstConsumer` classes.
+    pub selected_node: Option<String>,
+}
+
+impl ProvisionRequest {
+    /// The class's `parameters`, empty when it has none.
+    ///
+    /// ```
+    /// # use provisioner_core::fixtures::request;
+    /// let req = request("pvc-1", "fast", [("type", "ssd")]);
+    /// assert_eq!(req.parameters().get("type").map(String::as_str), Some("ssd"));
+    /// ```
+    pub fn parameters(&self) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.class.parameters.as_ref().unwrap_or(&EMPTY)
+    }
+
+    /// The claim's requested storage in bytes, if it asks for a parseable amount.
+    pub fn requested_bytes(&self) -> Option<u64> {
+        crate::quantity::requested_bytes(&self.claim)
+    }
+
+    /// `namespace/name` of the claim, for messages.
+    pub fn claim_key(&self) -> String {
+        format!("{}/{}", self.claim.namespace().unwrap_or_default(), self.claim.name_any())
+    }
+}
+
+/// A backend volume that is ready, as the provisioner describes it.
+///
+/// Set the volume source (and anything else you know better, such as node
+/// affinity or capacity); the engine fills in every field left empty: the
+/// claim reference, class, reclaim policy, mount options, access modes,
+/// volume mode, capacity, and the `pv.kubernetes.io/provisioned-by` annotation.
+#[derive(Clone, Debug, Default)]
+pub struct ProvisionedVolume {
+    /// The PersistentVolume spec, at least a volume source.
+    pub spec: PersistentVolumeSpec,
+    /// Labels for the PersistentVolume.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations for the PersistentVolume.
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl ProvisionedVolume {
+    /// A volume with this spec and no labels or annotations.
+    pub fn new(spec: PersistentVolumeSpec) -> Self {
+        ProvisionedVolume { spec, ..Default::default() }
+    }
+}
+
+/// Why a provision call did not return a volume. Each variant tells the
+/// engine whether backend work may still be running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProvisionError {
+    /// Backend work was started and may still be running (an EFS file system
+    /// still `creating`, a timeout after the request was sent, a transient
+    /// error after a create call). The engine retries with backoff **even if
+    /// the claim is deleted meanwhile**, so that whatever was created is
+    /// finished, saved as a volume and then deleted normally.
+    InProgress(String),
+    /// Nothing was created and nothing runs. The engine reports the message in
+    /// a `ProvisioningFailed` event and retries with backoff.
+    Final(String),
+    /// The selected node cannot host this volume (no space, wrong topology);
+    /// nothing was created. The engine removes the claim's selected node so the
+    /// scheduler picks another.
+    Reschedule(String),
+    /// The claim can never succeed as written (a bad class parameter); nothing
+    /// was created. A `ProvisioningFailed` event, a slow retry, and an
+    /// immediate retry when the class changes.
+    Infeasible(String),
+    /// Not this provisioner's claim (another shard or node): no event, no retry.
+    Ignored,
+}
+
+impl ProvisionError {
+    /// Whether backend work may still be running after this error.
+    pub fn may_have_created(&self) -> bool {
+        matches!(self, ProvisionError::InProgress(_))
+    }
+
+    /// The message for events and logs.
+    pub fn message(&self) -> &str {
+        match self {
+            ProvisionError::InProgress(m)
+            | ProvisionError::Final(m)
+            | ProvisionError::Reschedule(m)
+            | ProvisionError::Infeasible(m) => m,
+            ProvisionError::Ignored => "ignored by the provisioner",
+        }
+    }
+}
+
+impl fmt::Display for ProvisionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self {
+            ProvisionError::InProgress(_) => "in progress",
+            ProvisionError::Final(_) => "failed",
+            ProvisionError::Reschedule(_) => "needs another node",
+            ProvisionError::Infeasible(_) => "infeasible",
+            ProvisionError::Ignored => return f.write_str("ignored"),
+        };
+        write!(f, "{kind}: {}", self.message())
+    }
+}
+
+impl std::error::Error for ProvisionError {}
+
+/// Why a delete call did not finish. A backend volume that does not exist is
+/// **not** an error: return `Ok(())`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeleteError {
+    /// Not this provisioner's volume to delete (another node or shard owns
+    /// it): the engine leaves it alone.
+    Ignored,
+    /// The backend volume is still in use (mounted, has mount targets being
+    /// removed); the engine retries with backoff, without a warning event.
+    InUse(String),
+    /// The delete failed; a `VolumeFailedDelete` event and a retry with backoff.
+    Failed(String),
+}
+
+impl fmt::Display for DeleteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeleteError::Ignored => f.write_str("ignored"),
+            DeleteError::InUse(m) => write!(f, "in use: {m}"),
+            DeleteError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for DeleteError {}
+
+/// A storage backend the engine drives.
+///
+/// Only [`provision`](Provisioner::provision) and [`delete`](Provisioner::delete)
+/// are required; the other methods are hooks with sensible defaults.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeSpec, NFSVolumeSource};
+/// use provisioner_core::{DeleteError, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
+///
+/// struct Nfs { server: String }
+///
+/// #[async_trait]
+/// impl Provisioner for Nfs {
+///     async fn provision(&self, req: &ProvisionRequest) -> Result<ProvisionedVolume, ProvisionError> {
+///         // Create the export `/exports/<pv name>` here (idempotently), then describe it:
+///         Ok(ProvisionedVolume::new(PersistentVolumeSpec {
+///             nfs: Some(NFSVolumeSource {
+///                 server: self.server.clone(),
+///                 path: format!("/exports/{}", req.pv_name),
+///                 read_only: None,
+///             }),
+///             ..Default::default()
+///         }))
+///     }
+///     async fn delete(&self, volume: &PersistentVolume) -> Result<(), DeleteError> {
+///         // Remove the export; a missing export is success.
+///         Ok(())
+///     }
+/// }
+/// let _: std::sync::Arc<dyn Provisioner> = std::sync::Arc::new(Nfs { server: "nfs.local".into() });
+/// ```
+#[async_trait]
+pub trait Provisioner: Send + Sync + 'static {
+    /// Creates (or finds, for a repeated `pv_name`) the backend volume for a claim.
+    async fn provision(&self, request: &ProvisionRequest) -> Result<ProvisionedVolume, ProvisionError>;
+
+    /// Deletes the backend volume behind `volume`. A backend volume that is
+    /// already gone is success.
+    async fn delete(&self, volume: &PersistentVolume) -> Result<(), DeleteError>;
+
+    /// Whether this provisioner should handle the claim at all (for sharding);
+    /// checked before anything is recorded. Default: yes.
+    fn should_provision(&self, _claim: &PersistentVolumeClaim, _class: &StorageClass) -> bool {
+        true
+    }
+
+    /// Whether this provisioner should delete the backend of `volume`. Default: yes.
+    fn should_delete(&self, _volume: &PersistentVolume) -> bool {
+        true
+    }
+
+    /// Whether claims with `volumeMode: Block` can be served from this class. Default: no.
+    fn supports_block(&self, _class: &StorageClass) -> bool {
+        false
+    }
+
+    /// The name of the PersistentVolume for a claim. It must be a pure function
+    /// of the claim's uid (and other fields that never change), because it is
+    /// the key that makes provisioning idempotent. Default: `pvc-<claim uid>`.
+    fn volume_name(&self, claim: &PersistentVolumeClaim) -> String {
+        format!("pvc-{}", claim.metadata.uid.as_deref().unwrap_or_default())
+    }
+}
