@@ -145,15 +145,15 @@ pub fn selected_node(claim: &PersistentVolumeClaim) -> Option<&str> {
     annotation(claim, keys::SELECTED_NODE).or_else(|| annotation(claim, keys::ALPHA_SELECTED_NODE))
 }
 
-/// Whether the claim carries this engine's intent record.
-pub fn has_intent(claim: &PersistentVolumeClaim) -> bool {
-    has_finalizer(claim, keys::INTENT_FINALIZER)
+/// Whether the claim carries an intent record written for one of `names`.
+pub fn has_intent(claim: &PersistentVolumeClaim, names: &Names) -> bool {
+    has_finalizer(claim, keys::INTENT_FINALIZER) && annotation(claim, keys::INTENT_PROVISIONER).is_some_and(|p| names.contains(p))
 }
 
 /// Whether the engine has any business with this claim: annotated for one of
 /// our names, or carrying our intent record.
 pub fn claim_is_relevant(claim: &PersistentVolumeClaim, names: &Names) -> bool {
-    has_intent(claim) || claim_provisioner(claim).is_some_and(|p| names.contains(p))
+    has_intent(claim, names) || claim_provisioner(claim).is_some_and(|p| names.contains(p))
 }
 
 /// Whether the engine has any business with this volume.
@@ -204,7 +204,7 @@ pub fn decide(pv_name: &str, snap: &Snapshot<'_>, names: &Names, provisioner: &d
     };
     let node = selected_node(claim).map(str::to_string);
 
-    if has_intent(claim) {
+    if has_intent(claim, names) {
         // A backend volume may exist and no PV records it: finish the work
         // whatever happened to the claim, so it can be saved and then cleaned
         // up through the normal release path.
@@ -262,7 +262,7 @@ fn decide_existing_volume(
     // keeps the normal path at one claim write.
     if let Some(claim) = claim {
         let refers_to_claim = spec.and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.uid.as_deref()) == claim.uid().as_deref();
-        if has_intent(claim) && refers_to_claim && deleting(claim) {
+        if has_intent(claim, names) && refers_to_claim && deleting(claim) {
             return Decision::ReleaseClaim;
         }
     }
@@ -416,27 +416,37 @@ mod tests {
     #[test]
     fn claim_deleted_after_intent_is_finished_so_the_backend_can_be_cleaned_up() {
         let k = class("fast", NAME).build();
-        let c = ours().intent("pvc-u1").deleting().build();
+        let c = ours().intent_of(NAME, "pvc-u1").deleting().build();
         assert_eq!(run(Some(&c), None, Some(&k)), plan(false, true, None));
     }
 
     #[test]
     fn claim_with_intent_is_provisioned_without_a_second_record() {
         let k = class("fast", NAME).build();
-        assert_eq!(run(Some(&ours().intent("pvc-u1").build()), None, Some(&k)), plan(false, false, None));
+        assert_eq!(run(Some(&ours().intent_of(NAME, "pvc-u1").build()), None, Some(&k)), plan(false, false, None));
+    }
+
+    #[test]
+    fn intent_recorded_by_another_provisioners_engine_is_not_ours() {
+        let k = class("fast", "other.io/x").build();
+        let c = claim("ns", "data", "u1").class("fast").provisioner("other.io/x").intent_of("other.io/x", "pvc-u1").build();
+        assert!(!claim_is_relevant(&c, &names()));
+        assert_eq!(run(Some(&c.clone()), None, Some(&k)), Decision::Idle(IdleReason::NotOurs));
+        let deleting = claim("ns", "data", "u1").class("fast").intent_of("other.io/x", "pvc-u1").deleting().build();
+        assert_eq!(run(Some(&deleting), None, Some(&k)), Decision::Idle(IdleReason::ClaimDeleting));
     }
 
     #[test]
     fn existing_volume_is_never_provisioned_again() {
         let k = class("fast", NAME).build();
-        let c = ours().intent("pvc-u1").build();
+        let c = ours().intent_of(NAME, "pvc-u1").build();
         let v = volume("pvc-u1", NAME, &c).phase("Pending").build();
         assert_eq!(run(Some(&c), Some(&v), Some(&k)), Decision::Idle(IdleReason::VolumeSettled));
     }
 
     #[test]
     fn deleting_claim_with_a_saved_volume_releases_its_intent() {
-        let c = ours().intent("pvc-u1").deleting().build();
+        let c = ours().intent_of(NAME, "pvc-u1").deleting().build();
         let v = volume("pvc-u1", NAME, &c).build();
         assert_eq!(run(Some(&c), Some(&v), None), Decision::ReleaseClaim);
     }
@@ -500,7 +510,7 @@ mod tests {
             any::<bool>(),
             any::<bool>(),
             any::<bool>(),
-            any::<bool>(),
+            prop_oneof![Just(None), Just(Some(NAME)), Just(Some("other.io/x"))],
             any::<bool>(),
             any::<bool>(),
         )
@@ -520,8 +530,8 @@ mod tests {
                     if deleting {
                         b = b.deleting();
                     }
-                    if intent {
-                        b = b.intent("pvc-u1");
+                    if let Some(owner) = intent {
+                        b = b.intent_of(owner, "pvc-u1");
                     }
                     if block {
                         b = b.block();
@@ -590,7 +600,7 @@ mod tests {
                         prop_assert!(block);
                     }
                 } else {
-                    prop_assert!(has_intent(c), "a call without a new record needs an old one");
+                    prop_assert!(has_intent(c, &names()), "a call without a new record needs an old one");
                 }
             }
         }
@@ -599,7 +609,7 @@ mod tests {
         fn a_claim_with_intent_and_no_volume_is_always_finished(c in arb_claim(), k in arb_class()) {
             let d = decide("pvc-u1", &Snapshot { claim: c.as_ref(), volume: None, class: k.as_ref(), cache_stale: false }, &names(), &Hooks::default());
             if let (Some(c), Some(_)) = (c.as_ref(), k.as_ref()) {
-                if has_intent(c) {
+                if has_intent(c, &names()) {
                     prop_assert!(matches!(d, Decision::Provision(_)), "intent without volume must be finished: {d:?}");
                 }
             }

@@ -57,7 +57,6 @@ use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -69,6 +68,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::decision::{self, Decision, Names, ProvisionPlan, Snapshot, decide};
+use crate::events::{EventRecorder, EventType};
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::provisioner::{DeleteError, ProvisionError, ProvisionRequest, Provisioner};
@@ -326,10 +326,7 @@ impl Engine {
         let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
         let (volumes, volume_writer) = reflector::store::<PersistentVolume>();
         let (classes, class_writer) = reflector::store::<StorageClass>();
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter { controller: names.primary().to_string(), instance: Some(config.identity.clone()) },
-        );
+        let recorder = EventRecorder::new(client.clone(), names.primary(), config.identity.clone());
         let ctx = Arc::new(Ctx {
             client: client.clone(),
             provisioner,
@@ -444,6 +441,9 @@ struct KeyState {
     given_up: HashMap<String, (String, String)>,
     /// Claim uids already warned about unsupported block mode.
     block_warned: HashSet<String>,
+    /// resourceVersions produced by the engine's own writes, whose watch
+    /// events must not trigger another pass (the writer already knows).
+    echoes: HashSet<String>,
 }
 
 #[derive(Default)]
@@ -469,7 +469,7 @@ struct Ctx {
     claims: Store<PersistentVolumeClaim>,
     volumes: Store<PersistentVolume>,
     classes: Store<StorageClass>,
-    recorder: Recorder,
+    recorder: EventRecorder,
     state: Mutex<KeyState>,
 }
 
@@ -506,21 +506,46 @@ impl Ctx {
         self.metrics.api_writes.inc();
     }
 
+    /// Remembers the state an own write produced, so its watch event is ignored.
+    fn expect_echo<K: Resource>(&self, obj: &K) {
+        if let Some(rv) = obj.meta().resource_version.clone() {
+            let mut st = self.state();
+            if st.echoes.len() > 100_000 {
+                // Echoes of writes whose events were missed (a re-list) would pile up.
+                st.echoes.clear();
+            }
+            st.echoes.insert(rv);
+        }
+    }
+
+    /// Whether this watch event is the echo of an own write.
+    fn is_echo<K: Resource>(&self, obj: &K) -> bool {
+        obj.meta().resource_version.as_ref().is_some_and(|rv| self.state().echoes.remove(rv))
+    }
+
     fn event(&self, regarding: k8s_openapi::api::core::v1::ObjectReference, type_: EventType, reason: &str, action: &str, note: String) {
         self.wrote();
         let recorder = self.recorder.clone();
-        let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+        let (reason, action) = (reason.to_string(), action.to_string());
         // Events are informational: publish off the critical path.
         tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&ev, &regarding).await {
-                debug!(error = %e, "event not recorded");
+            if let Err(e) = recorder.publish(&regarding, type_, &reason, &action, &note).await {
+                debug!(error = %e, reason, "event not recorded");
             }
         });
     }
 
     fn claim_event(&self, claim: &PersistentVolumeClaim, type_: EventType, reason: &str, note: String) {
-        self.event(claim.object_ref(&()), type_, reason, "Provision", note);
+        self.event(event_ref(claim), type_, reason, "Provision", note);
     }
+}
+
+/// The reference events are about. Without the resourceVersion, so repeats
+/// of one event about an object that changed in between still aggregate.
+fn event_ref<K: Resource<DynamicType = ()>>(obj: &K) -> k8s_openapi::api::core::v1::ObjectReference {
+    let mut r = obj.object_ref(&());
+    r.resource_version = None;
+    r
 }
 
 fn strip<K: Resource>(obj: &mut K) {
@@ -562,7 +587,7 @@ async fn watch_claims(ctx: Arc<Ctx>, writer: reflector::store::Writer<Persistent
 }
 
 fn on_claim(ctx: &Ctx, claim: &PersistentVolumeClaim) {
-    if !decision::claim_is_relevant(claim, &ctx.names) {
+    if !decision::claim_is_relevant(claim, &ctx.names) || ctx.is_echo(claim) {
         return;
     }
     let key = ctx.key_of_claim(claim);
@@ -584,7 +609,7 @@ async fn watch_volumes(ctx: Arc<Ctx>, writer: reflector::store::Writer<Persisten
         };
         match event {
             Ok(Some(watcher::Event::Apply(v) | watcher::Event::InitApply(v))) => {
-                if decision::volume_is_relevant(&v, &ctx.names) {
+                if decision::volume_is_relevant(&v, &ctx.names) && !ctx.is_echo(&v) {
                     ctx.queue.add(&v.name_any());
                 }
             }
@@ -763,7 +788,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Next {
     if let (Some(c), Some(k)) = (claim.as_deref(), class.as_deref()) {
         let st = ctx.state();
         if let Some((crv, krv)) = st.given_up.get(key) {
-            if Some(crv) == c.resource_version().as_ref() && Some(krv) == k.resource_version().as_ref() && !decision::has_intent(c) {
+            if Some(crv) == c.resource_version().as_ref() && Some(krv) == k.resource_version().as_ref() && !decision::has_intent(c, &ctx.names) {
                 return Next::Done;
             }
         }
@@ -829,7 +854,10 @@ async fn provision(
             "metadata": {
                 "resourceVersion": claim.resource_version(),
                 "finalizers": finalizers,
-                "annotations": { keys::INTENT_VOLUME: plan.pv_name },
+                "annotations": {
+                    keys::INTENT_VOLUME: plan.pv_name,
+                    keys::INTENT_PROVISIONER: class.provisioner,
+                },
             }
         });
         ctx.wrote();
@@ -837,6 +865,7 @@ async fn provision(
             Ok(updated) => {
                 let before = claim.resource_version().unwrap_or_default();
                 ctx.mark_stale(key, |m| m.claim_rvs.push(before));
+                ctx.expect_echo(&updated);
                 claim = Arc::new(updated);
             }
             // The cache was behind; the newer claim is on its way and will requeue the key.
@@ -885,7 +914,7 @@ async fn provision(
             Next::Failed
         }
         Err(ProvisionError::Ignored) => {
-            if decision::has_intent(&claim) {
+            if decision::has_intent(&claim, &ctx.names) {
                 release_claim(ctx, key, &claim, false).await
             } else {
                 Next::Done
@@ -941,7 +970,10 @@ async fn save_volume(
     let label = class_label(class);
     ctx.wrote();
     let saved = match ctx.volume_api().create(&PostParams::default(), &pv).await {
-        Ok(saved) => Some(saved),
+        Ok(saved) => {
+            ctx.expect_echo(&saved);
+            Some(saved)
+        }
         Err(kube::Error::Api(e)) if e.code == 409 => {
             // Ours from an earlier attempt (same claim uid) is success.
             match ctx.volume_api().get_opt(key).await {
@@ -1021,6 +1053,7 @@ async fn release_claim(ctx: &Ctx, key: &str, claim: &PersistentVolumeClaim, resc
         }
     };
     remove_annotation(keys::INTENT_VOLUME);
+    remove_annotation(keys::INTENT_PROVISIONER);
     if reschedule {
         remove_annotation(keys::SELECTED_NODE);
         remove_annotation(keys::ALPHA_SELECTED_NODE);
@@ -1074,7 +1107,7 @@ async fn delete(ctx: &Ctx, key: &str, volume: &PersistentVolume, delete_object: 
         }
         Err(DeleteError::Failed(msg)) => {
             ctx.metrics.delete_failed(&label);
-            ctx.event(volume.object_ref(&()), EventType::Warning, "VolumeFailedDelete", "Delete", msg);
+            ctx.event(event_ref(volume), EventType::Warning, "VolumeFailedDelete", "Delete", msg);
             return Next::Failed;
         }
     }
@@ -1090,12 +1123,8 @@ async fn delete(ctx: &Ctx, key: &str, volume: &PersistentVolume, delete_object: 
         ctx.wrote();
         match ctx.volume_api().delete(key, &dp).await {
             Ok(either) => match either.left() {
-                Some(still_there) => {
-                    if let Some(rv) = still_there.resource_version() {
-                        ctx.mark_stale(key, |m| m.volume_rvs.push(rv));
-                    }
-                    current = still_there;
-                }
+                // Held by the finalizer; removing it below marks this state stale.
+                Some(still_there) => current = still_there,
                 None => return Next::Succeeded,
             },
             Err(kube::Error::Api(e)) if e.code == 404 => return Next::Succeeded,
@@ -1124,13 +1153,11 @@ async fn remove_volume_finalizer(ctx: &Ctx, key: &str, volume: &PersistentVolume
     };
     ctx.wrote();
     match ctx.volume_api().patch(key, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
-        Ok(updated) => {
+        Ok(_) => {
+            // Only states from before a write may be marked: the state it
+            // produced is the one the engine must act on next.
             let before = volume.resource_version().unwrap_or_default();
-            let after = updated.resource_version().unwrap_or_default();
-            ctx.mark_stale(key, |m| {
-                m.volume_rvs.push(before);
-                m.volume_rvs.push(after);
-            });
+            ctx.mark_stale(key, |m| m.volume_rvs.push(before));
             Next::Succeeded
         }
         Err(kube::Error::Api(e)) if e.code == 404 => Next::Succeeded,

@@ -102,10 +102,10 @@ impl ClaimBuilder {
         self.0.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
         self
     }
-    /// Records this engine's provisioning intent for volume `pv`.
-    pub fn intent(mut self, pv: &str) -> Self {
+    /// Records the provisioning intent of `provisioner`'s engine for volume `pv`.
+    pub fn intent_of(mut self, provisioner: &str, pv: &str) -> Self {
         self.0.metadata.finalizers.get_or_insert_with(Vec::new).push(keys::INTENT_FINALIZER.into());
-        self.annotation(keys::INTENT_VOLUME, pv)
+        self.annotation(keys::INTENT_VOLUME, pv).annotation(keys::INTENT_PROVISIONER, provisioner)
     }
     /// Sets the resourceVersion.
     pub fn resource_version(mut self, rv: &str) -> Self {

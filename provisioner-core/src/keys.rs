@@ -18,6 +18,9 @@ pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 /// On a PersistentVolume: its backend must be deleted before the object goes.
 pub const VOLUME_FINALIZER: &str = "external-provisioner.volume.kubernetes.io/finalizer";
 
+/// On a claim: the provisioner name whose engine recorded the intent, so
+/// that engines for other names leave the record alone.
+pub const INTENT_PROVISIONER: &str = "provisioner.rs/provisioner";
 /// On a claim: the name of the PersistentVolume this engine is provisioning
 /// for it. Written, together with [`INTENT_FINALIZER`], before the backend is
 /// touched; see the crate's crash-safety notes.

@@ -1,4 +1,4 @@
-//! Dynamic volume provisioning for Kubernetes: the [`Provisioner`] trait a
+//! Dynamic volume provisioning for Kubernetes: the [`Provisioner`](provisioner::Provisioner) trait a
 //! storage backend implements, and the [`Engine`] that drives it.
 //!
 //! A cluster user writes a PersistentVolumeClaim naming a StorageClass; the
@@ -16,6 +16,7 @@
 pub mod backoff;
 pub mod decision;
 pub mod engine;
+pub mod events;
 pub mod fixtures;
 pub mod keys;
 pub mod metrics;

@@ -172,9 +172,27 @@ impl Drop for TestEnv {
 async fn cleanup(client: &Client, namespace: &str, id: &str) {
     let by_label = ListParams::default().labels(&format!("{RUN_LABEL}={id}"));
     let dp = DeleteParams::background();
+    // Finalizers of engines that are no longer running would keep claims and
+    // volumes forever: drop them, then delete.
+    let no_finalizers = kube::api::Patch::Merge(json!({ "metadata": { "finalizers": null } }));
+    let pp = kube::api::PatchParams::default();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    if let Ok(list) = claims.list(&ListParams::default()).await {
+        for c in list.items {
+            let _ = claims.patch(&c.name_any(), &pp, &no_finalizers).await;
+        }
+    }
     let _ = claims.delete_collection(&dp, &ListParams::default()).await;
-    let _ = Api::<PersistentVolume>::all(client.clone()).delete_collection(&dp, &by_label).await;
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    if let Ok(list) = volumes.list(&ListParams::default()).await {
+        for v in list.items {
+            let of_test = v.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.namespace.as_deref()) == Some(namespace);
+            if of_test || v.labels().get(RUN_LABEL) == Some(&id.to_string()) {
+                let _ = volumes.patch(&v.name_any(), &pp, &no_finalizers).await;
+                let _ = volumes.delete(&v.name_any(), &dp).await;
+            }
+        }
+    }
     let _ = Api::<StorageClass>::all(client.clone()).delete_collection(&dp, &by_label).await;
     let _ = Api::<Node>::all(client.clone()).delete_collection(&dp, &by_label).await;
     // This plane runs no namespace controller, so finalize the namespace ourselves.
@@ -355,4 +373,132 @@ pub mod fixtures {
     pub fn volume_phase(v: &PersistentVolume) -> &str {
         v.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
     }
+}
+
+pub mod backend;
+
+/// Running an engine inside a test.
+pub mod engine {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use prometheus_client::registry::Registry;
+    use provisioner_core::backoff::Backoff;
+    use provisioner_core::engine::EngineStatus;
+    use provisioner_core::metrics::Metrics;
+    use provisioner_core::{Engine, EngineBuilder, EngineError, Provisioner};
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::TestEnv;
+
+    /// An engine running as a task of the test.
+    pub struct RunningEngine {
+        /// Cancel to shut the engine down.
+        pub token: CancellationToken,
+        /// The engine's metrics.
+        pub metrics: Metrics,
+        /// The registry holding them.
+        pub registry: Arc<Registry>,
+        /// The engine's status.
+        pub status: watch::Receiver<EngineStatus>,
+        handle: tokio::task::JoinHandle<Result<(), EngineError>>,
+    }
+
+    /// The provisioner name of this test's engines: unique, so parallel
+    /// tests never act on each other's claims.
+    pub fn provisioner_name(env: &TestEnv) -> String {
+        format!("e2e.provisioner-rs.io/{}", env.id)
+    }
+
+    /// Short retry delays, so failure tests take seconds.
+    pub fn quick_backoff() -> Backoff {
+        Backoff { initial: Duration::from_millis(200), max: Duration::from_secs(2) }
+    }
+
+    /// Starts an engine for `name` backed by `backend`, after `customize`
+    /// adjusts the builder, and waits until its caches are synced.
+    pub async fn start(
+        env: &TestEnv,
+        name: &str,
+        backend: Arc<dyn Provisioner>,
+        customize: impl FnOnce(EngineBuilder) -> EngineBuilder,
+    ) -> RunningEngine {
+        let mut registry = Registry::default();
+        let builder = Engine::builder(env.client.clone(), name, backend)
+            .backoff(quick_backoff())
+            .resync(None)
+            .workers(16)
+            .metrics(&mut registry);
+        let engine = customize(builder).build().expect("valid engine configuration");
+        let metrics = engine.metrics();
+        let mut status = engine.status();
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(engine.run(token.clone()));
+        tokio::time::timeout(crate::default_timeout(), status.wait_for(|s| s.synced))
+            .await
+            .expect("engine caches synced in time")
+            .expect("engine running");
+        RunningEngine { token, metrics, registry: Arc::new(registry), status, handle }
+    }
+
+    impl RunningEngine {
+        /// Shuts the engine down and returns what `run` returned.
+        pub async fn stop(self) -> Result<(), EngineError> {
+            self.token.cancel();
+            self.handle.await.expect("engine task")
+        }
+
+        /// The registry in Prometheus text format.
+        pub fn metrics_text(&self) -> String {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("encode metrics");
+            text
+        }
+    }
+}
+
+/// Waits for an event with `reason` about the object `name` in `namespace`
+/// (cluster-scoped objects' events are in `default`), driven by a watch.
+pub async fn wait_for_event(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+) -> k8s_openapi::api::events::v1::Event {
+    use k8s_openapi::api::events::v1::Event;
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    let deadline = tokio::time::Instant::now() + default_timeout();
+    let mut seen = Vec::new();
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.try_next()).await;
+        let event = match next {
+            Ok(Ok(Some(watcher::Event::Apply(e) | watcher::Event::InitApply(e)))) => e,
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => panic!("event watch ended"),
+            Ok(Err(e)) => panic!("event watch failed: {e}"),
+            Err(_) => panic!("timed out waiting for event {reason} on {namespace}/{name}; saw {seen:?}"),
+        };
+        let regarding = event.regarding.as_ref().and_then(|r| r.name.clone()).unwrap_or_default();
+        if regarding == name && event.reason.as_deref() == Some(reason) {
+            return event;
+        }
+        seen.push(format!("{regarding}:{}", event.reason.clone().unwrap_or_default()));
+    }
+}
+
+/// Events about `name` in `namespace` with `reason`, as listed now.
+pub async fn events_for(client: &Client, namespace: &str, name: &str, reason: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
+    use k8s_openapi::api::events::v1::Event;
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    api.list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name) && e.reason.as_deref() == Some(reason)
+        })
+        .collect()
 }
