@@ -3,3 +3,5 @@
 //!
 //! The engine is being built (see the project issues); this crate currently
 //! exposes the names that the rest of the workspace depends on.
+
+pub mod leader;
