@@ -3,7 +3,7 @@
 //!
 //! A cluster user writes a PersistentVolumeClaim naming a StorageClass; the
 //! PV binder in kube-controller-manager annotates the claim with the class's
-//! provisioner name; the engine sees the annotation, asks the [`Provisioner`]
+//! provisioner name; the engine sees the annotation, asks the [`Provisioner`](provisioner::Provisioner)
 //! for a backend volume and saves a PersistentVolume bound to the claim. When
 //! the claim goes, the binder marks the volume `Released`, and the engine
 //! deletes the backend volume and then the PersistentVolume.
@@ -19,6 +19,7 @@ pub mod engine;
 pub mod events;
 pub mod fixtures;
 pub mod keys;
+pub mod leader;
 pub mod metrics;
 pub mod provisioner;
 pub mod quantity;
