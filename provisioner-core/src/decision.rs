@@ -147,7 +147,8 @@ pub fn selected_node(claim: &PersistentVolumeClaim) -> Option<&str> {
 
 /// Whether the claim carries an intent record written for one of `names`.
 pub fn has_intent(claim: &PersistentVolumeClaim, names: &Names) -> bool {
-    has_finalizer(claim, keys::INTENT_FINALIZER) && annotation(claim, keys::INTENT_PROVISIONER).is_some_and(|p| names.contains(p))
+    has_finalizer(claim, keys::INTENT_FINALIZER)
+        && annotation(claim, keys::INTENT_PROVISIONER).is_some_and(|p| names.contains(p))
 }
 
 /// Whether the engine has any business with this claim: annotated for one of
@@ -158,7 +159,8 @@ pub fn claim_is_relevant(claim: &PersistentVolumeClaim, names: &Names) -> bool {
 
 /// Whether the engine has any business with this volume.
 pub fn volume_is_relevant(volume: &PersistentVolume, names: &Names) -> bool {
-    has_finalizer(volume, keys::VOLUME_FINALIZER) || annotation(volume, keys::PROVISIONED_BY).is_some_and(|p| names.contains(p))
+    has_finalizer(volume, keys::VOLUME_FINALIZER)
+        || annotation(volume, keys::PROVISIONED_BY).is_some_and(|p| names.contains(p))
 }
 
 fn annotation<'a, K: ResourceExt>(obj: &'a K, key: &str) -> Option<&'a str> {
@@ -234,13 +236,19 @@ pub fn decide(pv_name: &str, snap: &Snapshot<'_>, names: &Names, provisioner: &d
     if class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer") && node.is_none() {
         return Decision::Idle(IdleReason::WaitingForNode);
     }
-    if claim.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block") && !provisioner.supports_block(class) {
+    if claim.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block") && !provisioner.supports_block(class)
+    {
         return Decision::RejectBlock;
     }
     if !provisioner.should_provision(claim, class) {
         return Decision::Idle(IdleReason::Filtered);
     }
-    Decision::Provision(ProvisionPlan { pv_name: pv_name.into(), selected_node: node, record_intent: true, finishing_only: false })
+    Decision::Provision(ProvisionPlan {
+        pv_name: pv_name.into(),
+        selected_node: node,
+        record_intent: true,
+        finishing_only: false,
+    })
 }
 
 fn bound(claim: &PersistentVolumeClaim) -> bool {
@@ -255,13 +263,15 @@ fn decide_existing_volume(
 ) -> Decision {
     let ours = annotation(volume, keys::PROVISIONED_BY).is_some_and(|p| names.contains(p));
     let spec = volume.spec.as_ref();
-    let policy_delete = spec.and_then(|s| s.persistent_volume_reclaim_policy.as_deref()).unwrap_or("Delete") == "Delete";
+    let policy_delete =
+        spec.and_then(|s| s.persistent_volume_reclaim_policy.as_deref()).unwrap_or("Delete") == "Delete";
 
     // The PV now records the backend, so the claim's intent record has done
     // its job. It is removed lazily, once the claim is going away, which
     // keeps the normal path at one claim write.
     if let Some(claim) = claim {
-        let refers_to_claim = spec.and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.uid.as_deref()) == claim.uid().as_deref();
+        let refers_to_claim =
+            spec.and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.uid.as_deref()) == claim.uid().as_deref();
         if has_intent(claim, names) && refers_to_claim && deleting(claim) {
             return Decision::ReleaseClaim;
         }
@@ -409,7 +419,10 @@ mod tests {
     #[test]
     fn bound_and_deleting_claims_without_intent_are_left_alone() {
         let k = class("fast", NAME).build();
-        assert_eq!(run(Some(&ours().volume_name("pv-x").build()), None, Some(&k)), Decision::Idle(IdleReason::ClaimBound));
+        assert_eq!(
+            run(Some(&ours().volume_name("pv-x").build()), None, Some(&k)),
+            Decision::Idle(IdleReason::ClaimBound)
+        );
         assert_eq!(run(Some(&ours().deleting().build()), None, Some(&k)), Decision::Idle(IdleReason::ClaimDeleting));
     }
 
@@ -429,7 +442,8 @@ mod tests {
     #[test]
     fn intent_recorded_by_another_provisioners_engine_is_not_ours() {
         let k = class("fast", "other.io/x").build();
-        let c = claim("ns", "data", "u1").class("fast").provisioner("other.io/x").intent_of("other.io/x", "pvc-u1").build();
+        let c =
+            claim("ns", "data", "u1").class("fast").provisioner("other.io/x").intent_of("other.io/x", "pvc-u1").build();
         assert!(!claim_is_relevant(&c, &names()));
         assert_eq!(run(Some(&c.clone()), None, Some(&k)), Decision::Idle(IdleReason::NotOurs));
         let deleting = claim("ns", "data", "u1").class("fast").intent_of("other.io/x", "pvc-u1").deleting().build();
@@ -608,11 +622,10 @@ mod tests {
         #[test]
         fn a_claim_with_intent_and_no_volume_is_always_finished(c in arb_claim(), k in arb_class()) {
             let d = decide("pvc-u1", &Snapshot { claim: c.as_ref(), volume: None, class: k.as_ref(), cache_stale: false }, &names(), &Hooks::default());
-            if let (Some(c), Some(_)) = (c.as_ref(), k.as_ref()) {
-                if has_intent(c, &names()) {
+            if let (Some(c), Some(_)) = (c.as_ref(), k.as_ref())
+                && has_intent(c, &names()) {
                     prop_assert!(matches!(d, Decision::Provision(_)), "intent without volume must be finished: {d:?}");
                 }
-            }
         }
 
         #[test]

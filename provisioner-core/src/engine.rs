@@ -70,6 +70,7 @@ use crate::backoff::Backoff;
 use crate::decision::{self, Decision, Names, ProvisionPlan, Snapshot, decide};
 use crate::events::{EventRecorder, EventType};
 use crate::keys;
+use crate::leader::{LeaderElectionConfig, LeaderElector, lease_name_for};
 use crate::metrics::Metrics;
 use crate::provisioner::{DeleteError, ProvisionError, ProvisionRequest, Provisioner};
 use crate::queue::WorkQueue;
@@ -138,9 +139,8 @@ impl Default for EngineConfig {
 }
 
 fn default_identity() -> String {
-    let host = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "provisioner".to_string());
+    let host =
+        std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "provisioner".to_string());
     format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
@@ -183,6 +183,7 @@ pub struct EngineBuilder {
     config: EngineConfig,
     metrics: Option<Metrics>,
     leadership: Option<watch::Receiver<bool>>,
+    election: Option<LeaderElectionConfig>,
 }
 
 impl EngineBuilder {
@@ -258,6 +259,19 @@ impl EngineBuilder {
         self.leadership = Some(leadership);
         self
     }
+    /// Elect a leader among replicas with a Lease named after the provisioner
+    /// name in `namespace` (usually the pod's, `POD_NAMESPACE`), with the
+    /// default timings (lease 15 s, renew deadline 10 s, retry 2 s). On
+    /// shutdown the leader releases the Lease, so failover is immediate.
+    pub fn leader_election_in(self, namespace: impl Into<String>) -> Self {
+        let config = LeaderElectionConfig::new(lease_name_for(&self.primary), namespace, self.config.identity.clone());
+        self.leader_election(config)
+    }
+    /// Elect a leader with fully specified settings.
+    pub fn leader_election(mut self, config: LeaderElectionConfig) -> Self {
+        self.election = Some(config);
+        self
+    }
     /// Checks the configuration and builds the engine.
     pub fn build(self) -> Result<Engine, EngineError> {
         if self.config.workers == 0 {
@@ -269,6 +283,14 @@ impl EngineBuilder {
         if self.config.backoff.initial.is_zero() || self.config.backoff.max < self.config.backoff.initial {
             return Err(EngineError::Config("backoff needs 0 < initial <= max".into()));
         }
+        if self.election.is_some() && self.leadership.is_some() {
+            return Err(EngineError::Config(
+                "give either a leadership channel or leader election settings, not both".into(),
+            ));
+        }
+        if let Some(e) = &self.election {
+            e.validate().map_err(|e| EngineError::Config(e.to_string()))?;
+        }
         let (status_tx, _) = watch::channel(EngineStatus::default());
         Ok(Engine {
             client: self.client,
@@ -277,6 +299,7 @@ impl EngineBuilder {
             config: self.config,
             metrics: self.metrics.unwrap_or_else(Metrics::unregistered),
             leadership: self.leadership,
+            election: self.election,
             status: status_tx,
         })
     }
@@ -291,12 +314,17 @@ pub struct Engine {
     config: EngineConfig,
     metrics: Metrics,
     leadership: Option<watch::Receiver<bool>>,
+    election: Option<LeaderElectionConfig>,
     status: watch::Sender<EngineStatus>,
 }
 
 impl Engine {
     /// Starts building an engine for `provisioner_name` backed by `provisioner`.
-    pub fn builder(client: Client, provisioner_name: impl Into<String>, provisioner: Arc<dyn Provisioner>) -> EngineBuilder {
+    pub fn builder(
+        client: Client,
+        provisioner_name: impl Into<String>,
+        provisioner: Arc<dyn Provisioner>,
+    ) -> EngineBuilder {
         EngineBuilder {
             client,
             provisioner,
@@ -305,6 +333,7 @@ impl Engine {
             config: EngineConfig::default(),
             metrics: None,
             leadership: None,
+            election: None,
         }
     }
 
@@ -321,7 +350,19 @@ impl Engine {
     /// Runs until `shutdown` is cancelled. Then it stops taking work, lets
     /// running operations finish for the grace period, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), EngineError> {
-        let Engine { client, provisioner, names, config, metrics, leadership, status } = self;
+        let Engine { client, provisioner, names, config, metrics, leadership, election, status } = self;
+        // The elector outlives the workers: the Lease is released only after
+        // all work has stopped.
+        let elector_stop = CancellationToken::new();
+        let (leadership, elector) = match election {
+            Some(cfg) => {
+                let elector =
+                    LeaderElector::new(client.clone(), cfg).map_err(|e| EngineError::Config(e.to_string()))?;
+                let (rx, handle) = elector.spawn(elector_stop.clone());
+                (Some(rx), Some(handle))
+            }
+            None => (leadership, None),
+        };
         let queue = WorkQueue::new();
         let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
         let (volumes, volume_writer) = reflector::store::<PersistentVolume>();
@@ -356,10 +397,12 @@ impl Engine {
         tokio::select! {
             r = ready => if let Err((what, reason)) = r {
                 watches.cancel();
+                elector_stop.cancel();
                 return Err(EngineError::CacheNotReady { what, reason });
             },
             _ = shutdown.cancelled() => {
                 watches.cancel();
+                elector_stop.cancel();
                 return Ok(());
             }
         }
@@ -413,6 +456,10 @@ impl Engine {
         watches.cancel();
         while tasks.join_next().await.is_some() {}
         status.send_modify(|s| s.leading = false);
+        elector_stop.cancel();
+        if let Some(handle) = elector {
+            let _ = handle.await;
+        }
         Ok(())
     }
 }
@@ -523,7 +570,14 @@ impl Ctx {
         obj.meta().resource_version.as_ref().is_some_and(|rv| self.state().echoes.remove(rv))
     }
 
-    fn event(&self, regarding: k8s_openapi::api::core::v1::ObjectReference, type_: EventType, reason: &str, action: &str, note: String) {
+    fn event(
+        &self,
+        regarding: k8s_openapi::api::core::v1::ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         self.wrote();
         let recorder = self.recorder.clone();
         let (reason, action) = (reason.to_string(), action.to_string());
@@ -559,10 +613,7 @@ fn strip<K: Resource>(obj: &mut K) {
 
 async fn watch_claims(ctx: Arc<Ctx>, writer: reflector::store::Writer<PersistentVolumeClaim>, stop: CancellationToken) {
     let api: Api<PersistentVolumeClaim> = Api::all(ctx.client.clone());
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(strip)
-        .reflect(writer);
+    let stream = watcher(api, watcher::Config::default()).default_backoff().modify(strip).reflect(writer);
     let mut stream = std::pin::pin!(stream);
     loop {
         let event = tokio::select! {
@@ -597,10 +648,7 @@ fn on_claim(ctx: &Ctx, claim: &PersistentVolumeClaim) {
 
 async fn watch_volumes(ctx: Arc<Ctx>, writer: reflector::store::Writer<PersistentVolume>, stop: CancellationToken) {
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(strip)
-        .reflect(writer);
+    let stream = watcher(api, watcher::Config::default()).default_backoff().modify(strip).reflect(writer);
     let mut stream = std::pin::pin!(stream);
     loop {
         let event = tokio::select! {
@@ -640,7 +688,9 @@ async fn watch_classes(ctx: Arc<Ctx>, writer: reflector::store::Writer<StorageCl
                 // infeasible claim gets a fresh start.
                 let name = k.name_any();
                 for claim in ctx.claims.state() {
-                    if decision::claim_class(&claim) == Some(name.as_str()) && decision::claim_is_relevant(&claim, &ctx.names) {
+                    if decision::claim_class(&claim) == Some(name.as_str())
+                        && decision::claim_is_relevant(&claim, &ctx.names)
+                    {
                         let key = ctx.key_of_claim(&claim);
                         ctx.state().failures.remove(&key);
                         ctx.state().claim_of.insert(key.clone(), ObjectRef::from_obj(&*claim));
@@ -731,10 +781,7 @@ fn finish(ctx: &Ctx, key: &str, next: Next) {
             ctx.state().failures.remove(key);
             ctx.queue.done(key);
         }
-        Next::After(d) => {
-            ctx.queue.done(key);
-            ctx.queue.add_after(key, d);
-        }
+        Next::After(d) => ctx.queue.done_after(key, d),
         Next::Failed => {
             let failures = {
                 let mut st = ctx.state();
@@ -744,8 +791,7 @@ fn finish(ctx: &Ctx, key: &str, next: Next) {
             };
             ctx.metrics.retries.inc();
             let delay = ctx.config.backoff.delay_jittered(failures, 0.1, rand::random::<f64>());
-            ctx.queue.done(key);
-            ctx.queue.add_after(key, delay);
+            ctx.queue.done_after(key, delay);
         }
     }
 }
@@ -787,10 +833,12 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Next {
     };
     if let (Some(c), Some(k)) = (claim.as_deref(), class.as_deref()) {
         let st = ctx.state();
-        if let Some((crv, krv)) = st.given_up.get(key) {
-            if Some(crv) == c.resource_version().as_ref() && Some(krv) == k.resource_version().as_ref() && !decision::has_intent(c, &ctx.names) {
-                return Next::Done;
-            }
+        if let Some((crv, krv)) = st.given_up.get(key)
+            && Some(crv) == c.resource_version().as_ref()
+            && Some(krv) == k.resource_version().as_ref()
+            && !decision::has_intent(c, &ctx.names)
+        {
+            return Next::Done;
         }
     }
     let snap = Snapshot { claim: claim.as_deref(), volume: volume.as_deref(), class: class.as_deref(), cache_stale };
@@ -806,7 +854,8 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Next {
             let Some(claim) = claim else { return Next::Done };
             let uid = claim.uid().unwrap_or_default();
             if ctx.state().block_warned.insert(uid) {
-                let name = class.as_deref().map(|k| k.provisioner.clone()).unwrap_or_else(|| ctx.names.primary().into());
+                let name =
+                    class.as_deref().map(|k| k.provisioner.clone()).unwrap_or_else(|| ctx.names.primary().into());
                 ctx.claim_event(
                     &claim,
                     EventType::Warning,
@@ -927,7 +976,12 @@ async fn provision(
         }
         Err(ProvisionError::Reschedule(msg)) if plan.selected_node.is_some() => {
             ctx.metrics.provision_failed(&label);
-            ctx.claim_event(&claim, EventType::Warning, "ProvisioningFailed", format!("{msg}; asking the scheduler for another node"));
+            ctx.claim_event(
+                &claim,
+                EventType::Warning,
+                "ProvisioningFailed",
+                format!("{msg}; asking the scheduler for another node"),
+            );
             release_claim(ctx, key, &claim, true).await
         }
         Err(ProvisionError::Infeasible(msg)) => {
@@ -1033,7 +1087,12 @@ async fn save_volume(
         ctx.mark_stale(key, |m| m.volume_absent = true);
     }
     ctx.metrics.provision_succeeded(&label, took);
-    ctx.claim_event(claim, EventType::Normal, "ProvisioningSucceeded", format!("Successfully provisioned volume {key}"));
+    ctx.claim_event(
+        claim,
+        EventType::Normal,
+        "ProvisioningSucceeded",
+        format!("Successfully provisioned volume {key}"),
+    );
     info!(volume = key, claim = %format!("{}/{}", claim.namespace().unwrap_or_default(), claim.name_any()), "provisioned");
     Next::Succeeded
 }

@@ -215,7 +215,11 @@ impl VolumeBuilder {
 }
 
 /// A request for volume `pv_name` from class `class` with `parameters`.
-pub fn request<'a>(pv_name: &str, class_name: &str, parameters: impl IntoIterator<Item = (&'a str, &'a str)>) -> ProvisionRequest {
+pub fn request<'a>(
+    pv_name: &str,
+    class_name: &str,
+    parameters: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> ProvisionRequest {
     let mut k = class(class_name, "example.com/test");
     for (key, value) in parameters {
         k = k.parameter(key, value);

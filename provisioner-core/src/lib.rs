@@ -14,6 +14,7 @@
 //! [`engine`]'s documentation.
 
 pub mod backoff;
+pub mod client;
 pub mod decision;
 pub mod engine;
 pub mod events;

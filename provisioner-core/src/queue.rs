@@ -143,6 +143,18 @@ impl WorkQueue {
         }
     }
 
+    /// Marks `key` finished and schedules it after `delay`. Changes seen
+    /// while it was processed do not bring it back sooner: after a failure
+    /// the backoff wins over the echo of the attempt's own writes.
+    pub fn done_after(&self, key: &str, delay: Duration) {
+        {
+            let mut s = self.lock();
+            s.active.remove(key);
+            s.dirty.remove(key);
+        }
+        self.add_after(key, delay);
+    }
+
     /// Keys waiting now (not counting delayed or active ones).
     pub fn ready_len(&self) -> usize {
         self.lock().ready.len()
@@ -228,6 +240,18 @@ mod tests {
         q.add_after("a", Duration::from_secs(90));
         assert_eq!(q.next().await.as_deref(), Some("a"));
         assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_key_waits_its_backoff_even_if_it_changed_meanwhile() {
+        let q = WorkQueue::new();
+        let start = Instant::now();
+        q.add("a");
+        let key = q.next().await.expect("key");
+        q.add("a");
+        q.done_after(&key, Duration::from_secs(3));
+        assert_eq!(q.next().await.as_deref(), Some("a"));
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
     }
 
     #[tokio::test]

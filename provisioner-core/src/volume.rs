@@ -121,7 +121,10 @@ mod tests {
         let pv = build_volume("pvc-u1", ProvisionedVolume::default(), &c, &k, &VolumeOptions::default());
         let spec = pv.spec.as_ref().expect("spec");
         let r = spec.claim_ref.as_ref().expect("claimRef");
-        assert_eq!((r.namespace.as_deref(), r.name.as_deref(), r.uid.as_deref()), (Some("ns"), Some("data"), Some("u1")));
+        assert_eq!(
+            (r.namespace.as_deref(), r.name.as_deref(), r.uid.as_deref()),
+            (Some("ns"), Some("data"), Some("u1"))
+        );
         assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
         assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Retain"));
         assert_eq!(spec.access_modes.as_deref(), Some(&["ReadWriteMany".to_string()][..]));
@@ -151,7 +154,10 @@ mod tests {
             proptest::option::of("[a-z]{1,8}"),
             proptest::option::of(prop_oneof![Just("Retain".to_string()), Just("Delete".to_string())]),
             proptest::option::of(proptest::collection::vec("[a-z=0-9]{1,8}", 0..3)),
-            proptest::option::of(prop_oneof![Just(vec!["ReadWriteMany".to_string()]), Just(vec!["ReadOnlyMany".to_string()])]),
+            proptest::option::of(prop_oneof![
+                Just(vec!["ReadWriteMany".to_string()]),
+                Just(vec!["ReadOnlyMany".to_string()])
+            ]),
             proptest::option::of("[0-9]{1,4}(Mi|Gi|Ei)"),
             any::<bool>(),
             any::<bool>(),
@@ -163,9 +169,8 @@ mod tests {
                 access_modes: modes,
                 capacity: cap.map(|c| BTreeMap::from([("storage".to_string(), Quantity(c))])),
                 nfs: nfs.then(|| NFSVolumeSource { server: "fs.example".into(), path: "/".into(), read_only: None }),
-                node_affinity: affinity.then(|| VolumeNodeAffinity {
-                    required: Some(NodeSelector { node_selector_terms: vec![] }),
-                }),
+                node_affinity: affinity
+                    .then(|| VolumeNodeAffinity { required: Some(NodeSelector { node_selector_terms: vec![] }) }),
                 ..Default::default()
             })
     }

@@ -44,8 +44,7 @@ async fn binder_annotates_binds_and_releases_a_claim() {
         .await
         .expect("claim exists");
     assert_eq!(bound.spec.as_ref().and_then(|s| s.volume_name.clone()), Some(pv_name.clone()));
-    env.wait_for(&volumes, &pv_name, "the volume to be Bound", |v| v.is_some_and(|v| volume_phase(v) == "Bound"))
-        .await;
+    env.wait_for(&volumes, &pv_name, "the volume to be Bound", |v| v.is_some_and(|v| volume_phase(v) == "Bound")).await;
 
     // Without its claim, a Retain volume is Released, not deleted.
     claims.delete("data", &DeleteParams::default()).await.expect("delete claim");

@@ -76,8 +76,10 @@ async fn immediate_claim_is_provisioned_bound_and_described() {
     assert_eq!(ev.note.as_deref(), Some(format!("Successfully provisioned volume {pv_name}").as_str()));
     assert_eq!(ev.type_.as_deref(), Some("Normal"));
     assert_eq!(engine.metrics.provisioned(&class), 1);
-    let writes = engine.metrics.api_writes.get();
+    // Counted at the engine's client: the intent patch, the PV, the event.
+    let writes = engine.requests.writes();
     assert!(writes <= 3, "at most 3 API writes per volume, made {writes}");
+    assert!(engine.requests.reads() <= 3, "no GET per volume, only the three initial lists");
     engine.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
@@ -100,7 +102,11 @@ async fn wait_for_first_consumer_claim_waits_for_its_selected_node() {
     let patch = json!({ "metadata": { "annotations": { keys::SELECTED_NODE: "node-a" } } });
     claims.patch("data", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("select node");
     bound(&env, "data").await;
-    assert_eq!(backend.volumes().get(&pv_name(&created)), Some(&Some("node-a".to_string())), "the node reaches the backend");
+    assert_eq!(
+        backend.volumes().get(&pv_name(&created)),
+        Some(&Some("node-a".to_string())),
+        "the node reaches the backend"
+    );
     engine.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
@@ -165,7 +171,10 @@ async fn block_claim_for_a_provisioner_without_block_support_gets_one_warning() 
     assert_eq!(ev.type_.as_deref(), Some("Warning"));
     // A later change to the claim does not repeat the warning or call the backend.
     let patch = json!({ "metadata": { "labels": { "touched": "yes" } } });
-    env.api::<PersistentVolumeClaim>().patch("raw", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("touch");
+    env.api::<PersistentVolumeClaim>()
+        .patch("raw", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("touch");
     env.wait_for(&env.api::<PersistentVolumeClaim>(), "raw", "the touch", |c| {
         c.is_some_and(|c| c.labels().contains_key("touched"))
     })
@@ -205,8 +214,14 @@ async fn provisioner_failing_twice_then_succeeding_reports_failures_and_success(
     assert_eq!(engine.metrics.provision_failures(&class), 2);
     assert_eq!(engine.metrics.provisioned(&class), 1);
     let text = engine.metrics_text();
-    assert!(text.contains(&format!("controller_persistentvolumeclaim_provision_failed_total{{class=\"{class}\"}} 2")), "{text}");
-    assert!(text.contains(&format!("controller_persistentvolumeclaim_provision_total{{class=\"{class}\"}} 1")), "{text}");
+    assert!(
+        text.contains(&format!("controller_persistentvolumeclaim_provision_failed_total{{class=\"{class}\"}} 2")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("controller_persistentvolumeclaim_provision_total{{class=\"{class}\"}} 1")),
+        "{text}"
+    );
     assert!(text.contains("controller_persistentvolumeclaim_provision_duration_seconds_count"), "{text}");
     engine.stop().await.expect("clean shutdown");
     env.cleanup().await;
@@ -248,7 +263,8 @@ async fn reschedule_removes_the_selected_node() {
     let class = env.name("local");
     env.create(&env.cluster_api(), class_for(&env, &class, "Delete", true)).await;
     let backend = FakeBackend::new();
-    backend.script([Scripted::Fail(ProvisionError::Reschedule("node-a has 1 GiB free, the claim asks for 5 GiB".into()))]);
+    backend
+        .script([Scripted::Fail(ProvisionError::Reschedule("node-a has 1 GiB free, the claim asks for 5 GiB".into()))]);
     let engine = start(&env, &provisioner_name(&env), Arc::new(backend.clone()), |b| b).await;
 
     let claims = env.api::<PersistentVolumeClaim>();
@@ -261,7 +277,10 @@ async fn reschedule_removes_the_selected_node() {
         })
         .await
         .expect("claim");
-    assert!(!after.finalizers().contains(&keys::INTENT_FINALIZER.to_string()), "nothing was created, so no intent remains");
+    assert!(
+        !after.finalizers().contains(&keys::INTENT_FINALIZER.to_string()),
+        "nothing was created, so no intent remains"
+    );
     let ev = wait_for_event(&env.client, &env.namespace, "data", "ProvisioningFailed").await;
     assert!(ev.note.as_deref().unwrap_or_default().contains("node-a has 1 GiB free"), "{ev:?}");
     assert_eq!(backend.created(), 0);
@@ -348,5 +367,53 @@ async fn volume_deleted_before_its_claim_still_has_its_backend_deleted() {
     gone(&env, &volumes, &pv, "the volume to be gone").await;
     assert_eq!(backend.deleted(), 1);
     engine.stop().await.expect("clean shutdown");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_engines_elect_one_leader_and_the_other_takes_over_on_shutdown() {
+    use provisioner_core::leader::{LeaderElectionConfig, lease_name_for};
+    use std::time::Duration;
+
+    let env = TestEnv::new("engine-two-replicas").await;
+    let class = env.name("ha");
+    env.create(&env.cluster_api(), class_for(&env, &class, "Delete", false)).await;
+    let name = provisioner_name(&env);
+    let election = |identity: &str| {
+        let mut cfg = LeaderElectionConfig::new(lease_name_for(&name), &env.namespace, identity);
+        cfg.lease_duration = Duration::from_secs(6);
+        cfg.renew_deadline = Duration::from_secs(4);
+        cfg.retry_period = Duration::from_secs(1);
+        cfg
+    };
+    let (first_backend, second_backend) = (FakeBackend::new(), FakeBackend::new());
+    let first = start(&env, &name, Arc::new(first_backend.clone()), |b| b.leader_election(election("first"))).await;
+    let mut first_status = first.status.clone();
+    tokio::time::timeout(Duration::from_secs(10), first_status.wait_for(|s| s.leading))
+        .await
+        .expect("the first replica leads")
+        .expect("status");
+    let second = start(&env, &name, Arc::new(second_backend.clone()), |b| b.leader_election(election("second"))).await;
+    assert!(!second.status.borrow().leading, "only one replica leads");
+    assert!(!second.status.borrow().ready(), "a follower is not ready");
+
+    env.create(&env.api(), claim("one", &class, "1Gi")).await;
+    bound(&env, "one").await;
+    assert_eq!((first_backend.created(), second_backend.created()), (1, 0), "only the leader provisions");
+
+    let stopped_at = tokio::time::Instant::now();
+    first.stop().await.expect("clean shutdown");
+    let mut second_status = second.status.clone();
+    tokio::time::timeout(Duration::from_secs(6), second_status.wait_for(|s| s.leading))
+        .await
+        .expect("the follower takes over within the lease duration")
+        .expect("status");
+    let takeover = stopped_at.elapsed();
+    assert!(takeover < Duration::from_secs(6), "released lease taken over in {takeover:?}");
+
+    env.create(&env.api(), claim("two", &class, "1Gi")).await;
+    bound(&env, "two").await;
+    assert_eq!((first_backend.created(), second_backend.created()), (1, 1), "the new leader provisions");
+    second.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }

@@ -52,10 +52,7 @@ pub async fn client() -> Client {
         );
     }
     let client = Client::try_default().await.unwrap_or_else(|e| panic!("cannot load KUBECONFIG: {e}"));
-    client
-        .apiserver_version()
-        .await
-        .unwrap_or_else(|e| panic!("the control plane in KUBECONFIG does not answer: {e}"));
+    client.apiserver_version().await.unwrap_or_else(|e| panic!("the control plane in KUBECONFIG does not answer: {e}"));
     client
 }
 
@@ -77,10 +74,8 @@ impl TestEnv {
     pub async fn new(test: &str) -> TestEnv {
         let client = client().await;
         let id = format!("{:08x}", rand::random::<u32>());
-        let mut base: String = test
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
-            .collect();
+        let mut base: String =
+            test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
         base.truncate(40);
         let namespace = format!("{}-{id}", base.trim_matches('-'));
         let env = TestEnv { client, namespace, id, cleaned: Arc::new(Mutex::new(false)) };
@@ -134,7 +129,13 @@ impl TestEnv {
 
     /// Waits until `cond` holds for the object `name`, watching it rather than
     /// polling, with [`default_timeout`].
-    pub async fn wait_for<K>(&self, api: &Api<K>, name: &str, what: &str, cond: impl Fn(Option<&K>) -> bool) -> Option<K>
+    pub async fn wait_for<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        what: &str,
+        cond: impl Fn(Option<&K>) -> bool,
+    ) -> Option<K>
     where
         K: Resource + Clone + Debug + Send + serde::de::DeserializeOwned + 'static,
         <K as Resource>::DynamicType: Default,
@@ -186,7 +187,8 @@ async fn cleanup(client: &Client, namespace: &str, id: &str) {
     let volumes: Api<PersistentVolume> = Api::all(client.clone());
     if let Ok(list) = volumes.list(&ListParams::default()).await {
         for v in list.items {
-            let of_test = v.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.namespace.as_deref()) == Some(namespace);
+            let of_test = v.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.namespace.as_deref())
+                == Some(namespace);
             if of_test || v.labels().get(RUN_LABEL) == Some(&id.to_string()) {
                 let _ = volumes.patch(&v.name_any(), &pp, &no_finalizers).await;
                 let _ = volumes.delete(&v.name_any(), &dp).await;
@@ -303,8 +305,8 @@ pub mod fixtures {
     };
     use k8s_openapi::api::storage::v1::StorageClass;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-    use kube::api::ObjectMeta;
     use kube::ResourceExt;
+    use kube::api::ObjectMeta;
 
     /// A StorageClass `name` for `provisioner` with `Immediate` binding and the `Delete` policy.
     pub fn storage_class(name: &str, provisioner: &str) -> StorageClass {
@@ -400,6 +402,8 @@ pub mod engine {
         pub metrics: Metrics,
         /// The registry holding them.
         pub registry: Arc<Registry>,
+        /// Requests the engine's own client sent.
+        pub requests: Arc<provisioner_core::client::RequestCounts>,
         /// The engine's status.
         pub status: watch::Receiver<EngineStatus>,
         handle: tokio::task::JoinHandle<Result<(), EngineError>>,
@@ -425,7 +429,10 @@ pub mod engine {
         customize: impl FnOnce(EngineBuilder) -> EngineBuilder,
     ) -> RunningEngine {
         let mut registry = Registry::default();
-        let builder = Engine::builder(env.client.clone(), name, backend)
+        let config = kube::Config::infer().await.expect("KUBECONFIG");
+        let (client, requests) = provisioner_core::client::build_client(config, None).expect("client");
+        let _ = env;
+        let builder = Engine::builder(client, name, backend)
             .backoff(quick_backoff())
             .resync(None)
             .workers(16)
@@ -439,7 +446,7 @@ pub mod engine {
             .await
             .expect("engine caches synced in time")
             .expect("engine running");
-        RunningEngine { token, metrics, registry: Arc::new(registry), status, handle }
+        RunningEngine { token, metrics, registry: Arc::new(registry), requests, status, handle }
     }
 
     impl RunningEngine {
@@ -489,7 +496,12 @@ pub async fn wait_for_event(
 }
 
 /// Events about `name` in `namespace` with `reason`, as listed now.
-pub async fn events_for(client: &Client, namespace: &str, name: &str, reason: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
+pub async fn events_for(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
     use k8s_openapi::api::events::v1::Event;
     let api: Api<Event> = Api::namespaced(client.clone(), namespace);
     api.list(&ListParams::default())
