@@ -14,6 +14,8 @@
 //! [`engine`]'s documentation.
 
 pub mod backoff;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod client;
 pub mod decision;
 pub mod engine;
@@ -25,6 +27,7 @@ pub mod metrics;
 pub mod provisioner;
 pub mod quantity;
 pub mod queue;
+pub mod serve;
 pub mod volume;
 
 pub use engine::{Engine, EngineBuilder, EngineError};
