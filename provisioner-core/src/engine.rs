@@ -488,6 +488,10 @@ struct KeyState {
     given_up: HashMap<String, (String, String)>,
     /// Claim uids already warned about unsupported block mode.
     block_warned: HashSet<String>,
+    /// Volume uids whose backend this process has deleted: the rest of the
+    /// deletion (object, finalizer) may need another pass after a conflict,
+    /// and must not call the backend again.
+    backend_deleted: HashSet<String>,
     /// resourceVersions produced by the engine's own writes, whose watch
     /// events must not trigger another pass (the writer already knows).
     echoes: HashSet<String>,
@@ -657,12 +661,22 @@ async fn watch_volumes(ctx: Arc<Ctx>, writer: reflector::store::Writer<Persisten
         };
         match event {
             Ok(Some(watcher::Event::Apply(v) | watcher::Event::InitApply(v))) => {
-                if decision::volume_is_relevant(&v, &ctx.names) && !ctx.is_echo(&v) {
-                    ctx.queue.add(&v.name_any());
+                if decision::volume_is_relevant(&v, &ctx.names) {
+                    // The volume names its claim: the key finds it even if the
+                    // claim carries no annotation of ours any more.
+                    if let Some(r) = v.spec.as_ref().and_then(|s| s.claim_ref.as_ref())
+                        && let (Some(ns), Some(name)) = (&r.namespace, &r.name)
+                    {
+                        ctx.state().claim_of.entry(v.name_any()).or_insert_with(|| ObjectRef::new(name).within(ns));
+                    }
+                    if !ctx.is_echo(&v) {
+                        ctx.queue.add(&v.name_any());
+                    }
                 }
             }
             Ok(Some(watcher::Event::Delete(v))) => {
                 if decision::volume_is_relevant(&v, &ctx.names) {
+                    ctx.state().backend_deleted.remove(v.uid().as_deref().unwrap_or_default());
                     ctx.queue.add(&v.name_any());
                 }
             }
@@ -807,7 +821,9 @@ fn is_stale(marks: &StaleMarks, claim: Option<&PersistentVolumeClaim>, volume: O
 
 async fn reconcile(ctx: &Ctx, key: &str) -> Next {
     let claim_ref = ctx.state().claim_of.get(key).cloned();
-    let claim = claim_ref.and_then(|r| ctx.claims.get(&r));
+    // A claim of the same name may have been recreated (new uid, new key):
+    // only the claim whose key this is belongs to this volume.
+    let claim = claim_ref.and_then(|r| ctx.claims.get(&r)).filter(|c| ctx.key_of_claim(c) == key);
     let volume = ctx.volumes.get(&ObjectRef::new(key));
     let class_name = claim
         .as_deref()
@@ -845,6 +861,16 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Next {
     let decision = decide(key, &snap, &ctx.names, ctx.provisioner.as_ref());
     debug!(volume = key, ?decision, "decided");
     match decision {
+        Decision::Idle(decision::IdleReason::Nothing) => {
+            // Claim and volume are gone: forget everything about the key.
+            let mut st = ctx.state();
+            st.claim_of.remove(key);
+            st.failures.remove(key);
+            st.stale.remove(key);
+            st.given_up.remove(key);
+            drop(st);
+            Next::Done
+        }
         Decision::Idle(_) | Decision::WaitForCache => Next::Done,
         Decision::WaitForClass(class) => {
             debug!(volume = key, class, "waiting for the class to exist");
@@ -1147,16 +1173,26 @@ async fn release_claim(ctx: &Ctx, key: &str, claim: &PersistentVolumeClaim, resc
 
 async fn delete(ctx: &Ctx, key: &str, volume: &PersistentVolume, delete_object: bool) -> Next {
     let label = volume.spec.as_ref().and_then(|s| s.storage_class_name.clone()).unwrap_or_default();
+    let uid = volume.uid().unwrap_or_default();
     let started = Instant::now();
-    ctx.metrics.in_flight.inc();
-    let call = ctx.provisioner.delete(volume);
-    let result = match ctx.config.delete_timeout {
-        Some(t) => tokio::time::timeout(t, call)
-            .await
-            .unwrap_or_else(|_| Err(DeleteError::Failed(format!("delete call timed out after {t:?}")))),
-        None => call.await,
+    let result = if ctx.state().backend_deleted.contains(&uid) {
+        Ok(())
+    } else {
+        ctx.metrics.in_flight.inc();
+        let call = ctx.provisioner.delete(volume);
+        let result = match ctx.config.delete_timeout {
+            Some(t) => tokio::time::timeout(t, call)
+                .await
+                .unwrap_or_else(|_| Err(DeleteError::Failed(format!("delete call timed out after {t:?}")))),
+            None => call.await,
+        };
+        ctx.metrics.in_flight.dec();
+        if result.is_ok() {
+            ctx.state().backend_deleted.insert(uid);
+            ctx.metrics.delete_succeeded(&label, started.elapsed());
+        }
+        result
     };
-    ctx.metrics.in_flight.dec();
     match result {
         Ok(()) => {}
         Err(DeleteError::Ignored) => return Next::Done,
@@ -1170,7 +1206,6 @@ async fn delete(ctx: &Ctx, key: &str, volume: &PersistentVolume, delete_object: 
             return Next::Failed;
         }
     }
-    ctx.metrics.delete_succeeded(&label, started.elapsed());
     let before = volume.resource_version().unwrap_or_default();
     ctx.mark_stale(key, |m| m.volume_rvs.push(before));
     let mut current = volume.clone();
