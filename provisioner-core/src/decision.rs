@@ -210,8 +210,14 @@ pub fn decide(pv_name: &str, snap: &Snapshot<'_>, names: &Names, provisioner: &d
         // A backend volume may exist and no PV records it: finish the work
         // whatever happened to the claim, so it can be saved and then cleaned
         // up through the normal release path.
-        if snap.class.is_none() {
+        let Some(class) = snap.class else {
             return Decision::WaitForClass(claim_class(claim).unwrap_or_default().to_string());
+        };
+        // Another instance of the same provisioner name (a node's, a
+        // shard's) may own the record: only the one whose filter takes the
+        // claim may finish it.
+        if !provisioner.should_provision(claim, class) {
+            return Decision::Idle(IdleReason::Filtered);
         }
         let finishing_only = deleting(claim) || bound(claim);
         return Decision::Provision(ProvisionPlan {
@@ -448,6 +454,15 @@ mod tests {
         assert_eq!(run(Some(&c.clone()), None, Some(&k)), Decision::Idle(IdleReason::NotOurs));
         let deleting = claim("ns", "data", "u1").class("fast").intent_of("other.io/x", "pvc-u1").deleting().build();
         assert_eq!(run(Some(&deleting), None, Some(&k)), Decision::Idle(IdleReason::ClaimDeleting));
+    }
+
+    #[test]
+    fn intent_of_a_claim_another_instance_owns_is_left_alone() {
+        let k = class("fast", NAME).build();
+        let c = ours().intent_of(NAME, "pvc-u1").deleting().build();
+        let snap = Snapshot { claim: Some(&c), class: Some(&k), ..Default::default() };
+        let d = decide("pvc-u1", &snap, &names(), &Hooks { refuse_claims: true, ..Default::default() });
+        assert_eq!(d, Decision::Idle(IdleReason::Filtered));
     }
 
     #[test]

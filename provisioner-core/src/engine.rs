@@ -988,13 +988,9 @@ async fn provision(
             debug!(volume = key, msg, "provisioning in progress");
             Next::Failed
         }
-        Err(ProvisionError::Ignored) => {
-            if decision::has_intent(&claim, &ctx.names) {
-                release_claim(ctx, key, &claim, false).await
-            } else {
-                Next::Done
-            }
-        }
+        // Not this instance's claim: its record, if any, belongs to the
+        // instance that wrote it (another node's, another shard's).
+        Err(ProvisionError::Ignored) => Next::Done,
         Err(err) if plan.finishing_only => {
             // Nothing was created and the claim is going away: let it go.
             debug!(volume = key, %err, "nothing to finish");

@@ -102,7 +102,9 @@ pub enum ProvisionError {
     /// was created. A `ProvisioningFailed` event, a slow retry, and an
     /// immediate retry when the class changes.
     Infeasible(String),
-    /// Not this provisioner's claim (another shard or node): no event, no retry.
+    /// Not this provisioner's claim (another shard or node): no event, no
+    /// retry, and the claim is left untouched. Prefer declining such claims
+    /// in [`Provisioner::should_provision`], which saves the call.
     Ignored,
 }
 
@@ -206,8 +208,11 @@ pub trait Provisioner: Send + Sync + 'static {
     /// already gone is success.
     async fn delete(&self, volume: &PersistentVolume) -> Result<(), DeleteError>;
 
-    /// Whether this provisioner should handle the claim at all (for sharding);
-    /// checked before anything is recorded. Default: yes.
+    /// Whether this instance should handle the claim at all. Where several
+    /// instances serve one provisioner name (a DaemonSet with one per node,
+    /// shards), answer `false` for claims another instance owns: it is
+    /// checked before the intent is recorded and before any later call, so
+    /// only the owner ever records or finishes the claim. Default: yes.
     fn should_provision(&self, _claim: &PersistentVolumeClaim, _class: &StorageClass) -> bool {
         true
     }
