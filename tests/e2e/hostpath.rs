@@ -15,8 +15,8 @@ use hostpath_provisioner::provisioner::{HOSTNAME_LABEL, immediate_binding_messag
 use hostpath_provisioner::{HostPathProvisioner, Settings, SharedSettings};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{DeleteParams, ObjectMeta};
 use kube::ResourceExt;
+use kube::api::{DeleteParams, ObjectMeta};
 use provisioner_core::keys;
 
 /// A Node `node-<n>-<id>` labelled with hostname `host-<n>-<id>`, and an
@@ -32,8 +32,8 @@ async fn node_instance(env: &TestEnv, n: &str, base: &Path) -> RunningEngine {
     };
     env.create(&env.cluster_api(), node).await;
     let identity = node_identity(&env.client, &env.name(&format!("node-{n}"))).await.expect("node identity");
-    let settings =
-        Settings::from_values(&[base.display().to_string()], None, "0770", None, None, "local", "delete").expect("settings");
+    let settings = Settings::from_values(&[base.display().to_string()], None, "0770", None, None, "local", "delete")
+        .expect("settings");
     let provisioner = HostPathProvisioner::new(identity, SharedSettings::new(settings));
     start(env, &provisioner_name(env), Arc::new(provisioner), |b| b).await
 }
@@ -69,8 +69,10 @@ fn local_path(pv: &PersistentVolume) -> String {
 }
 
 fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).expect("base dir").map(|e| e.expect("entry").file_name().to_string_lossy().into()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("base dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into())
+        .collect();
     v.sort();
     v
 }
@@ -97,7 +99,8 @@ async fn claim_on_this_node_gets_a_directory_and_a_local_volume_pinned_by_hostna
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o770);
 
     let required = pv.spec.as_ref().and_then(|s| s.node_affinity.as_ref()).and_then(|a| a.required.clone());
-    let expr = &required.expect("required node affinity").node_selector_terms[0].match_expressions.clone().expect("exprs")[0];
+    let expr =
+        &required.expect("required node affinity").node_selector_terms[0].match_expressions.clone().expect("exprs")[0];
     assert_eq!(expr.key, HOSTNAME_LABEL);
     assert_eq!(expr.values, Some(vec![env.name("host-a")]), "the hostname label's value, not the node name");
 
@@ -244,4 +247,3 @@ async fn immediate_binding_class_is_told_to_use_wait_for_first_consumer() {
     engine.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
-
