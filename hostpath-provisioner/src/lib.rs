@@ -9,6 +9,8 @@
 //! - [`provisioner`]: the [`Provisioner`](provisioner_core::Provisioner) implementation;
 //! - [`cli`]: the binary's flags and start-up.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod cli;
 pub mod config;
 pub mod fs;

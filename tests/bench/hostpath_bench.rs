@@ -98,10 +98,10 @@ async fn main() {
     let claims: Api<PersistentVolumeClaim> = env.api();
     let t = times.clone();
     let claim_watch = tokio::spawn(watcher(claims.clone(), watcher::Config::default()).try_for_each(move |ev| {
-        if let watcher::Event::Apply(c) | watcher::Event::InitApply(c) = ev {
-            if c.annotations().contains_key(keys::STORAGE_PROVISIONER) {
-                t.lock().expect("lock").annotated.entry(c.name_any()).or_insert_with(Instant::now);
-            }
+        if let watcher::Event::Apply(c) | watcher::Event::InitApply(c) = ev
+            && c.annotations().contains_key(keys::STORAGE_PROVISIONER)
+        {
+            t.lock().expect("lock").annotated.entry(c.name_any()).or_insert_with(Instant::now);
         }
         futures::future::ready(Ok(()))
     }));
@@ -146,7 +146,7 @@ async fn main() {
     claim_watch.abort();
     volume_watch.abort();
 
-    let t = times.lock().expect("lock");
+    let t = std::mem::take(&mut *times.lock().expect("lock"));
     let mut latencies: Vec<Duration> = t
         .volume_seen
         .iter()
@@ -183,7 +183,6 @@ async fn main() {
         busy.as_secs_f64()
     );
     println!("  volumes saved             {}", engine.metrics.provisioned(&class));
-    drop(t);
     engine.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
