@@ -1,2 +1,21 @@
-//! Node-local directory provisioner on `provisioner-core`. Not implemented
-//! yet; see the project's hostpath issue.
+//! A node-local directory provisioner on `provisioner-core`: one instance per
+//! node (a DaemonSet), each making a directory per claim on its own disk for
+//! claims the scheduler placed on its node, and handing it out as a `local`
+//! (or `hostPath`) PersistentVolume pinned to that node. No helper pods.
+//!
+//! - [`layout`]: the path pattern and the containment rules (pure);
+//! - [`config`]: flags, the reloadable config file, class parameters;
+//! - [`fs`]: every filesystem call, symlink- and special-file-safe;
+//! - [`provisioner`]: the [`Provisioner`](provisioner_core::Provisioner) implementation;
+//! - [`cli`]: the binary's flags and start-up.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod cli;
+pub mod config;
+pub mod fs;
+pub mod layout;
+pub mod provisioner;
+
+pub use config::{Settings, SharedSettings};
+pub use provisioner::{HostPathProvisioner, NodeIdentity};

@@ -1,0 +1,89 @@
+# The hostpath provisioner part of ./demo: a Node object `demo-node` (as a
+# kubelet would register it), the provisioner running in the background for
+# it with a base dir under $DEMO_DIR, the WaitForFirstConsumer class of
+# hostpath-provisioner/deploy, and a claim with the selected node set (as the
+# scheduler would).
+
+hostpath_up() {
+  local dir="$DEMO_DIR/hostpath" bin pid
+  mkdir -p "$dir/volumes"
+  log "building hostpath-provisioner"
+  cargo build --quiet --manifest-path "$ROOT/Cargo.toml" -p hostpath-provisioner --bin hostpath-provisioner
+  bin="${CARGO_TARGET_DIR:-$ROOT/target}/debug/hostpath-provisioner"
+
+  # The hostname label differs from the node name on purpose: PVs pin it.
+  kubectl apply -f - <<YAML
+apiVersion: v1
+kind: Node
+metadata:
+  name: demo-node
+  labels:
+    kubernetes.io/hostname: demo-host
+YAML
+
+  if [[ -f "$dir/provisioner.pid" ]] && kill -0 "$(cat "$dir/provisioner.pid")" 2>/dev/null; then
+    log "hostpath-provisioner already running (pid $(cat "$dir/provisioner.pid"))"
+  else
+    NODE_NAME=demo-node BASE_DIRS="$dir/volumes" METRICS_ADDRESS="" \
+      setsid "$bin" >"$dir/provisioner.log" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$dir/provisioner.pid"
+    log "hostpath-provisioner running as pid $pid (log: $dir/provisioner.log)"
+  fi
+
+  kubectl apply -f "$ROOT/hostpath-provisioner/deploy/storageclass.yaml"
+  kubectl apply -f - <<YAML
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: demo-data
+  namespace: default
+  annotations:
+    volume.kubernetes.io/selected-node: demo-node
+spec:
+  storageClassName: hostpath
+  accessModes: ["ReadWriteOnce"]
+  resources:
+    requests:
+      storage: 1Gi
+YAML
+  log "waiting for the claim to be Bound"
+  if ! kubectl wait --for=jsonpath='{.status.phase}'=Bound pvc/demo-data -n default --timeout=90s >/dev/null; then
+    log "the claim did not bind; the provisioner's log:"
+    tail -n 30 "$dir/provisioner.log" >&2
+    return 1
+  fi
+  local pv path
+  pv="$(kubectl get pvc demo-data -n default -o jsonpath='{.spec.volumeName}')"
+  path="$(kubectl get pv "$pv" -o jsonpath='{.spec.local.path}')"
+  echo
+  echo "\$ kubectl get pvc -n default"
+  kubectl get pvc -n default
+  echo
+  echo "\$ kubectl get pv"
+  kubectl get pv
+  echo
+  echo "\$ kubectl get pv $pv -o jsonpath='{.spec.nodeAffinity}'"
+  kubectl get pv "$pv" -o jsonpath='{.spec.nodeAffinity}'
+  echo
+  echo
+  echo "\$ ls -la $dir/volumes"
+  ls -la "$dir/volumes"
+  echo
+  echo "\$ ls -la $path"
+  ls -la "$path"
+  echo
+}
+
+hostpath_down() {
+  local pidfile="$DEMO_DIR/hostpath/provisioner.pid" pid
+  [[ -f "$pidfile" ]] || return 0
+  pid="$(cat "$pidfile")"
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    log "stopped hostpath-provisioner (pid $pid)"
+  fi
+  rm -f "$pidfile"
+}

@@ -1,0 +1,413 @@
+//! Every filesystem call this provisioner makes, in one place.
+//!
+//! All work below a base dir is done relative to open directory handles
+//! (`openat`, `mkdirat`, `unlinkat`, `renameat`, `fstatat` with
+//! `AT_SYMLINK_NOFOLLOW`), one validated component at a time, each opened with
+//! `O_NOFOLLOW | O_DIRECTORY`. So:
+//! - no path a user can influence is ever resolved through a symlink: a
+//!   symlink planted inside a volume, or in place of the volume directory
+//!   itself, is unlinked, never followed;
+//! - special files (FIFOs, sockets, devices) are unlinked without being
+//!   opened, so a FIFO cannot block the deletion;
+//! - there is no window between checking a path and using it (the race
+//!   behind CVE-2022-21658 in `std::fs::remove_dir_all`).
+//!
+//! The base dirs themselves are the operator's configuration and are opened
+//! normally.
+//!
+//! Directories are plain directories: nothing limits how much a volume
+//! writes, whatever its claim requested. The free-space check only keeps a
+//! node from accepting claims it clearly cannot hold.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, CWD, Dir, FileType, Gid, Mode, OFlags, Uid};
+use rustix::io::Errno;
+
+use crate::layout::RelPath;
+
+/// Bytes available to unprivileged users on the filesystem holding `dir`.
+pub fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Permissions and ownership of a new volume directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirAccess {
+    /// Permission bits, e.g. `0o770`.
+    pub mode: u32,
+    /// Owner, if it should be changed.
+    pub uid: Option<u32>,
+    /// Group, if it should be changed.
+    pub gid: Option<u32>,
+}
+
+/// What [`create_volume_dir`] found or made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// A new directory.
+    New,
+    /// The directory existed and was empty (a retry after a crash).
+    ExistingEmpty,
+    /// The directory existed with content.
+    ExistingWithData,
+}
+
+/// What [`remove_volume_dir`] or [`archive_volume_dir`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Removed {
+    /// Removed (or renamed to the archive name).
+    Done,
+    /// Nothing was there.
+    Missing,
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+/// Directories between a base dir and a volume directory.
+const PARENT_MODE: u32 = 0o750;
+
+fn open_base(base: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(CWD, base, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?)
+}
+
+fn open_child(parent: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+    match rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::LOOP) | Err(Errno::NOTDIR) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{name:?} is a symlink or not a directory; refusing to go through it"),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens the directory holding the last component of `rel` under `base`,
+/// without following symlinks. `Ok(None)`: an intermediate directory is missing.
+fn open_parent(base: &Path, rel: &RelPath) -> io::Result<Option<OwnedFd>> {
+    let mut fd = open_base(base)?;
+    let comps = rel.components();
+    for c in &comps[..comps.len() - 1] {
+        fd = match open_child(fd.as_fd(), c) {
+            Ok(next) => next,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+    }
+    Ok(Some(fd))
+}
+
+fn last(rel: &RelPath) -> &str {
+    rel.components().last().map(String::as_str).unwrap_or_default()
+}
+
+/// Whether `base/rel` exists as a real directory (a symlink there does not count).
+pub fn volume_dir_exists(base: &Path, rel: &RelPath) -> io::Result<bool> {
+    let Some(parent) = open_parent(base, rel)? else { return Ok(false) };
+    match rustix::fs::statat(&parent, last(rel), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn is_empty(dir: BorrowedFd<'_>) -> io::Result<bool> {
+    for entry in Dir::read_from(dir)? {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Creates `base/rel` (and missing intermediate directories, mode 0750) and
+/// gives it `access`. An existing empty directory is taken over (a retry after a
+/// crash between creating it and saving the PV); one with data is reported as
+/// such and left untouched.
+pub fn create_volume_dir(base: &Path, rel: &RelPath, access: DirAccess) -> io::Result<Created> {
+    let mut fd = open_base(base)?;
+    let comps = rel.components();
+    for c in &comps[..comps.len() - 1] {
+        match rustix::fs::mkdirat(&fd, c.as_str(), Mode::from_raw_mode(PARENT_MODE)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        fd = open_child(fd.as_fd(), c)?;
+    }
+    let name = last(rel);
+    let created = match rustix::fs::mkdirat(&fd, name, Mode::from_raw_mode(access.mode & 0o777)) {
+        Ok(()) => Created::New,
+        Err(Errno::EXIST) => Created::ExistingEmpty,
+        Err(e) => return Err(e.into()),
+    };
+    let dir = open_child(fd.as_fd(), name)?;
+    if created == Created::ExistingEmpty && !is_empty(dir.as_fd())? {
+        return Ok(Created::ExistingWithData);
+    }
+    if access.uid.is_some() || access.gid.is_some() {
+        rustix::fs::fchown(&dir, access.uid.map(Uid::from_raw), access.gid.map(Gid::from_raw))?;
+    }
+    // After chown, which clears set-id bits; and mkdir's mode was cut by the umask.
+    rustix::fs::fchmod(&dir, Mode::from_raw_mode(access.mode))?;
+    Ok(created)
+}
+
+/// Removes `base/rel` and everything in it without following any symlink
+/// and without opening anything but directories; then removes intermediate
+/// directories of the pattern that became empty. A symlink or special file in
+/// place of the volume directory is unlinked. Missing: [`Removed::Missing`].
+pub fn remove_volume_dir(base: &Path, rel: &RelPath) -> io::Result<Removed> {
+    let Some(parent) = open_parent(base, rel)? else { return Ok(Removed::Missing) };
+    let removed = remove_tree_at(parent.as_fd(), OsStr::new(last(rel)))?;
+    drop(parent);
+    prune_parents(base, rel);
+    Ok(removed)
+}
+
+/// Renames `base/rel` to `base/<archive_name>` (never following a symlink:
+/// `renameat` moves the entry itself). Missing: [`Removed::Missing`].
+pub fn archive_volume_dir(base: &Path, rel: &RelPath, archive_name: &str) -> io::Result<Removed> {
+    let Some(parent) = open_parent(base, rel)? else { return Ok(Removed::Missing) };
+    let base_fd = open_base(base)?;
+    match rustix::fs::statat(&base_fd, archive_name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{archive_name} already exists"))),
+        Err(Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match rustix::fs::renameat(&parent, last(rel), &base_fd, archive_name) {
+        Ok(()) => {}
+        Err(Errno::NOENT) => return Ok(Removed::Missing),
+        Err(e) => return Err(e.into()),
+    }
+    drop(parent);
+    prune_parents(base, rel);
+    Ok(Removed::Done)
+}
+
+/// Best effort: removes the now-empty intermediate directories of `rel`.
+fn prune_parents(base: &Path, rel: &RelPath) {
+    let comps = rel.components();
+    for depth in (1..comps.len()).rev() {
+        let Ok(Some(parent)) = open_parent(base, &sub(rel, depth)) else { return };
+        if rustix::fs::unlinkat(&parent, comps[depth - 1].as_str(), AtFlags::REMOVEDIR).is_err() {
+            return;
+        }
+    }
+}
+
+fn sub(rel: &RelPath, depth: usize) -> RelPath {
+    // A prefix of a valid path is valid.
+    RelPath::parse(&rel.components()[..depth].join("/")).unwrap_or_else(|_| rel.clone())
+}
+
+/// Removes the entry `name` in the directory `parent`: a directory is emptied
+/// recursively and removed; anything else (file, symlink, FIFO, socket,
+/// device) is unlinked without being opened. Missing: [`Removed::Missing`].
+pub fn remove_tree_at(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<Removed> {
+    let st = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(Removed::Missing),
+        Err(e) => return Err(e.into()),
+    };
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        return unlink(parent, name, AtFlags::empty());
+    }
+    let dir = match rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(Removed::Missing),
+        // Replaced by a symlink or a file since the stat: unlink that instead.
+        Err(Errno::LOOP) | Err(Errno::NOTDIR) => return unlink(parent, name, AtFlags::empty()),
+        Err(e) => return Err(e.into()),
+    };
+    // Owner-only permissions on a directory would stop us listing it as a non-root user.
+    let _ = rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o700));
+    let mut names = Vec::new();
+    for entry in Dir::read_from(&dir)? {
+        let entry = entry?;
+        let n = entry.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    for n in names {
+        remove_tree_at(dir.as_fd(), OsStr::from_bytes(&n))?;
+    }
+    drop(dir);
+    unlink(parent, name, AtFlags::REMOVEDIR)
+}
+
+fn unlink(parent: BorrowedFd<'_>, name: &OsStr, flags: AtFlags) -> io::Result<Removed> {
+    match rustix::fs::unlinkat(parent, name, flags) {
+        Ok(()) => Ok(Removed::Done),
+        Err(Errno::NOENT) => Ok(Removed::Missing),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A UTC timestamp like `20260102T030405Z` for archive names.
+pub fn timestamp(unix_seconds: u64) -> String {
+    let days = (unix_seconds / 86_400) as i64;
+    let secs = unix_seconds % 86_400;
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::process::Command;
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::parse(s).unwrap()
+    }
+
+    const ACCESS: DirAccess = DirAccess { mode: 0o750, uid: None, gid: None };
+
+    /// A base dir, and outside it a directory with a sentinel file.
+    fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("base");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&base).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        let sentinel = outside.join("sentinel");
+        std::fs::write(&sentinel, b"keep me").unwrap();
+        (tmp, base, sentinel)
+    }
+
+    #[test]
+    fn creates_nested_directories_with_the_mode_asked_for() {
+        let (_tmp, base, _) = setup();
+        let r = rel("ns/claim");
+        assert_eq!(create_volume_dir(&base, &r, ACCESS).unwrap(), Created::New);
+        let meta = std::fs::metadata(base.join("ns/claim")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
+        assert_eq!(create_volume_dir(&base, &r, ACCESS).unwrap(), Created::ExistingEmpty, "a retry reuses it");
+        std::fs::write(base.join("ns/claim/data"), b"x").unwrap();
+        assert_eq!(create_volume_dir(&base, &r, ACCESS).unwrap(), Created::ExistingWithData);
+        assert!(volume_dir_exists(&base, &r).unwrap());
+    }
+
+    #[test]
+    fn creation_refuses_to_go_through_a_planted_symlink() {
+        let (_tmp, base, sentinel) = setup();
+        symlink(sentinel.parent().unwrap(), base.join("ns")).unwrap();
+        assert!(create_volume_dir(&base, &rel("ns/claim"), ACCESS).is_err());
+        assert!(!sentinel.parent().unwrap().join("claim").exists());
+        symlink(sentinel.parent().unwrap(), base.join("pvc-1")).unwrap();
+        assert!(create_volume_dir(&base, &rel("pvc-1"), ACCESS).is_err());
+        assert!(!volume_dir_exists(&base, &rel("pvc-1")).unwrap(), "a symlink is not a volume directory");
+    }
+
+    #[test]
+    fn deletion_never_follows_a_symlink_inside_the_volume() {
+        let (_tmp, base, sentinel) = setup();
+        let r = rel("pvc-1");
+        create_volume_dir(&base, &r, ACCESS).unwrap();
+        let vol = base.join("pvc-1");
+        std::fs::create_dir_all(vol.join("sub/deeper")).unwrap();
+        std::fs::write(vol.join("sub/file"), b"data").unwrap();
+        symlink(sentinel.parent().unwrap(), vol.join("escape")).unwrap();
+        symlink(sentinel.parent().unwrap(), vol.join("sub/deeper/escape")).unwrap();
+        symlink(&sentinel, vol.join("file-link")).unwrap();
+        assert_eq!(remove_volume_dir(&base, &r).unwrap(), Removed::Done);
+        assert!(!vol.exists());
+        assert_eq!(std::fs::read(&sentinel).unwrap(), b"keep me");
+        assert!(sentinel.parent().unwrap().exists());
+    }
+
+    #[test]
+    fn deletion_unlinks_a_symlink_planted_in_place_of_the_volume() {
+        let (_tmp, base, sentinel) = setup();
+        symlink(sentinel.parent().unwrap(), base.join("pvc-1")).unwrap();
+        assert_eq!(remove_volume_dir(&base, &rel("pvc-1")).unwrap(), Removed::Done);
+        assert!(std::fs::symlink_metadata(base.join("pvc-1")).is_err(), "the link is gone");
+        assert_eq!(std::fs::read(&sentinel).unwrap(), b"keep me");
+    }
+
+    #[test]
+    fn deletion_refuses_a_symlinked_intermediate_directory() {
+        let (_tmp, base, sentinel) = setup();
+        let outside = sentinel.parent().unwrap();
+        std::fs::create_dir(outside.join("claim")).unwrap();
+        symlink(outside, base.join("ns")).unwrap();
+        assert!(remove_volume_dir(&base, &rel("ns/claim")).is_err());
+        assert!(outside.join("claim").exists());
+        assert!(sentinel.exists());
+    }
+
+    #[test]
+    fn a_fifo_inside_the_volume_is_removed_without_blocking() {
+        let (_tmp, base, _) = setup();
+        let r = rel("pvc-1");
+        create_volume_dir(&base, &r, ACCESS).unwrap();
+        let fifo = base.join("pvc-1/pipe");
+        let status = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+        assert!(status.success());
+        // Opening a FIFO with no writer would block forever: a hung test is the failure.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let b = base.clone();
+        std::thread::spawn(move || tx.send(remove_volume_dir(&b, &r).map_err(|e| e.to_string())));
+        let result = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("deletion did not block");
+        assert_eq!(result.unwrap(), Removed::Done);
+        assert!(!base.join("pvc-1").exists());
+    }
+
+    #[test]
+    fn missing_volume_is_reported_not_an_error() {
+        let (_tmp, base, _) = setup();
+        assert_eq!(remove_volume_dir(&base, &rel("pvc-x")).unwrap(), Removed::Missing);
+        assert_eq!(remove_volume_dir(&base, &rel("ns/pvc-x")).unwrap(), Removed::Missing);
+        assert_eq!(archive_volume_dir(&base, &rel("pvc-x"), "archived-pvc-x-1").unwrap(), Removed::Missing);
+    }
+
+    #[test]
+    fn empty_pattern_directories_are_pruned_after_delete() {
+        let (_tmp, base, _) = setup();
+        create_volume_dir(&base, &rel("ns/a"), ACCESS).unwrap();
+        create_volume_dir(&base, &rel("ns/b"), ACCESS).unwrap();
+        remove_volume_dir(&base, &rel("ns/a")).unwrap();
+        assert!(base.join("ns").exists(), "still holds b");
+        remove_volume_dir(&base, &rel("ns/b")).unwrap();
+        assert!(!base.join("ns").exists());
+    }
+
+    #[test]
+    fn archive_renames_inside_the_base_dir() {
+        let (_tmp, base, _) = setup();
+        create_volume_dir(&base, &rel("ns/pvc-1"), ACCESS).unwrap();
+        std::fs::write(base.join("ns/pvc-1/data"), b"x").unwrap();
+        assert_eq!(archive_volume_dir(&base, &rel("ns/pvc-1"), "archived-pvc-1-t").unwrap(), Removed::Done);
+        assert_eq!(std::fs::read(base.join("archived-pvc-1-t/data")).unwrap(), b"x");
+        create_volume_dir(&base, &rel("pvc-2"), ACCESS).unwrap();
+        assert!(archive_volume_dir(&base, &rel("pvc-2"), "archived-pvc-1-t").is_err(), "never overwrites an archive");
+    }
+
+    #[test]
+    fn free_space_is_reported() {
+        let (_tmp, base, _) = setup();
+        assert!(free_bytes(&base).unwrap() > 0);
+    }
+
+    #[test]
+    fn timestamps_are_utc_calendar_times() {
+        assert_eq!(timestamp(0), "19700101T000000Z");
+        assert_eq!(timestamp(951_782_400), "20000229T000000Z");
+        assert_eq!(timestamp(1_767_323_045), "20260102T030405Z");
+    }
+}

@@ -1,0 +1,451 @@
+//! The [`Provisioner`] implementation: which claims and volumes this node
+//! instance acts for, how a base dir is chosen, and the PersistentVolume it
+//! describes.
+//!
+//! # Which instance acts
+//! One instance runs per node (a DaemonSet), all with the same provisioner
+//! name and without leader election. An instance acts for a claim only when
+//! the claim's selected node (`volume.kubernetes.io/selected-node`, set by
+//! the scheduler for `WaitForFirstConsumer` classes) is its own node name;
+//! for any other node it answers [`ProvisionError::Ignored`]. It deletes
+//! only volumes whose node affinity names its own node's
+//! `kubernetes.io/hostname` label value. In single-node mode it acts for
+//! every claim and volume.
+//!
+//! # Choosing a base dir
+//! If a directory for the volume already exists in one of the base dirs (a
+//! retry), it is used. Otherwise, among the base dirs (or the one pinned by
+//! the class's `baseDir`) whose filesystem has at least the requested bytes
+//! free, the one with the most free bytes wins; ties go to the first listed.
+//! When none has room the answer is [`ProvisionError::Reschedule`], so the
+//! scheduler picks another node. Directories are not quota-limited: a volume
+//! can grow past its request.
+//!
+//! # Nodes that are gone
+//! A DaemonSet pod only runs on live nodes, so nobody deletes the
+//! directories of a node that was removed: its volumes stay `Released` (the
+//! other instances answer [`DeleteError::Ignored`], which makes no event and
+//! no retry). Clean up by deleting those PersistentVolumes by hand (remove
+//! the finalizer `external-provisioner.volume.kubernetes.io/finalizer` if
+//! the PV is stuck `Terminating`); if the node comes back under the same
+//! hostname, its instance deletes them normally.
+//!
+//! # Immediate binding
+//! Without a selected node, no instance can know where the pod will run. A
+//! claim of an `Immediate` class gets a `ProvisioningFailed` event saying to
+//! use `WaitForFirstConsumer` (from every instance; the engine retries
+//! slowly), except in single-node mode, where there is only one place.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{
+    HostPathVolumeSource, LocalVolumeSource, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolume,
+    PersistentVolumeClaim, PersistentVolumeSpec, VolumeNodeAffinity,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::ResourceExt;
+use provisioner_core::decision::selected_node;
+use provisioner_core::{DeleteError, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
+use tracing::info;
+
+use crate::config::{ClassOptions, OnDelete, SharedSettings, VolumeType, class_options};
+use crate::fs::{self, Created, Removed};
+use crate::layout::{ARCHIVE_PREFIX, PathVars, RelPath, contained};
+
+/// The node label the PV's node affinity uses.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+/// PV annotation: the node name the directory is on.
+pub const NODE_ANNOTATION: &str = "hostpath.provisioner-rs.io/node";
+/// PV annotation: what deleting the volume does (`delete` or `archive`),
+/// fixed when the volume is made, so a later class change cannot alter it.
+pub const ON_DELETE_ANNOTATION: &str = "hostpath.provisioner-rs.io/on-delete";
+/// The provisioner name the deploy manifests use.
+pub const DEFAULT_PROVISIONER_NAME: &str = "hostpath.provisioner-rs.io/local";
+
+/// The node this instance runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// The Node object's name (`NODE_NAME`), as in `selected-node`.
+    pub name: String,
+    /// Its `kubernetes.io/hostname` label value, which the PV's node affinity uses.
+    pub hostname: String,
+}
+
+/// A directory per claim on this node.
+#[derive(Clone, Debug)]
+pub struct HostPathProvisioner {
+    node: NodeIdentity,
+    settings: SharedSettings,
+    single_node: bool,
+}
+
+/// The message for claims of `Immediate` classes.
+pub fn immediate_binding_message(class: &str) -> String {
+    format!(
+        "class {class} uses Immediate binding; the hostpath provisioner needs volumeBindingMode: \
+         WaitForFirstConsumer so the scheduler picks the node"
+    )
+}
+
+impl HostPathProvisioner {
+    /// A provisioner for `node`, reading `settings` at each call.
+    pub fn new(node: NodeIdentity, settings: SharedSettings) -> Self {
+        HostPathProvisioner { node, settings, single_node: false }
+    }
+
+    /// Acts for every claim and volume (the only node of a cluster).
+    pub fn single_node(mut self, on: bool) -> Self {
+        self.single_node = on;
+        self
+    }
+
+    /// The node this instance serves.
+    pub fn node(&self) -> &NodeIdentity {
+        &self.node
+    }
+
+    fn is_mine(&self, selected: Option<&str>) -> bool {
+        self.single_node || selected.is_none_or(|n| n == self.node.name)
+    }
+
+    /// Whether `volume` is on this node, judged by its node affinity.
+    pub fn owns_volume(&self, volume: &PersistentVolume) -> bool {
+        if self.single_node {
+            return true;
+        }
+        affinity_hostnames(volume).iter().any(|h| *h == self.node.hostname)
+    }
+
+    fn options(&self, request: &ProvisionRequest) -> Result<ClassOptions, ProvisionError> {
+        class_options(&self.settings.get(), request.parameters()).map_err(ProvisionError::Infeasible)
+    }
+}
+
+/// The hostname values of a volume's required node affinity.
+pub fn affinity_hostnames(volume: &PersistentVolume) -> Vec<&str> {
+    let terms = volume
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_affinity.as_ref())
+        .and_then(|a| a.required.as_ref())
+        .map(|r| r.node_selector_terms.as_slice())
+        .unwrap_or_default();
+    terms
+        .iter()
+        .flat_map(|t| t.match_expressions.iter().flatten())
+        .filter(|e| e.key == HOSTNAME_LABEL && e.operator == "In")
+        .flat_map(|e| e.values.iter().flatten().map(String::as_str))
+        .collect()
+}
+
+/// The directory path in a volume's source.
+pub fn volume_path(volume: &PersistentVolume) -> Option<&str> {
+    let spec = volume.spec.as_ref()?;
+    spec.local.as_ref().map(|l| l.path.as_str()).or(spec.host_path.as_ref().map(|h| h.path.as_str()))
+}
+
+/// The PV spec for a directory at `path` on the node with `hostname`.
+pub fn volume_spec(path: &str, hostname: &str, volume_type: VolumeType) -> PersistentVolumeSpec {
+    let (local, host_path) = match volume_type {
+        VolumeType::Local => (Some(LocalVolumeSource { path: path.into(), fs_type: None }), None),
+        VolumeType::HostPath => {
+            (None, Some(HostPathVolumeSource { path: path.into(), type_: Some("Directory".into()) }))
+        }
+    };
+    PersistentVolumeSpec {
+        local,
+        host_path,
+        node_affinity: Some(VolumeNodeAffinity {
+            required: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(vec![NodeSelectorRequirement {
+                        key: HOSTNAME_LABEL.into(),
+                        operator: "In".into(),
+                        values: Some(vec![hostname.into()]),
+                    }]),
+                    match_fields: None,
+                }],
+            }),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Picks the base dir for a new volume from `(dir, free bytes)` pairs: the
+/// most free space among those with at least `needed` bytes; ties go to the
+/// first listed. `None`: no dir has room.
+///
+/// ```
+/// use hostpath_provisioner::provisioner::choose_base_dir;
+/// let dirs = [("/a", 10), ("/b", 30), ("/c", 30)];
+/// assert_eq!(choose_base_dir(&dirs, 20), Some(1));
+/// assert_eq!(choose_base_dir(&dirs, 40), None);
+/// ```
+pub fn choose_base_dir<T>(dirs: &[(T, u64)], needed: u64) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (i, (_, free)) in dirs.iter().enumerate() {
+        if *free >= needed && best.is_none_or(|b| *free > dirs[b].1) {
+            best = Some(i);
+        }
+    }
+    best
+}
+
+fn provision_on_disk(
+    options: &ClassOptions,
+    rel: &RelPath,
+    needed: u64,
+) -> Result<(PathBuf, Created), Result<String, String>> {
+    // Err(Ok(msg)): no room (reschedule); Err(Err(msg)): a failure.
+    for base in &options.base_dirs {
+        match fs::volume_dir_exists(base, rel) {
+            Ok(true) => {
+                let created = fs::create_volume_dir(base, rel, options.access)
+                    .map_err(|e| Err(format!("preparing {}: {e}", rel.under(base).display())))?;
+                return Ok((base.clone(), created));
+            }
+            Ok(false) => {}
+            Err(e) => return Err(Err(format!("checking {}: {e}", rel.under(base).display()))),
+        }
+    }
+    let mut free = Vec::new();
+    for base in &options.base_dirs {
+        let bytes = fs::free_bytes(base).map_err(|e| Err(format!("base dir {}: {e}", base.display())))?;
+        free.push((base, bytes));
+    }
+    let Some(i) = choose_base_dir(&free, needed) else {
+        let most = free.iter().map(|(_, b)| *b).max().unwrap_or(0);
+        return Err(Ok(format!(
+            "the claim requests {needed} bytes but the most free space in a base dir is {most} bytes"
+        )));
+    };
+    let base = free[i].0.clone();
+    let created = fs::create_volume_dir(&base, rel, options.access)
+        .map_err(|e| Err(format!("creating {}: {e}", rel.under(&base).display())))?;
+    Ok((base, created))
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| format!("filesystem task failed: {e}"))
+}
+
+#[async_trait]
+impl Provisioner for HostPathProvisioner {
+    async fn provision(&self, request: &ProvisionRequest) -> Result<ProvisionedVolume, ProvisionError> {
+        let selected = request.selected_node.as_deref();
+        if !self.is_mine(selected) {
+            return Err(ProvisionError::Ignored);
+        }
+        let wffc = request.class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer");
+        if selected.is_none() && !self.single_node {
+            if wffc {
+                return Err(ProvisionError::Ignored);
+            }
+            return Err(ProvisionError::Infeasible(immediate_binding_message(&request.class.name_any())));
+        }
+        let options = self.options(request)?;
+        let namespace = request.claim.namespace().unwrap_or_default();
+        let name = request.claim.name_any();
+        let vars = PathVars { namespace: &namespace, name: &name, pv: &request.pv_name };
+        let rel = options.path_pattern.expand(&vars).map_err(|e| {
+            ProvisionError::Infeasible(format!(
+                "path pattern {} for claim {}: {e}",
+                options.path_pattern,
+                request.claim_key()
+            ))
+        })?;
+        let needed = request.requested_bytes().unwrap_or(0);
+        let (opts, r) = (options.clone(), rel.clone());
+        let (base, created) =
+            match blocking(move || provision_on_disk(&opts, &r, needed)).await.map_err(ProvisionError::Final)? {
+                Ok(done) => done,
+                Err(Ok(no_room)) if selected.is_some() => {
+                    return Err(ProvisionError::Reschedule(format!("node {}: {no_room}", self.node.name)));
+                }
+                Err(Ok(no_room) | Err(no_room)) => return Err(ProvisionError::Final(no_room)),
+            };
+        let path = rel.under(&base);
+        if created == Created::ExistingWithData && !options.path_pattern.names_pv() {
+            return Err(ProvisionError::Final(format!(
+                "directory {} already exists with data (from an earlier claim with the same name?); \
+                 refusing to hand it to another volume: move it away or use a path pattern with {{pv}}",
+                path.display()
+            )));
+        }
+        let path_text = path.to_str().ok_or_else(|| ProvisionError::Infeasible("path is not UTF-8".into()))?;
+        info!(claim = request.claim_key(), path = path_text, ?created, "volume directory ready");
+        let mut volume = ProvisionedVolume::new(volume_spec(path_text, &self.node.hostname, options.volume_type));
+        volume.annotations = BTreeMap::from([
+            (NODE_ANNOTATION.to_string(), self.node.name.clone()),
+            (ON_DELETE_ANNOTATION.to_string(), options.on_delete.as_str().to_string()),
+        ]);
+        Ok(volume)
+    }
+
+    async fn delete(&self, volume: &PersistentVolume) -> Result<(), DeleteError> {
+        if !self.owns_volume(volume) {
+            return Err(DeleteError::Ignored);
+        }
+        let pv = volume.name_any();
+        let Some(path) = volume_path(volume) else {
+            return Err(DeleteError::Failed(format!("volume {pv} has neither a local nor a hostPath source")));
+        };
+        let settings = self.settings.get();
+        let (base, rel) = contained(&settings.base_dirs, path).map_err(|e| {
+            DeleteError::Failed(format!(
+                "refusing to delete {path}: {e}; delete the directory by hand and remove the finalizer of volume {pv}"
+            ))
+        })?;
+        let on_delete = match volume.annotations().get(ON_DELETE_ANNOTATION) {
+            Some(text) => OnDelete::parse(text).map_err(DeleteError::Failed)?,
+            None => OnDelete::Delete,
+        };
+        let base = base.to_path_buf();
+        let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let archive = format!("{ARCHIVE_PREFIX}{pv}-{}", fs::timestamp(stamp));
+        let (b, r) = (base.clone(), rel.clone());
+        let done = blocking(move || match on_delete {
+            OnDelete::Delete => fs::remove_volume_dir(&b, &r),
+            OnDelete::Archive => fs::archive_volume_dir(&b, &r, &archive),
+        })
+        .await
+        .map_err(DeleteError::Failed)?
+        .map_err(|e| DeleteError::Failed(format!("{} {path}: {e}", on_delete.as_str())))?;
+        if done == Removed::Done {
+            info!(volume = pv, path, action = on_delete.as_str(), "volume directory removed");
+        }
+        Ok(())
+    }
+
+    fn should_provision(&self, claim: &PersistentVolumeClaim, _class: &StorageClass) -> bool {
+        self.is_mine(selected_node(claim))
+    }
+
+    fn should_delete(&self, volume: &PersistentVolume) -> bool {
+        self.owns_volume(volume)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use provisioner_core::fixtures;
+    use std::sync::Arc;
+
+    fn node() -> NodeIdentity {
+        NodeIdentity { name: "node-a".into(), hostname: "host-a".into() }
+    }
+
+    fn provisioner(base: &std::path::Path) -> HostPathProvisioner {
+        let s =
+            Settings::from_values(&[base.display().to_string()], None, "0770", None, None, "local", "delete").unwrap();
+        HostPathProvisioner::new(node(), SharedSettings::new(s))
+    }
+
+    fn request(node: Option<&str>, params: &[(&str, &str)], size: &str) -> ProvisionRequest {
+        let mut class = fixtures::class("local", DEFAULT_PROVISIONER_NAME).wait_for_first_consumer();
+        for (k, v) in params {
+            class = class.parameter(k, v);
+        }
+        ProvisionRequest {
+            pv_name: "pvc-1".into(),
+            claim: Arc::new(fixtures::claim("ns", "data", "1").request(size).build()),
+            class: Arc::new(class.build()),
+            selected_node: node.map(str::to_string),
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_for_other_nodes_are_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = provisioner(tmp.path());
+        assert_eq!(p.provision(&request(Some("node-b"), &[], "1Mi")).await.unwrap_err(), ProvisionError::Ignored);
+        assert!(p.single_node(true).provision(&request(Some("node-b"), &[], "1Mi")).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn provisions_a_local_volume_pinned_to_the_hostname_label() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = provisioner(tmp.path());
+        let v = p.provision(&request(Some("node-a"), &[], "1Mi")).await.unwrap();
+        let path = tmp.path().join("pvc-1");
+        assert!(path.is_dir());
+        let pv = PersistentVolume { spec: Some(v.spec.clone()), ..Default::default() };
+        assert_eq!(volume_path(&pv), path.to_str());
+        assert_eq!(affinity_hostnames(&pv), vec!["host-a"]);
+        assert!(p.owns_volume(&pv));
+        let again = p.provision(&request(Some("node-a"), &[], "1Mi")).await.unwrap();
+        assert_eq!(again.spec, v.spec, "a repeated call gives the same volume");
+    }
+
+    #[tokio::test]
+    async fn immediate_classes_get_a_clear_answer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut req = request(None, &[], "1Mi");
+        let mut class = (*req.class).clone();
+        class.volume_binding_mode = Some("Immediate".into());
+        req.class = Arc::new(class);
+        let err = provisioner(tmp.path()).provision(&req).await.unwrap_err();
+        assert_eq!(err, ProvisionError::Infeasible(immediate_binding_message("local")));
+        assert!(provisioner(tmp.path()).single_node(true).provision(&req).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn too_large_a_claim_asks_for_another_node() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = provisioner(tmp.path()).provision(&request(Some("node-a"), &[], "1Ei")).await.unwrap_err();
+        assert!(matches!(err, ProvisionError::Reschedule(_)), "{err:?}");
+        assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none(), "nothing was created");
+    }
+
+    #[tokio::test]
+    async fn a_bad_parameter_is_infeasible_and_creates_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = provisioner(tmp.path()).provision(&request(Some("node-a"), &[("mode", "0777")], "1Mi")).await;
+        assert!(matches!(err, Err(ProvisionError::Infeasible(m)) if m.contains("world-writable")));
+        assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none());
+    }
+
+    #[tokio::test]
+    async fn volumes_of_other_nodes_are_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = provisioner(tmp.path());
+        std::fs::create_dir(tmp.path().join("pvc-1")).unwrap();
+        let path = tmp.path().join("pvc-1").display().to_string();
+        let mut pv =
+            PersistentVolume { spec: Some(volume_spec(&path, "host-b", VolumeType::Local)), ..Default::default() };
+        assert!(!p.should_delete(&pv));
+        assert_eq!(p.delete(&pv).await, Err(DeleteError::Ignored));
+        assert!(tmp.path().join("pvc-1").exists());
+        pv.spec = Some(volume_spec(&path, "host-a", VolumeType::Local));
+        p.delete(&pv).await.unwrap();
+        assert!(!tmp.path().join("pvc-1").exists());
+        p.delete(&pv).await.expect("already gone is success");
+    }
+
+    #[tokio::test]
+    async fn delete_refuses_paths_outside_the_base_dirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tempfile::tempdir().unwrap();
+        let p = provisioner(tmp.path());
+        for path in [victim.path().display().to_string(), format!("{}/../{}", tmp.path().display(), "x")] {
+            let pv = PersistentVolume {
+                spec: Some(volume_spec(&path, "host-a", VolumeType::HostPath)),
+                ..Default::default()
+            };
+            assert!(matches!(p.delete(&pv).await, Err(DeleteError::Failed(m)) if m.contains("refusing")), "{path}");
+        }
+        assert!(victim.path().exists());
+    }
+
+    #[test]
+    fn the_base_dir_with_most_free_space_wins() {
+        assert_eq!(choose_base_dir(&[("a", 5), ("b", 9), ("c", 7)], 1), Some(1));
+        assert_eq!(choose_base_dir(&[("a", 5), ("b", 5)], 5), Some(0));
+        assert_eq!(choose_base_dir::<&str>(&[], 0), None);
+    }
+}
