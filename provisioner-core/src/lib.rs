@@ -28,6 +28,8 @@ pub mod provisioner;
 pub mod quantity;
 pub mod queue;
 pub mod serve;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod volume;
 
 pub use engine::{Engine, EngineBuilder, EngineError};
