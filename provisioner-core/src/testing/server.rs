@@ -160,7 +160,7 @@ impl Inner {
         let Some(verb) = verb_of(&parts.method, &target, watch) else {
             return error_response(&ApiError::new(
                 405,
-                format!("the server does not allow this method on the requested resource"),
+                "the server does not allow this method on the requested resource",
             ));
         };
         let resource = match &target.subresource {
