@@ -12,6 +12,10 @@
 //! about one volume), [`volume`] (the PersistentVolume it saves), [`backoff`];
 //! the I/O shell is [`engine`]. How it stays crash-safe is described in
 //! [`engine`]'s documentation.
+//!
+//! With the `testing` feature, `testing::FakeCluster` is an in-process API
+//! server with a PV binder and fault injection, for testing provisioners
+//! end to end in `cargo test` (see the `testing` module).
 
 pub mod backoff;
 #[cfg(feature = "cli")]
@@ -28,6 +32,8 @@ pub mod provisioner;
 pub mod quantity;
 pub mod queue;
 pub mod serve;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod volume;
 
 pub use engine::{Engine, EngineBuilder, EngineError};

@@ -378,6 +378,7 @@ pub mod fixtures {
 }
 
 pub mod backend;
+pub mod scenarios;
 
 /// Running an engine inside a test.
 pub mod engine {

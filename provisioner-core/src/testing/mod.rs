@@ -1,0 +1,470 @@
+//! A testing kit: [`FakeCluster`], an in-process Kubernetes API server that a
+//! [`kube::Client`] talks to directly (a tower service, no sockets), with an
+//! optional PV binder that plays kube-controller-manager's part, fault
+//! injection, and engines that can be crashed and restarted inside a test.
+//!
+//! It serves what provisioning touches: PersistentVolumeClaims,
+//! PersistentVolumes, StorageClasses, Events (`events.k8s.io/v1` and core
+//! `v1`, one storage as in the real server), Leases, Nodes and Namespaces,
+//! with get, list, watch, create, update, patch, delete, delete-collection
+//! and `/status`. Everything runs on Tokio timers, so tests work under
+//! `#[tokio::test(start_paused = true)]`: backoff and lease timings pass
+//! instantly and deterministically.
+//!
+//! # Testing a provisioner end to end
+//! ```
+//! use std::sync::Arc;
+//! use k8s_openapi::api::core::v1::{HostPathVolumeSource, PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec};
+//! use kube::api::{Api, PostParams};
+//! use provisioner_core::testing::FakeCluster;
+//! use provisioner_core::{fixtures, DeleteError, Engine, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
+//!
+//! struct Dirs;
+//!
+//! #[async_trait::async_trait]
+//! impl Provisioner for Dirs {
+//!     async fn provision(&self, req: &ProvisionRequest) -> Result<ProvisionedVolume, ProvisionError> {
+//!         let path = format!("/srv/{}", req.pv_name);
+//!         Ok(ProvisionedVolume::new(PersistentVolumeSpec {
+//!             host_path: Some(HostPathVolumeSource { path, type_: None }),
+//!             ..Default::default()
+//!         }))
+//!     }
+//!     async fn delete(&self, _volume: &PersistentVolume) -> Result<(), DeleteError> {
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cluster = FakeCluster::with_binder();
+//! let client = cluster.client();
+//! Api::all(client.clone()).create(&PostParams::default(), &fixtures::class("fast", "example.com/dirs").build()).await?;
+//! let engine = cluster.spawn_engine(|client| Engine::builder(client, "example.com/dirs", Arc::new(Dirs)).build())?;
+//!
+//! let claims: Api<PersistentVolumeClaim> = Api::namespaced(client, "default");
+//! claims.create(&PostParams::default(), &fixtures::claim("default", "data", "").class("fast").build()).await?;
+//! let bound = cluster.wait_for::<PersistentVolumeClaim>("default", "data", |c| {
+//!     c.and_then(|c| c.status.as_ref()?.phase.as_deref()) == Some("Bound")
+//! }).await?;
+//! assert!(bound.and_then(|c| c.spec?.volume_name).is_some_and(|v| v.starts_with("pvc-")));
+//! engine.stop().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Faults
+//! - [`FakeCluster::fail_next`]: the next `n` requests of a [`Verb`] on a
+//!   resource (`"persistentvolumes"`, `"persistentvolumeclaims/status"`, or
+//!   `"*"`) answer with a `Status` error of the given code.
+//! - [`FakeCluster::set_latency`]: requests wait this long (on the Tokio clock) first.
+//! - [`FakeCluster::drop_watches`]: every open watch ends, as when a
+//!   connection breaks; kube-runtime watchers resume from their last
+//!   resourceVersion. [`FakeCluster::compact`] forgets the history, so that
+//!   resumption gets `410 Gone` and the watchers re-list.
+//! - [`FakeCluster::send_bookmarks`]: open watches that allow bookmarks get one now.
+//!
+//! Faults and latency apply to clients; the binder writes to the store directly.
+//!
+//! # Crashing an engine
+//! [`FakeCluster::spawn_engine`] runs an engine on its own client. [`RunningEngine::crash`]
+//! cuts that client off (its requests hang, its watches stop, as if the
+//! process vanished) and aborts the engine's task without any shutdown:
+//! nothing is released and nothing finishes. Start a new engine against the
+//! same cluster with `spawn_engine` again, with a provisioner that shares
+//! the old one's backend state, to test recovery.
+//!
+//! # Where the fake differs from a real API server
+//! - Strategic merge patch is applied as a JSON merge patch: lists are
+//!   replaced, not merged by key. For the core kinds served here that
+//!   matters for `metadata.finalizers` (merged as a set by the real server),
+//!   `spec.accessModes`, `spec.mountOptions`, `status.conditions` (merged by
+//!   `type`) and `metadata.ownerReferences` (merged by `uid`). Server-side
+//!   apply is not supported (`415`).
+//! - No schema validation beyond names, kind/apiVersion, namespaces and
+//!   resourceVersions; immutable spec fields can be changed; namespaces need
+//!   not exist and deleting one deletes nothing else.
+//! - Lists ignore `limit` and `continue` (one page) and any `resourceVersion`
+//!   (always the latest state); watches from `resourceVersion` `""`/`"0"`
+//!   start with the current state as `ADDED` events.
+//! - Field selectors accept any dotted path (the real server accepts only a
+//!   few per kind).
+//! - A delete that removes an object at once answers `Status Success`, as the
+//!   real server does for these kinds; `propagationPolicy`, grace periods and
+//!   `dryRun` are not supported.
+//! - The binder binds only volumes whose `claimRef` names the claim (no
+//!   matching of unbound volumes by size and class); "in use" is approximated
+//!   as "Bound" (there are no pods). Its events are created once per claim
+//!   and reason, not aggregated with counts.
+
+mod binder;
+mod server;
+mod store;
+#[cfg(test)]
+mod tests;
+
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use http::Request;
+use kube::client::Body;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, EngineError, EngineStatus};
+use store::Store;
+
+/// A request verb, for fault injection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verb {
+    /// GET of one object.
+    Get,
+    /// GET of a collection.
+    List,
+    /// GET of a collection with `watch=true`.
+    Watch,
+    /// POST.
+    Create,
+    /// PUT.
+    Update,
+    /// PATCH.
+    Patch,
+    /// DELETE of one object.
+    Delete,
+    /// DELETE of a collection.
+    DeleteCollection,
+}
+
+struct Failure {
+    verb: Verb,
+    resource: String,
+    remaining: u32,
+    code: u16,
+}
+
+struct Latency {
+    verb: Option<Verb>,
+    resource: Option<String>,
+    delay: Duration,
+}
+
+#[derive(Default)]
+struct Faults {
+    failures: Vec<Failure>,
+    latency: Vec<Latency>,
+}
+
+/// The shared state behind a [`FakeCluster`] and its clients.
+pub(crate) struct Inner {
+    store: Mutex<Store>,
+    /// Bumped after every write; watches and the binder wake on it.
+    changed: watch::Sender<u64>,
+    /// Bumped to end all open watches.
+    drops: watch::Sender<u64>,
+    /// Bumped to send a bookmark on every open watch that allows them.
+    bookmark_requests: watch::Sender<u64>,
+    faults: Mutex<Faults>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn faults(&self) -> MutexGuard<'_, Faults> {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn take_fault(&self, verb: Verb, resource: &str) -> Option<u16> {
+        let mut faults = self.faults();
+        let failure = faults
+            .failures
+            .iter_mut()
+            .find(|f| f.verb == verb && f.remaining > 0 && (f.resource == resource || f.resource == "*"))?;
+        failure.remaining -= 1;
+        let code = failure.code;
+        faults.failures.retain(|f| f.remaining > 0);
+        Some(code)
+    }
+
+    fn latency_for(&self, verb: Verb, resource: &str) -> Option<Duration> {
+        self.faults()
+            .latency
+            .iter()
+            .filter(|l| l.verb.is_none_or(|v| v == verb) && l.resource.as_deref().is_none_or(|r| r == resource))
+            .map(|l| l.delay)
+            .max()
+    }
+}
+
+/// An in-process API server. Clones share the cluster.
+#[derive(Clone)]
+pub struct FakeCluster {
+    inner: Arc<Inner>,
+}
+
+impl Default for FakeCluster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Debug for FakeCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeCluster").field("resource_version", &self.resource_version()).finish()
+    }
+}
+
+/// A client's link to the cluster, which a test can cut.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    severed: Arc<AtomicBool>,
+    signal: watch::Sender<bool>,
+}
+
+impl Connection {
+    /// Cuts the client off: its requests from now on never answer, and its
+    /// open watches stop delivering (they neither end nor error).
+    pub fn sever(&self) {
+        self.severed.store(true, Ordering::SeqCst);
+        self.signal.send_replace(true);
+    }
+}
+
+/// [`FakeCluster::wait_for`] gave up.
+#[derive(Debug, thiserror::Error)]
+#[error("timed out after {timeout:?} waiting for {kind} {name:?}; last seen: {last}")]
+pub struct WaitTimeout {
+    /// The kind waited for.
+    pub kind: String,
+    /// The object's name.
+    pub name: String,
+    /// How long was waited.
+    pub timeout: Duration,
+    /// The object as last seen (JSON), or "absent".
+    pub last: String,
+}
+
+/// How long [`FakeCluster::wait_for`] waits, on the Tokio clock.
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl FakeCluster {
+    /// An empty cluster without a binder: claims stay as written.
+    pub fn new() -> Self {
+        let (changed, _) = watch::channel(0);
+        let (drops, _) = watch::channel(0);
+        let (bookmark_requests, _) = watch::channel(0);
+        FakeCluster {
+            inner: Arc::new(Inner {
+                store: Mutex::new(Store::new(10_000)),
+                changed,
+                drops,
+                bookmark_requests,
+                faults: Mutex::default(),
+            }),
+        }
+    }
+
+    /// An empty cluster with a PV binder (the part of kube-controller-manager
+    /// that provisioning needs), and the protection finalizers that the
+    /// real API server's admission adds. Must be called inside a Tokio
+    /// runtime: the binder is a task, woken by every write.
+    pub fn with_binder() -> Self {
+        let cluster = Self::new();
+        cluster.inner.lock().protection = true;
+        binder::spawn(&cluster.inner);
+        cluster
+    }
+
+    /// A new client of this cluster.
+    pub fn client(&self) -> Client {
+        self.connect().0
+    }
+
+    /// A new client of this cluster, and the link that can cut it off.
+    pub fn connect(&self) -> (Client, Connection) {
+        let (signal, _) = watch::channel(false);
+        let connection = Connection { severed: Arc::new(AtomicBool::new(false)), signal };
+        let (inner, link) = (self.inner.clone(), connection.clone());
+        let service = tower::service_fn(move |request: Request<Body>| {
+            let (inner, link) = (inner.clone(), link.clone());
+            async move {
+                if link.severed.load(Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+                let cut = link.signal.subscribe();
+                let response = inner.handle(request).await.map(|body| stops_when_cut(body, cut));
+                Ok::<_, Infallible>(response)
+            }
+        });
+        (Client::new(service, "default"), connection)
+    }
+
+    /// The cluster's current resourceVersion (the global write counter).
+    pub fn resource_version(&self) -> u64 {
+        self.inner.lock().resource_version()
+    }
+
+    /// The next `times` requests of `verb` on `resource` (a plural such as
+    /// `"persistentvolumes"`, a subresource such as
+    /// `"persistentvolumeclaims/status"`, or `"*"`) fail with `code`.
+    pub fn fail_next(&self, verb: Verb, resource: &str, times: u32, code: u16) {
+        self.inner.faults().failures.push(Failure { verb, resource: resource.to_string(), remaining: times, code });
+    }
+
+    /// Requests of `verb` (any: `None`) on `resource` (any: `None`) wait
+    /// `delay` before they are served. A zero delay removes the rule.
+    pub fn set_latency(&self, verb: Option<Verb>, resource: Option<&str>, delay: Duration) {
+        let mut faults = self.inner.faults();
+        let resource = resource.map(str::to_string);
+        faults.latency.retain(|l| !(l.verb == verb && l.resource == resource));
+        if !delay.is_zero() {
+            faults.latency.push(Latency { verb, resource, delay });
+        }
+    }
+
+    /// Removes all injected failures and latency.
+    pub fn clear_faults(&self) {
+        *self.inner.faults() = Faults::default();
+    }
+
+    /// Ends every open watch, as a broken connection would.
+    pub fn drop_watches(&self) {
+        self.inner.drops.send_modify(|n| *n += 1);
+    }
+
+    /// Sends a bookmark now on every open watch that allows bookmarks
+    /// (they also get one after each idle minute).
+    pub fn send_bookmarks(&self) {
+        self.inner.bookmark_requests.send_modify(|n| *n += 1);
+    }
+
+    /// Forgets the change history: a watch resuming from an earlier
+    /// resourceVersion gets `410 Gone` and its watcher re-lists.
+    pub fn compact(&self) {
+        self.inner.lock().compact();
+    }
+
+    /// Keeps at most `changes` changes for resuming watches (default 10 000).
+    pub fn set_history_limit(&self, changes: usize) {
+        self.inner.lock().history_limit = changes.max(1);
+    }
+
+    /// The object `namespace/name` of kind `K` (`namespace` is ignored for
+    /// cluster-scoped kinds), read directly from the store.
+    pub fn get<K>(&self, namespace: &str, name: &str) -> Option<K>
+    where
+        K: Resource<DynamicType = ()> + DeserializeOwned,
+    {
+        let kind = kind_of::<K>()?;
+        let ns = if kind.namespaced { namespace } else { "" };
+        let value = self.inner.lock().get(kind, ns, name).ok()?;
+        serde_json::from_value(value).ok()
+    }
+
+    /// Waits until `cond` holds for the object `namespace/name` (`None`: it
+    /// does not exist), woken by the cluster's writes, for at most
+    /// [`WAIT_TIMEOUT`] on the Tokio clock.
+    pub async fn wait_for<K>(
+        &self,
+        namespace: &str,
+        name: &str,
+        cond: impl Fn(Option<&K>) -> bool,
+    ) -> Result<Option<K>, WaitTimeout>
+    where
+        K: Resource<DynamicType = ()> + DeserializeOwned + Debug,
+    {
+        let mut changed = self.inner.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + WAIT_TIMEOUT;
+        loop {
+            changed.borrow_and_update();
+            let current = self.get::<K>(namespace, name);
+            if cond(current.as_ref()) {
+                return Ok(current);
+            }
+            let woke = tokio::time::timeout_at(deadline, changed.changed()).await;
+            if !matches!(woke, Ok(Ok(()))) {
+                return Err(WaitTimeout {
+                    kind: K::kind(&()).to_string(),
+                    name: name.to_string(),
+                    timeout: WAIT_TIMEOUT,
+                    last: current.map_or_else(|| "absent".to_string(), |o| format!("{o:?}")),
+                });
+            }
+        }
+    }
+
+    /// Builds an engine on a new client of this cluster (with `build`) and
+    /// runs it as a task. See the module docs for crashing and restarting.
+    pub fn spawn_engine(
+        &self,
+        build: impl FnOnce(Client) -> Result<Engine, EngineError>,
+    ) -> Result<RunningEngine, EngineError> {
+        let (client, connection) = self.connect();
+        let engine = build(client)?;
+        let status = engine.status();
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(engine.run(token.clone()));
+        Ok(RunningEngine { status, token, handle, connection })
+    }
+}
+
+/// A response body that stops where it is once `cut` turns true.
+fn stops_when_cut(body: server::ResponseBody, cut: watch::Receiver<bool>) -> server::ResponseBody {
+    use http_body_util::BodyExt;
+    let frames = futures::stream::unfold((body, cut), |(mut body, mut cut)| async move {
+        tokio::select! {
+            frame = body.frame() => frame.map(|f| (f, (body, cut))),
+            true = async { cut.wait_for(|c| *c).await.is_ok() } => std::future::pending().await,
+        }
+    });
+    http_body_util::StreamBody::new(frames).boxed_unsync()
+}
+
+fn kind_of<K: Resource<DynamicType = ()>>() -> Option<&'static store::KindInfo> {
+    store::find_kind(&K::group(&()), &K::version(&()), &K::plural(&()))
+}
+
+/// An engine running as a task against a [`FakeCluster`].
+pub struct RunningEngine {
+    status: watch::Receiver<EngineStatus>,
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), EngineError>>,
+    connection: Connection,
+}
+
+impl RunningEngine {
+    /// The engine's status.
+    pub fn status(&self) -> watch::Receiver<EngineStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until the engine's caches have synced (or it stopped).
+    pub async fn synced(&mut self) {
+        let _ = self.status.wait_for(|s| s.synced).await;
+    }
+
+    /// Shuts the engine down gracefully and returns what `run` returned.
+    pub async fn stop(self) -> Result<(), EngineError> {
+        self.token.cancel();
+        match self.handle.await {
+            Ok(result) => result,
+            Err(e) => Err(EngineError::Config(format!("the engine task failed: {e}"))),
+        }
+    }
+
+    /// Kills the engine as a crash would: its client is cut off first, then
+    /// its task is aborted; nothing shuts down cleanly.
+    pub fn crash(self) {
+        self.connection.sever();
+        self.handle.abort();
+    }
+}
