@@ -19,8 +19,10 @@ pub const REGION: &str = "efs.aws.skpr.io/region";
 pub const MODE: &str = "efs.aws.skpr.io/mode";
 /// The CSI driver's name.
 pub const CSI_DRIVER: &str = "efs.csi.aws.com";
-/// EFS is elastic: the capacity a PersistentVolume shows.
-pub const CAPACITY: &str = "8Ei";
+/// EFS is elastic: the capacity a PersistentVolume shows. `8E` (8×10^18
+/// bytes), as in the seed's output: `8Ei` (2^63) overflows the API server's
+/// int64 quantities and is stored as `9223372036854775807`.
+pub const CAPACITY: &str = "8E";
 /// AWS's recommended NFS mount options for EFS.
 pub const NFS_MOUNT_OPTIONS: &[&str] =
     &["nfsvers=4.1", "rsize=1048576", "wsize=1048576", "hard", "timeo=600", "retrans=2", "noresvport"];
@@ -149,12 +151,12 @@ mod tests {
     }
 
     #[test]
-    fn nfs_volume_has_the_regional_server_root_path_8ei_and_recommended_options() {
+    fn nfs_volume_has_the_regional_server_root_path_8e_and_recommended_options() {
         let v = file_system_volume("fs-123", "ap-southeast-2", VolumeSource::Nfs, false);
         let nfs = v.spec.nfs.clone().unwrap();
         assert_eq!(nfs.server, "fs-123.efs.ap-southeast-2.amazonaws.com");
         assert_eq!(nfs.path, "/");
-        assert_eq!(v.spec.capacity.as_ref().unwrap()["storage"].0, "8Ei");
+        assert_eq!(v.spec.capacity.as_ref().unwrap()["storage"].0, "8E");
         assert_eq!(
             v.spec.mount_options.clone().unwrap().join(","),
             "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport"

@@ -87,7 +87,7 @@ async fn general_purpose_claim_gets_an_encrypted_tagged_file_system_with_a_mount
     let nfs = v.spec.nfs.clone().expect("nfs source");
     assert_eq!(nfs.server, format!("{fs_id}.efs.{REGION}.amazonaws.com"));
     assert_eq!(nfs.path, "/");
-    assert_eq!(v.spec.capacity.as_ref().expect("capacity")["storage"].0, "8Ei");
+    assert_eq!(v.spec.capacity.as_ref().expect("capacity")["storage"].0, "8E");
 
     let fs = api.inner().describe_file_system(&FileSystemLookup::Id(fs_id.clone())).await.unwrap().expect("exists");
     assert_eq!(fs.creation_token, pv);
