@@ -68,9 +68,7 @@ impl Operation {
             Operation::DeleteFileSystem => "elasticfilesystem:DeleteFileSystem",
             Operation::PutLifecycleConfiguration => "elasticfilesystem:PutLifecycleConfiguration",
             Operation::DescribeMountTargets => "elasticfilesystem:DescribeMountTargets",
-            Operation::DeleteMountTarget => {
-                "elasticfilesystem:DeleteMountTarget (with ec2:DeleteNetworkInterface)"
-            }
+            Operation::DeleteMountTarget => "elasticfilesystem:DeleteMountTarget (with ec2:DeleteNetworkInterface)",
             Operation::DescribeAccessPoints => "elasticfilesystem:DescribeAccessPoints",
             Operation::DeleteAccessPoint => "elasticfilesystem:DeleteAccessPoint",
         }
@@ -315,8 +313,7 @@ pub trait EfsApi: Send + Sync + 'static {
     /// `DeleteFileSystem`.
     async fn delete_file_system(&self, file_system_id: &str) -> Result<(), ApiError>;
     /// `PutLifecycleConfiguration` (replaces the file system's rules).
-    async fn put_lifecycle_configuration(&self, file_system_id: &str, rules: &[LifecycleRule])
-    -> Result<(), ApiError>;
+    async fn put_lifecycle_configuration(&self, file_system_id: &str, rules: &[LifecycleRule]) -> Result<(), ApiError>;
     /// `CreateMountTarget` in `subnet_id` with `security_groups`.
     async fn create_mount_target(
         &self,

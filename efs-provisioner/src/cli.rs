@@ -60,7 +60,11 @@ impl EfsArgs {
 
     /// The limiter's settings.
     pub fn limiter(&self) -> LimiterConfig {
-        LimiterConfig { max_rate: self.efs_api_rate, burst: self.efs_api_rate.ceil().max(1.0) as u32, ..Default::default() }
+        LimiterConfig {
+            max_rate: self.efs_api_rate,
+            burst: self.efs_api_rate.ceil().max(1.0) as u32,
+            ..Default::default()
+        }
     }
 }
 
@@ -78,8 +82,7 @@ pub async fn build(args: &EfsArgs) -> Result<Arc<SdkProvisioner>, String> {
         loader = loader.endpoint_url(url);
     }
     let sdk = loader.load().await;
-    let region =
-        sdk.region().map(|r| r.to_string()).ok_or("no AWS region: set AWS_REGION or --region".to_string())?;
+    let region = sdk.region().map(|r| r.to_string()).ok_or("no AWS region: set AWS_REGION or --region".to_string())?;
     let defaults = args.defaults(&region)?;
     let limiter = Arc::new(AdaptiveLimiter::new(args.limiter()));
     let api = LimitedApi::new(aws_sdk_efs::Client::new(&sdk), limiter);

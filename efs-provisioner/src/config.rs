@@ -240,7 +240,8 @@ pub fn parse_class(
     if mode == "accessPoint" {
         return parse_access_point(params, source).map(ClassConfig::AccessPoint);
     }
-    for k in ["fileSystemId", "uid", "gid", "gidRangeStart", "gidRangeEnd", "directoryPerms", "basePath", "subPathPattern"]
+    for k in
+        ["fileSystemId", "uid", "gid", "gidRangeStart", "gidRangeEnd", "directoryPerms", "basePath", "subPathPattern"]
     {
         if params.contains_key(k) {
             return Err(bad(format!("{k} applies only to mode accessPoint")));
@@ -339,10 +340,8 @@ fn parse_access_point(
         return Err(bad("volumeSource nfs cannot enforce an access point: mode accessPoint needs volumeSource csi"));
     }
     if get("deleteAccessPointRootDir") == Some("true") {
-        return Err(bad(
-            "deleteAccessPointRootDir true is not supported: removing a directory needs the file system \
-             mounted, which this provisioner does not do (the EFS API cannot delete directories)",
-        ));
+        return Err(bad("deleteAccessPointRootDir true is not supported: removing a directory needs the file system \
+             mounted, which this provisioner does not do (the EFS API cannot delete directories)"));
     }
     get("deleteAccessPointRootDir").map(|v| parse_bool("deleteAccessPointRootDir", v)).transpose()?;
     let file_system_id = get("fileSystemId")
@@ -446,7 +445,8 @@ mod tests {
         let d = seed_defaults();
         let c = fs(parse_class(&d, "efs.aws.skpr.io/maxIO", &params(&[])).unwrap());
         assert_eq!(c.performance_mode, PerformanceMode::MaxIo);
-        let c = fs(parse_class(&d, "efs.aws.skpr.io/maxIO", &params(&[("performanceMode", "generalPurpose")])).unwrap());
+        let c =
+            fs(parse_class(&d, "efs.aws.skpr.io/maxIO", &params(&[("performanceMode", "generalPurpose")])).unwrap());
         assert_eq!(c.performance_mode, PerformanceMode::GeneralPurpose);
         let d = Defaults { performance_mode: PerformanceMode::MaxIo, ..seed_defaults() };
         let c = fs(parse_class(&d, "example.com/efs", &params(&[])).unwrap());
@@ -539,7 +539,14 @@ mod tests {
             assert!(err.0.contains(needle), "{extra:?}: {err}");
         }
         assert!(parse_class(&d, n, &params(&[("mode", "accessPoint")])).unwrap_err().0.contains("fileSystemId"));
-        let fixed = parse_class(&d, n, &params(&[("mode", "accessPoint"), ("fileSystemId", "fs-1"), ("uid", "1000"), ("gid", "2000")]));
-        assert!(matches!(fixed, Ok(ClassConfig::AccessPoint(AccessPointClass { identity: Identity::Fixed { uid: 1000, gid: 2000 }, .. }))));
+        let fixed = parse_class(
+            &d,
+            n,
+            &params(&[("mode", "accessPoint"), ("fileSystemId", "fs-1"), ("uid", "1000"), ("gid", "2000")]),
+        );
+        assert!(matches!(
+            fixed,
+            Ok(ClassConfig::AccessPoint(AccessPointClass { identity: Identity::Fixed { uid: 1000, gid: 2000 }, .. }))
+        ));
     }
 }

@@ -13,6 +13,8 @@
 //! - [`cli`]: the binary's flags and the wiring.
 //! - [`moto`]: helpers for tests against moto's EFS and EC2 on loopback.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -60,7 +60,10 @@ impl AdaptiveLimiter {
             min_rate: config.min_rate.max(0.001),
             ..config
         };
-        AdaptiveLimiter { config, state: Mutex::new(State { rate: config.max_rate, next: Instant::now(), throttled: 0 }) }
+        AdaptiveLimiter {
+            config,
+            state: Mutex::new(State { rate: config.max_rate, next: Instant::now(), throttled: 0 }),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

@@ -159,10 +159,9 @@ pub fn explain(e: &ApiError) -> String {
              adjustable in Service Quotas): delete unused file systems or request an increase ({})",
             e.message
         ),
-        (ErrorKind::LimitExceeded, "AccessPointLimitExceeded") => format!(
-            "the file system has reached its quota of access points (10,000 per file system): {}",
-            e.message
-        ),
+        (ErrorKind::LimitExceeded, "AccessPointLimitExceeded") => {
+            format!("the file system has reached its quota of access points (10,000 per file system): {}", e.message)
+        }
         _ => e.to_string(),
     }
 }
@@ -251,17 +250,14 @@ impl<A: EfsApi> EfsProvisioner<A> {
         let mut existing = if fresh {
             Vec::new()
         } else {
-            self.api
-                .describe_mount_targets(&fs.id)
-                .await
-                .map_err(|e| in_progress(&e, "listing mount targets"))?
+            self.api.describe_mount_targets(&fs.id).await.map_err(|e| in_progress(&e, "listing mount targets"))?
         };
         let mut plan = plan_mount_targets(&class.subnets, &existing);
         if !plan.missing.is_empty() {
-            if !class.lifecycle.is_empty() {
-                if let Err(e) = self.api.put_lifecycle_configuration(&fs.id, &class.lifecycle).await {
-                    return Err(self.fail_after_create(req, &fs.id, &e, "setting the lifecycle policy").await);
-                }
+            if !class.lifecycle.is_empty()
+                && let Err(e) = self.api.put_lifecycle_configuration(&fs.id, &class.lifecycle).await
+            {
+                return Err(self.fail_after_create(req, &fs.id, &e, "setting the lifecycle policy").await);
             }
             let mut conflicts = Vec::new();
             for subnet in &plan.missing {
@@ -286,7 +282,9 @@ impl<A: EfsApi> EfsProvisioner<A> {
                     }
                     let others: Vec<String> = existing
                         .iter()
-                        .map(|m| format!("{} in {} ({})", m.id, m.subnet_id, m.availability_zone.as_deref().unwrap_or("?")))
+                        .map(|m| {
+                            format!("{} in {} ({})", m.id, m.subnet_id, m.availability_zone.as_deref().unwrap_or("?"))
+                        })
                         .collect();
                     let msg = format!(
                         "cannot create a mount target in subnet {subnet}: {} ({}). EFS allows one mount target per \
@@ -301,7 +299,8 @@ impl<A: EfsApi> EfsProvisioner<A> {
             plan = plan_mount_targets(&class.subnets, &existing);
         }
         if !plan.failed.is_empty() {
-            let msg = format!("mount target(s) {} of EFS file system {} failed (state error)", plan.failed.join(", "), fs.id);
+            let msg =
+                format!("mount target(s) {} of EFS file system {} failed (state error)", plan.failed.join(", "), fs.id);
             return Err(self.roll_back(req, &fs.id, msg).await);
         }
         if !plan.ready() {
@@ -363,7 +362,13 @@ impl<A: EfsApi> EfsProvisioner<A> {
         }
     }
 
-    async fn fail_after_create(&self, req: &ProvisionRequest, fs_id: &str, e: &ApiError, doing: &str) -> ProvisionError {
+    async fn fail_after_create(
+        &self,
+        req: &ProvisionRequest,
+        fs_id: &str,
+        e: &ApiError,
+        doing: &str,
+    ) -> ProvisionError {
         if retryable(e) {
             return in_progress(e, doing);
         }
@@ -510,7 +515,9 @@ impl<A: EfsApi> EfsProvisioner<A> {
         };
         match ap.state {
             LifeCycle::Available | LifeCycle::Updating => Ok(access_point_volume(fs_id, &ap.id, &self.defaults.region)),
-            LifeCycle::Creating => Err(ProvisionError::InProgress(format!("EFS access point {} is being created", ap.id))),
+            LifeCycle::Creating => {
+                Err(ProvisionError::InProgress(format!("EFS access point {} is being created", ap.id)))
+            }
             LifeCycle::Deleting | LifeCycle::Deleted => Err(ProvisionError::InProgress(format!(
                 "EFS access point {} for this volume is being deleted; a new one is created once it is gone",
                 ap.id
@@ -574,12 +581,13 @@ impl<A: EfsApi> Provisioner for EfsProvisioner<A> {
                 ))),
                 Err(e) => Err(delete_error(e)),
             },
-            SavedVolume::AccessPoint { access_point_id, .. } => match self.api.delete_access_point(&access_point_id).await
-            {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(delete_error(e)),
-            },
+            SavedVolume::AccessPoint { access_point_id, .. } => {
+                match self.api.delete_access_point(&access_point_id).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(delete_error(e)),
+                }
+            }
         }
     }
 }

@@ -16,8 +16,8 @@ use aws_sdk_efs::types::{
 };
 
 use crate::api::{
-    AccessPoint, AccessPointPage, ApiError, EfsApi, ErrorKind, FileSystem, FileSystemLookup, LifeCycle,
-    LifecycleRule, MountTarget, NewAccessPoint, NewFileSystem, Operation, PerformanceMode, Throughput,
+    AccessPoint, AccessPointPage, ApiError, EfsApi, ErrorKind, FileSystem, FileSystemLookup, LifeCycle, LifecycleRule,
+    MountTarget, NewAccessPoint, NewFileSystem, Operation, PerformanceMode, Throughput,
 };
 
 /// Sorts an error code (and HTTP status) into what it means for the provisioner.
@@ -37,10 +37,16 @@ pub fn classify_code(code: &str, status: Option<u16>, message: &str) -> ErrorKin
         "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" | "UnauthorizedAccess" => {
             ErrorKind::AccessDenied
         }
-        "ThrottlingException" | "Throttling" | "TooManyRequestsException" | "RequestLimitExceeded"
-        | "SlowDown" => ErrorKind::Throttled,
-        "BadRequest" | "ValidationException" | "SubnetNotFound" | "SecurityGroupNotFound" | "IpAddressInUse"
-        | "UnsupportedAvailabilityZone" | "AvailabilityZonesMismatch" => ErrorKind::BadRequest,
+        "ThrottlingException" | "Throttling" | "TooManyRequestsException" | "RequestLimitExceeded" | "SlowDown" => {
+            ErrorKind::Throttled
+        }
+        "BadRequest"
+        | "ValidationException"
+        | "SubnetNotFound"
+        | "SecurityGroupNotFound"
+        | "IpAddressInUse"
+        | "UnsupportedAvailabilityZone"
+        | "AvailabilityZonesMismatch" => ErrorKind::BadRequest,
         _ if message.to_ascii_lowercase().contains("retry quota exceeded") => ErrorKind::Throttled,
         _ => match status {
             Some(429 | 503) => ErrorKind::Throttled,
@@ -205,11 +211,7 @@ impl EfsApi for Client {
             .map_err(|e| to_api_error(Operation::DeleteFileSystem, e))
     }
 
-    async fn put_lifecycle_configuration(
-        &self,
-        file_system_id: &str,
-        rules: &[LifecycleRule],
-    ) -> Result<(), ApiError> {
+    async fn put_lifecycle_configuration(&self, file_system_id: &str, rules: &[LifecycleRule]) -> Result<(), ApiError> {
         self.put_lifecycle_configuration()
             .file_system_id(file_system_id)
             .set_lifecycle_policies(Some(rules.iter().map(lifecycle_policy).collect()))
@@ -263,7 +265,8 @@ impl EfsApi for Client {
 
     async fn create_access_point(&self, spec: &NewAccessPoint) -> Result<AccessPoint, ApiError> {
         let op = Operation::CreateAccessPoint;
-        let bad = |e: aws_sdk_efs::error::BuildError| ApiError::new(op, ErrorKind::BadRequest, "Invalid", e.to_string());
+        let bad =
+            |e: aws_sdk_efs::error::BuildError| ApiError::new(op, ErrorKind::BadRequest, "Invalid", e.to_string());
         let posix = PosixUser::builder().uid(spec.uid).gid(spec.gid).build().map_err(bad)?;
         let creation = CreationInfo::builder()
             .owner_uid(spec.uid)

@@ -60,11 +60,8 @@ pub fn file_system_volume(
     let mut v = base(region, "filesystem", file_system_id);
     match source {
         VolumeSource::Nfs => {
-            v.spec.nfs = Some(NFSVolumeSource {
-                server: dns_name(file_system_id, region),
-                path: "/".into(),
-                read_only: None,
-            });
+            v.spec.nfs =
+                Some(NFSVolumeSource { server: dns_name(file_system_id, region), path: "/".into(), read_only: None });
             if !class_mount_options {
                 v.spec.mount_options = Some(NFS_MOUNT_OPTIONS.iter().map(|s| s.to_string()).collect());
             }
@@ -185,7 +182,11 @@ mod tests {
         pv.metadata.annotations = None;
         assert_eq!(
             saved_volume(&pv),
-            Some(SavedVolume::AccessPoint { file_system_id: "fs-1".into(), access_point_id: "fsap-2".into(), region: None })
+            Some(SavedVolume::AccessPoint {
+                file_system_id: "fs-1".into(),
+                access_point_id: "fsap-2".into(),
+                region: None
+            })
         );
     }
 }

@@ -1,6 +1,7 @@
 //! The provisioner's decisions against an in-process fake EFS: lifecycle
 //! timing, failure states, throttling, quotas and permissions. Timing runs
 //! under paused tokio time.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -74,13 +75,22 @@ impl EfsApi for Fake {
         let mut s = self.st();
         if let Some((fs, _)) = s.file_systems.values().find(|(f, _)| f.creation_token == spec.creation_token) {
             let id = fs.id.clone();
-            return Err(ApiError::new(Operation::CreateFileSystem, ErrorKind::AlreadyExists(Some(id)), "FileSystemAlreadyExists", "exists"));
+            return Err(ApiError::new(
+                Operation::CreateFileSystem,
+                ErrorKind::AlreadyExists(Some(id)),
+                "FileSystemAlreadyExists",
+                "exists",
+            ));
         }
         s.next_id += 1;
         let fs = FileSystem {
             id: format!("fs-{}", s.next_id),
             creation_token: spec.creation_token.clone(),
-            state: if s.creating_polls == 0 { s.end_state.unwrap_or(LifeCycle::Available) } else { LifeCycle::Creating },
+            state: if s.creating_polls == 0 {
+                s.end_state.unwrap_or(LifeCycle::Available)
+            } else {
+                LifeCycle::Creating
+            },
             performance_mode: spec.performance_mode.as_str().into(),
             encrypted: spec.encrypted,
             tags: spec.tags.clone(),
@@ -111,7 +121,12 @@ impl EfsApi for Fake {
         self.enter(Operation::DeleteFileSystem)?;
         let mut s = self.st();
         if s.mount_targets.values().any(|(m, _)| m.file_system_id == id) {
-            return Err(ApiError::new(Operation::DeleteFileSystem, ErrorKind::InUse, "FileSystemInUse", "has mount targets"));
+            return Err(ApiError::new(
+                Operation::DeleteFileSystem,
+                ErrorKind::InUse,
+                "FileSystemInUse",
+                "has mount targets",
+            ));
         }
         s.file_systems.remove(id).map(|_| ()).ok_or_else(|| not_found(Operation::DeleteFileSystem))
     }
@@ -195,7 +210,11 @@ fn seed_request(pv: &str) -> provisioner_core::ProvisionRequest {
 
 fn pv_of(v: &provisioner_core::ProvisionedVolume) -> PersistentVolume {
     PersistentVolume {
-        metadata: ObjectMeta { name: Some("pv".into()), annotations: Some(v.annotations.clone()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some("pv".into()),
+            annotations: Some(v.annotations.clone()),
+            ..Default::default()
+        },
         spec: Some(v.spec.clone()),
         ..Default::default()
     }
@@ -304,7 +323,8 @@ async fn throttling_slows_every_call_down_and_reports_in_progress_not_failure() 
     let fake = Fake::with(|s| {
         s.errors.insert(Operation::CreateFileSystem, VecDeque::from([ErrorKind::Throttled, ErrorKind::Throttled]));
     });
-    let limiter = Arc::new(AdaptiveLimiter::new(LimiterConfig { max_rate: 10.0, min_rate: 0.5, burst: 1, recovery_step: 0.1 }));
+    let limiter =
+        Arc::new(AdaptiveLimiter::new(LimiterConfig { max_rate: 10.0, min_rate: 0.5, burst: 1, recovery_step: 0.1 }));
     let p = EfsProvisioner::new(LimitedApi::new(fake.clone(), limiter.clone()), defaults());
     let req = seed_request("pvc-1");
     for _ in 0..2 {
@@ -350,9 +370,7 @@ async fn file_system_in_use_on_delete_is_in_use_not_a_failure() {
     });
     let p = EfsProvisioner::new(fake.clone(), Defaults { subnets: vec!["subnet-a".into()], ..defaults() });
     let v = p.provision(&seed_request("pvc-1")).await.unwrap();
-    let mut st = fake.st();
-    st.mount_targets.clear();
-    drop(st);
+    fake.st().mount_targets.clear();
     assert!(matches!(p.delete(&pv_of(&v)).await, Err(DeleteError::InUse(_))));
     p.delete(&pv_of(&v)).await.expect("deleted on the retry");
 }
@@ -365,7 +383,9 @@ async fn two_subnets_in_one_zone_are_explained() {
     });
     let p = EfsProvisioner::new(fake.clone(), Defaults { subnets: vec!["subnet-a".into()], ..defaults() });
     match p.provision(&seed_request("pvc-1")).await {
-        Err(ProvisionError::Final(msg)) => assert!(msg.contains("one mount target per") && msg.contains("subnet-a"), "{msg}"),
+        Err(ProvisionError::Final(msg)) => {
+            assert!(msg.contains("one mount target per") && msg.contains("subnet-a"), "{msg}")
+        }
         other => panic!("expected Final, got {other:?}"),
     }
 }
@@ -375,7 +395,9 @@ async fn bad_class_parameters_are_infeasible() {
     let p = EfsProvisioner::new(Fake::with(|_| {}), defaults());
     let req = request("pvc-1", "general", [("performanceMode", "turbo")]);
     match p.provision(&req).await {
-        Err(ProvisionError::Infeasible(msg)) => assert!(msg.contains("StorageClass general") && msg.contains("turbo"), "{msg}"),
+        Err(ProvisionError::Infeasible(msg)) => {
+            assert!(msg.contains("StorageClass general") && msg.contains("turbo"), "{msg}")
+        }
         other => panic!("expected Infeasible, got {other:?}"),
     }
 }

@@ -1,6 +1,7 @@
 //! The provisioner against moto on loopback: real HTTP, the real SDK.
 //! Needs `AWS_ENDPOINT_URL_EFS` (from `tests/moto/up`). Tests share one moto
 //! and run in parallel, so each uses unique PV names instead of resetting it.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,7 +62,9 @@ fn request(pv: &str, provisioner_name: &str, params: &[(&str, &str)]) -> Provisi
     let mut k = class("general", provisioner_name).build();
     k.parameters = (!params.is_empty()).then(|| params.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect());
     req.class = Arc::new(k);
-    req.claim = Arc::new(claim("test-project", "files", "uid-1").legacy_class("general").access_modes(&["ReadWriteMany"]).build());
+    req.claim = Arc::new(
+        claim("test-project", "files", "uid-1").legacy_class("general").access_modes(&["ReadWriteMany"]).build(),
+    );
     req
 }
 
@@ -120,7 +123,8 @@ async fn max_io_name_creates_max_io_and_lifecycle_and_throughput_are_applied() {
     let m = moto();
     let (p, api) = provisioner(&m);
     let pv = unique("pvc");
-    let params = [("throughputMode", "provisioned"), ("provisionedThroughputInMibps", "16"), ("transitionToIA", "AFTER_7_DAYS")];
+    let params =
+        [("throughputMode", "provisioned"), ("provisionedThroughputInMibps", "16"), ("transitionToIA", "AFTER_7_DAYS")];
     let v = p.provision(&request(&pv, "efs.aws.skpr.io/maxIO", &params)).await.expect("provisioned");
     let fs_id = v.annotations[FILE_SYSTEM_ID].clone();
     let fs = api.inner().describe_file_system(&FileSystemLookup::Id(fs_id.clone())).await.unwrap().expect("exists");
@@ -221,13 +225,18 @@ async fn access_points_get_distinct_gids_tags_paths_and_are_found_again_after_a_
     let (_, v) = &handles[&names[0]];
     p.delete(&pv_from(v, &names[0])).await.expect("access point deleted");
     p.delete(&pv_from(v, &names[0])).await.expect("not found is success");
-    let next = p.provision(&request(&unique("pvc"), "efs.aws.skpr.io/generalPurpose", &params)).await.expect("gid freed");
+    let next =
+        p.provision(&request(&unique("pvc"), "efs.aws.skpr.io/generalPurpose", &params)).await.expect("gid freed");
     let ap_id = next.spec.csi.unwrap().volume_handle.split("::").nth(1).unwrap().to_string();
     let ap = api.inner().describe_access_points().access_point_id(&ap_id).send().await.unwrap();
     let freed = handles[&names[0]].1.annotations.get("efs.aws.skpr.io/access-point-id").cloned();
     assert_ne!(Some(ap_id.clone()), freed);
     let gid = ap.access_points.unwrap()[0].posix_user.as_ref().unwrap().gid;
-    let old_gids: Vec<i64> = aps.iter().filter(|a| Some(a.access_point_id.clone().unwrap()) == freed).map(|a| a.posix_user.as_ref().unwrap().gid).collect();
+    let old_gids: Vec<i64> = aps
+        .iter()
+        .filter(|a| Some(a.access_point_id.clone().unwrap()) == freed)
+        .map(|a| a.posix_user.as_ref().unwrap().gid)
+        .collect();
     assert_eq!(vec![gid], old_gids, "the freed gid is reused");
     assert!(saved_volume(&pv_from(&handles[&names[2]].1, "x")).is_some());
 }

@@ -6,6 +6,7 @@
 //! EFS's alone. Volumes are provisioned CONCURRENCY at a time; the adaptive
 //! limiter is set high (EFS_BENCH_RATE, default 1000 requests/s) so that moto,
 //! not the limiter, is measured. Usage: `cargo run -p provisioner-e2e --bin efs-bench [claims]`.
+#![allow(clippy::unwrap_used)] // a panic is the failure report
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,7 +46,12 @@ fn print(title: &str, counts: &BTreeMap<Operation, u64>, volumes: usize, secs: f
     println!("  {:<28} {:>6}  {:.2} per volume", "total", total, total as f64 / volumes as f64);
 }
 
-async fn run(p: &Arc<EfsProvisioner<Api>>, counting: &CountingApi<aws_sdk_efs::Client>, reqs: Vec<ProvisionRequest>, title: &str) -> Vec<PersistentVolume> {
+async fn run(
+    p: &Arc<EfsProvisioner<Api>>,
+    counting: &CountingApi<aws_sdk_efs::Client>,
+    reqs: Vec<ProvisionRequest>,
+    title: &str,
+) -> Vec<PersistentVolume> {
     counting.reset();
     let n = reqs.len();
     let start = Instant::now();
@@ -55,7 +61,11 @@ async fn run(p: &Arc<EfsProvisioner<Api>>, counting: &CountingApi<aws_sdk_efs::C
             async move {
                 let v = p.provision(&r).await.unwrap_or_else(|e| panic!("{}: {e}", r.pv_name));
                 PersistentVolume {
-                    metadata: ObjectMeta { name: Some(r.pv_name.clone()), annotations: Some(v.annotations), ..Default::default() },
+                    metadata: ObjectMeta {
+                        name: Some(r.pv_name.clone()),
+                        annotations: Some(v.annotations),
+                        ..Default::default()
+                    },
                     spec: Some(v.spec),
                     ..Default::default()
                 }
@@ -92,7 +102,8 @@ async fn main() {
     let subnets = moto::default_subnets(&endpoint, REGION).expect("moto subnets");
     let sg = moto::default_security_group(&endpoint, REGION).expect("moto security group");
     let counting = Arc::new(CountingApi::new(moto::client(&endpoint, REGION)));
-    let limiter = Arc::new(AdaptiveLimiter::new(LimiterConfig { max_rate: rate, burst: rate as u32, ..Default::default() }));
+    let limiter =
+        Arc::new(AdaptiveLimiter::new(LimiterConfig { max_rate: rate, burst: rate as u32, ..Default::default() }));
     let defaults = Defaults {
         region: REGION.into(),
         subnets: subnets.iter().map(|s| s.0.clone()).collect(),
@@ -101,8 +112,14 @@ async fn main() {
         ..Defaults::default()
     };
     let p = Arc::new(EfsProvisioner::new(LimitedApi::new(counting.clone(), limiter), defaults));
-    let run_id = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis());
-    println!("moto {endpoint}, {} subnets (one mount target each), concurrency {CONCURRENCY}, limiter {rate}/s", subnets.len());
+    let run_id = format!(
+        "{:x}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis()
+    );
+    println!(
+        "moto {endpoint}, {} subnets (one mount target each), concurrency {CONCURRENCY}, limiter {rate}/s",
+        subnets.len()
+    );
 
     let reqs = (0..claims).map(|i| request(&format!("pvc-bench-{run_id}-{i}"), &[])).collect();
     run(&p, &counting, reqs, "file system per claim").await;

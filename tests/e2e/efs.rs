@@ -2,6 +2,7 @@
 //! as EFS, and the engine configured as in the seed's Deployment (its
 //! environment variables, its two provisioner names served by one process).
 //! Needs KUBECONFIG (tests/controlplane/up) and AWS_ENDPOINT_URL_EFS (tests/moto/up).
+#![allow(clippy::unwrap_used)] // a panic is the failure report
 
 use std::sync::Arc;
 
