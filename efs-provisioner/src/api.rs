@@ -1,0 +1,449 @@
+//! The EFS calls the provisioner makes, behind one small trait, [`EfsApi`],
+//! with plain data types in and out.
+//!
+//! The real implementation is on [`aws_sdk_efs::Client`] (in [`crate::sdk`]);
+//! tests use in-process fakes. Every method is exactly one EFS request (one
+//! page for the listing calls), so wrappers such as [`CountingApi`] and the
+//! adaptive limiter ([`crate::limiter::LimitedApi`]) see the real request count.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+/// An EFS API operation (one request type), for errors, IAM hints and counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Operation {
+    /// `CreateFileSystem`.
+    CreateFileSystem,
+    /// `DescribeFileSystems`.
+    DescribeFileSystems,
+    /// `DeleteFileSystem`.
+    DeleteFileSystem,
+    /// `PutLifecycleConfiguration`.
+    PutLifecycleConfiguration,
+    /// `CreateMountTarget`.
+    CreateMountTarget,
+    /// `DescribeMountTargets`.
+    DescribeMountTargets,
+    /// `DeleteMountTarget`.
+    DeleteMountTarget,
+    /// `CreateAccessPoint`.
+    CreateAccessPoint,
+    /// `DescribeAccessPoints`.
+    DescribeAccessPoints,
+    /// `DeleteAccessPoint`.
+    DeleteAccessPoint,
+}
+
+impl Operation {
+    /// The operation's name in the EFS API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::CreateFileSystem => "CreateFileSystem",
+            Operation::DescribeFileSystems => "DescribeFileSystems",
+            Operation::DeleteFileSystem => "DeleteFileSystem",
+            Operation::PutLifecycleConfiguration => "PutLifecycleConfiguration",
+            Operation::CreateMountTarget => "CreateMountTarget",
+            Operation::DescribeMountTargets => "DescribeMountTargets",
+            Operation::DeleteMountTarget => "DeleteMountTarget",
+            Operation::CreateAccessPoint => "CreateAccessPoint",
+            Operation::DescribeAccessPoints => "DescribeAccessPoints",
+            Operation::DeleteAccessPoint => "DeleteAccessPoint",
+        }
+    }
+
+    /// The IAM actions a caller needs for this operation as the provisioner
+    /// makes it (tags are set in the create calls, which needs `TagResource`).
+    pub fn iam_actions(self) -> &'static str {
+        match self {
+            Operation::CreateFileSystem => "elasticfilesystem:CreateFileSystem and elasticfilesystem:TagResource",
+            Operation::CreateAccessPoint => "elasticfilesystem:CreateAccessPoint and elasticfilesystem:TagResource",
+            Operation::CreateMountTarget => {
+                "elasticfilesystem:CreateMountTarget (with ec2:DescribeSubnets, ec2:CreateNetworkInterface, \
+                 ec2:DescribeNetworkInterfaces)"
+            }
+            Operation::DescribeFileSystems => "elasticfilesystem:DescribeFileSystems",
+            Operation::DeleteFileSystem => "elasticfilesystem:DeleteFileSystem",
+            Operation::PutLifecycleConfiguration => "elasticfilesystem:PutLifecycleConfiguration",
+            Operation::DescribeMountTargets => "elasticfilesystem:DescribeMountTargets",
+            Operation::DeleteMountTarget => "elasticfilesystem:DeleteMountTarget (with ec2:DeleteNetworkInterface)",
+            Operation::DescribeAccessPoints => "elasticfilesystem:DescribeAccessPoints",
+            Operation::DeleteAccessPoint => "elasticfilesystem:DeleteAccessPoint",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The lifecycle state of a file system, mount target or access point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LifeCycle {
+    /// Being created.
+    Creating,
+    /// Ready.
+    Available,
+    /// Being changed (throughput); usable.
+    Updating,
+    /// Being deleted.
+    Deleting,
+    /// Deleted (still listed for a while).
+    Deleted,
+    /// Failed and unrecoverable.
+    Error,
+}
+
+impl LifeCycle {
+    /// Parses the API's spelling; unknown states count as `Creating` (wait and look again).
+    pub fn parse(s: &str) -> LifeCycle {
+        match s {
+            "available" => LifeCycle::Available,
+            "updating" => LifeCycle::Updating,
+            "deleting" => LifeCycle::Deleting,
+            "deleted" => LifeCycle::Deleted,
+            "error" => LifeCycle::Error,
+            _ => LifeCycle::Creating,
+        }
+    }
+}
+
+/// A file system as the API describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileSystem {
+    /// `fs-...`.
+    pub id: String,
+    /// The creation token it was created with.
+    pub creation_token: String,
+    /// Its state.
+    pub state: LifeCycle,
+    /// `generalPurpose` or `maxIO`.
+    pub performance_mode: String,
+    /// Whether it is encrypted at rest.
+    pub encrypted: bool,
+    /// Its tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A mount target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountTarget {
+    /// `fsmt-...`.
+    pub id: String,
+    /// The file system it belongs to.
+    pub file_system_id: String,
+    /// The subnet it is in.
+    pub subnet_id: String,
+    /// The availability zone of that subnet, when reported.
+    pub availability_zone: Option<String>,
+    /// Its state.
+    pub state: LifeCycle,
+}
+
+/// An access point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessPoint {
+    /// `fsap-...`.
+    pub id: String,
+    /// The file system it belongs to.
+    pub file_system_id: String,
+    /// The POSIX user (uid, gid) it enforces, if any.
+    pub posix_user: Option<(i64, i64)>,
+    /// Its root directory path.
+    pub root_path: Option<String>,
+    /// The client token it was created with (AWS echoes it; moto too).
+    pub client_token: Option<String>,
+    /// Its tags.
+    pub tags: BTreeMap<String, String>,
+    /// Its state.
+    pub state: LifeCycle,
+}
+
+/// Performance mode of a file system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PerformanceMode {
+    /// `generalPurpose`.
+    GeneralPurpose,
+    /// `maxIO`.
+    MaxIo,
+}
+
+impl PerformanceMode {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PerformanceMode::GeneralPurpose => "generalPurpose",
+            PerformanceMode::MaxIo => "maxIO",
+        }
+    }
+}
+
+/// Throughput mode of a file system.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Throughput {
+    /// `bursting` (the API's default).
+    Bursting,
+    /// `provisioned`, with MiB/s.
+    Provisioned(f64),
+    /// `elastic`.
+    Elastic,
+}
+
+/// What a new file system should look like.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewFileSystem {
+    /// The idempotency key (1 to 64 characters).
+    pub creation_token: String,
+    /// Performance mode.
+    pub performance_mode: PerformanceMode,
+    /// Throughput mode.
+    pub throughput: Throughput,
+    /// Encrypted at rest.
+    pub encrypted: bool,
+    /// A KMS key (id, ARN or alias) when not the default `aws/elasticfilesystem`.
+    pub kms_key_id: Option<String>,
+    /// Tags set in the create call.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One lifecycle rule (`PutLifecycleConfiguration` takes a list of them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LifecycleRule {
+    /// Move files to Infrequent Access after, e.g., `AFTER_30_DAYS`.
+    TransitionToIa(String),
+    /// Move files to Archive after, e.g., `AFTER_90_DAYS`.
+    TransitionToArchive(String),
+    /// Move files back to primary storage, e.g., `AFTER_1_ACCESS`.
+    TransitionToPrimaryStorageClass(String),
+}
+
+/// What a new access point should look like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewAccessPoint {
+    /// The idempotency key (1 to 64 characters).
+    pub client_token: String,
+    /// The file system.
+    pub file_system_id: String,
+    /// The POSIX uid all access is made as.
+    pub uid: i64,
+    /// The POSIX gid all access is made as.
+    pub gid: i64,
+    /// The root directory (created on first mount if missing).
+    pub path: String,
+    /// Permissions of a created root directory, octal (e.g. `0700`).
+    pub permissions: String,
+    /// Tags set in the create call.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// How an API call failed, as far as the provisioner's decisions care.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The resource does not exist (`FileSystemNotFound`, `MountTargetNotFound`, `AccessPointNotFound`).
+    NotFound,
+    /// The creation token is taken (`FileSystemAlreadyExists`, `AccessPointAlreadyExists`), with the
+    /// id of the existing resource when the API says it.
+    AlreadyExists(Option<String>),
+    /// `MountTargetConflict`: a mount target exists in that subnet's zone (or another VPC's).
+    Conflict,
+    /// `FileSystemInUse`: mount targets still exist.
+    InUse,
+    /// A quota is reached (`FileSystemLimitExceeded`, `AccessPointLimitExceeded`, no free addresses, ...).
+    LimitExceeded,
+    /// The caller lacks an IAM permission.
+    AccessDenied,
+    /// The API asks to slow down (throttling, HTTP 429/503, retry quota exhausted).
+    Throttled,
+    /// The request is invalid as written (bad parameter, unknown subnet or security group).
+    BadRequest,
+    /// Anything else (timeouts, connection errors, server errors): may succeed if tried again.
+    Transient,
+}
+
+/// A failed EFS call.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("EFS {operation} failed: {code}: {message}")]
+pub struct ApiError {
+    /// The call.
+    pub operation: Operation,
+    /// What the failure means.
+    pub kind: ErrorKind,
+    /// The API's error code (or a short description for transport errors).
+    pub code: String,
+    /// The API's message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error of `kind` from `operation`.
+    pub fn new(operation: Operation, kind: ErrorKind, code: &str, message: impl Into<String>) -> Self {
+        ApiError { operation, kind, code: code.to_string(), message: message.into() }
+    }
+}
+
+/// Where a file system is looked up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileSystemLookup {
+    /// By id.
+    Id(String),
+    /// By creation token.
+    CreationToken(String),
+}
+
+/// One page of access points.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccessPointPage {
+    /// The access points.
+    pub items: Vec<AccessPoint>,
+    /// The token of the next page, if any.
+    pub next_token: Option<String>,
+}
+
+/// The EFS requests the provisioner makes. Each method is one request.
+#[async_trait]
+pub trait EfsApi: Send + Sync + 'static {
+    /// `CreateFileSystem` with tags.
+    async fn create_file_system(&self, spec: &NewFileSystem) -> Result<FileSystem, ApiError>;
+    /// `DescribeFileSystems` for one file system; `None` when it does not exist.
+    async fn describe_file_system(&self, lookup: &FileSystemLookup) -> Result<Option<FileSystem>, ApiError>;
+    /// `DeleteFileSystem`.
+    async fn delete_file_system(&self, file_system_id: &str) -> Result<(), ApiError>;
+    /// `PutLifecycleConfiguration` (replaces the file system's rules).
+    async fn put_lifecycle_configuration(&self, file_system_id: &str, rules: &[LifecycleRule]) -> Result<(), ApiError>;
+    /// `CreateMountTarget` in `subnet_id` with `security_groups`.
+    async fn create_mount_target(
+        &self,
+        file_system_id: &str,
+        subnet_id: &str,
+        security_groups: &[String],
+    ) -> Result<MountTarget, ApiError>;
+    /// `DescribeMountTargets` of a file system (one page holds every zone's).
+    async fn describe_mount_targets(&self, file_system_id: &str) -> Result<Vec<MountTarget>, ApiError>;
+    /// `DeleteMountTarget`.
+    async fn delete_mount_target(&self, mount_target_id: &str) -> Result<(), ApiError>;
+    /// `CreateAccessPoint` with tags.
+    async fn create_access_point(&self, spec: &NewAccessPoint) -> Result<AccessPoint, ApiError>;
+    /// One page of `DescribeAccessPoints` of a file system.
+    async fn describe_access_points(
+        &self,
+        file_system_id: &str,
+        next_token: Option<&str>,
+    ) -> Result<AccessPointPage, ApiError>;
+    /// `DeleteAccessPoint`.
+    async fn delete_access_point(&self, access_point_id: &str) -> Result<(), ApiError>;
+}
+
+/// Counts the requests made through it, by operation: for benchmarks and tests.
+#[derive(Debug, Default)]
+pub struct CountingApi<A> {
+    inner: A,
+    counts: Mutex<BTreeMap<Operation, u64>>,
+}
+
+impl<A> CountingApi<A> {
+    /// Wraps `inner`.
+    pub fn new(inner: A) -> Self {
+        CountingApi { inner, counts: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// The requests made so far, by operation.
+    pub fn counts(&self) -> BTreeMap<Operation, u64> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Forgets the counts.
+    pub fn reset(&self) {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The wrapped API.
+    pub fn inner(&self) -> &A {
+        &self.inner
+    }
+
+    fn count(&self, op: Operation) {
+        *self.counts.lock().unwrap_or_else(|p| p.into_inner()).entry(op).or_default() += 1;
+    }
+}
+
+#[async_trait]
+impl<A: EfsApi> EfsApi for CountingApi<A> {
+    async fn create_file_system(&self, spec: &NewFileSystem) -> Result<FileSystem, ApiError> {
+        self.count(Operation::CreateFileSystem);
+        self.inner.create_file_system(spec).await
+    }
+    async fn describe_file_system(&self, lookup: &FileSystemLookup) -> Result<Option<FileSystem>, ApiError> {
+        self.count(Operation::DescribeFileSystems);
+        self.inner.describe_file_system(lookup).await
+    }
+    async fn delete_file_system(&self, id: &str) -> Result<(), ApiError> {
+        self.count(Operation::DeleteFileSystem);
+        self.inner.delete_file_system(id).await
+    }
+    async fn put_lifecycle_configuration(&self, id: &str, rules: &[LifecycleRule]) -> Result<(), ApiError> {
+        self.count(Operation::PutLifecycleConfiguration);
+        self.inner.put_lifecycle_configuration(id, rules).await
+    }
+    async fn create_mount_target(&self, id: &str, subnet: &str, sgs: &[String]) -> Result<MountTarget, ApiError> {
+        self.count(Operation::CreateMountTarget);
+        self.inner.create_mount_target(id, subnet, sgs).await
+    }
+    async fn describe_mount_targets(&self, id: &str) -> Result<Vec<MountTarget>, ApiError> {
+        self.count(Operation::DescribeMountTargets);
+        self.inner.describe_mount_targets(id).await
+    }
+    async fn delete_mount_target(&self, id: &str) -> Result<(), ApiError> {
+        self.count(Operation::DeleteMountTarget);
+        self.inner.delete_mount_target(id).await
+    }
+    async fn create_access_point(&self, spec: &NewAccessPoint) -> Result<AccessPoint, ApiError> {
+        self.count(Operation::CreateAccessPoint);
+        self.inner.create_access_point(spec).await
+    }
+    async fn describe_access_points(&self, id: &str, next: Option<&str>) -> Result<AccessPointPage, ApiError> {
+        self.count(Operation::DescribeAccessPoints);
+        self.inner.describe_access_points(id, next).await
+    }
+    async fn delete_access_point(&self, id: &str) -> Result<(), ApiError> {
+        self.count(Operation::DeleteAccessPoint);
+        self.inner.delete_access_point(id).await
+    }
+}
+
+#[async_trait]
+impl<A: EfsApi + ?Sized> EfsApi for std::sync::Arc<A> {
+    async fn create_file_system(&self, spec: &NewFileSystem) -> Result<FileSystem, ApiError> {
+        (**self).create_file_system(spec).await
+    }
+    async fn describe_file_system(&self, lookup: &FileSystemLookup) -> Result<Option<FileSystem>, ApiError> {
+        (**self).describe_file_system(lookup).await
+    }
+    async fn delete_file_system(&self, id: &str) -> Result<(), ApiError> {
+        (**self).delete_file_system(id).await
+    }
+    async fn put_lifecycle_configuration(&self, id: &str, rules: &[LifecycleRule]) -> Result<(), ApiError> {
+        (**self).put_lifecycle_configuration(id, rules).await
+    }
+    async fn create_mount_target(&self, id: &str, subnet: &str, sgs: &[String]) -> Result<MountTarget, ApiError> {
+        (**self).create_mount_target(id, subnet, sgs).await
+    }
+    async fn describe_mount_targets(&self, id: &str) -> Result<Vec<MountTarget>, ApiError> {
+        (**self).describe_mount_targets(id).await
+    }
+    async fn delete_mount_target(&self, id: &str) -> Result<(), ApiError> {
+        (**self).delete_mount_target(id).await
+    }
+    async fn create_access_point(&self, spec: &NewAccessPoint) -> Result<AccessPoint, ApiError> {
+        (**self).create_access_point(spec).await
+    }
+    async fn describe_access_points(&self, id: &str, next: Option<&str>) -> Result<AccessPointPage, ApiError> {
+        (**self).describe_access_points(id, next).await
+    }
+    async fn delete_access_point(&self, id: &str) -> Result<(), ApiError> {
+        (**self).delete_access_point(id).await
+    }
+}

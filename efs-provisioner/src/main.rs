@@ -1,0 +1,21 @@
+//! `efs-provisioner`: serves the EFS provisioner names given by flags.
+
+use clap::Parser;
+use provisioner_core::cli::{EngineArgs, RunError, run};
+
+#[derive(Parser)]
+#[command(version, about = "Provisions AWS EFS file systems or access points for PersistentVolumeClaims")]
+struct Args {
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[command(flatten)]
+    efs: efs_provisioner::cli::EfsArgs,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), RunError> {
+    efs_provisioner::cli::install_crypto_provider();
+    let args = Args::parse();
+    let provisioner = efs_provisioner::cli::build(&args.efs).await.map_err(RunError::Flag)?;
+    run(args.engine, &args.efs.provisioner_names, provisioner).await
+}
