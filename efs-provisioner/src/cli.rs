@@ -89,8 +89,9 @@ pub async fn build(args: &EfsArgs) -> Result<Arc<SdkProvisioner>, String> {
     Ok(Arc::new(EfsProvisioner::new(api, defaults)))
 }
 
-/// Makes ring rustls's process-wide provider: the Kubernetes client needs
-/// one, and the AWS SDK's presence makes the choice ambiguous otherwise.
+/// Makes aws-lc rustls's process-wide provider, the one both the AWS SDK and
+/// the Kubernetes client are built with in this workspace. Harmless when one
+/// is already installed.
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
