@@ -45,9 +45,15 @@
 //! then removal of [`keys::VOLUME_FINALIZER`]; a crash in between repeats the
 //! backend delete, which provisioners must treat "not found" as success for.
 //!
-//! After each of its own writes the engine remembers the resourceVersions it
-//! replaced and does not act on a volume while the cache still shows one of
-//! them, so a lagging watch cannot cause a second provision or delete.
+//! After each of its own writes the engine remembers the state the write
+//! produced (the object's new resourceVersion, or its deletion) and does not
+//! act on that volume until the watch has delivered it (`own_writes.rs`).
+//! Every state the cache shows before then is older than the write, whoever
+//! else wrote in between (the PV protection controller does, during every
+//! delete), so a lagging watch cannot cause a second provision or delete.
+//! The engine also remembers which volumes' backends it has deleted, so a
+//! retry after a failed or conflicting write to the PV object does not call
+//! the backend again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -72,6 +78,7 @@ use crate::events::{EventRecorder, EventType};
 use crate::keys;
 use crate::leader::{LeaderElectionConfig, LeaderElector, lease_name_for};
 use crate::metrics::Metrics;
+use crate::own_writes::{Expect, OwnWrites, Side};
 use crate::provisioner::{DeleteError, ProvisionError, ProvisionRequest, Provisioner};
 use crate::queue::WorkQueue;
 use crate::volume::{VolumeOptions, build_volume};
@@ -482,33 +489,19 @@ struct KeyState {
     claim_of: HashMap<String, ObjectRef<PersistentVolumeClaim>>,
     /// PV name -> consecutive failures.
     failures: HashMap<String, u32>,
-    /// PV name -> resourceVersions the cache must move past before acting.
-    stale: HashMap<String, StaleMarks>,
+    /// The engine's own writes the cache has not shown yet.
+    own_writes: OwnWrites,
+    /// Uids of PersistentVolumes whose backend this engine deleted (until
+    /// the PV object is gone).
+    backend_deleted: HashSet<String>,
     /// PV name -> (claim rv, class rv) at which the engine gave up.
     given_up: HashMap<String, (String, String)>,
     /// Claim uids already warned about unsupported block mode.
     block_warned: HashSet<String>,
-    /// Volume uids whose backend this process has deleted: the rest of the
-    /// deletion (object, finalizer) may need another pass after a conflict,
-    /// and must not call the backend again.
-    backend_deleted: HashSet<String>,
     /// resourceVersions produced by the engine's own writes, whose watch
     /// events must not trigger another pass (the writer already knows).
     echoes: HashSet<String>,
 }
-
-#[derive(Default)]
-struct StaleMarks {
-    claim_rvs: Vec<String>,
-    volume_rvs: Vec<String>,
-    volume_absent: bool,
-    since: Option<Instant>,
-}
-
-/// How long a stale mark may hold back work before it is dropped (a watch
-/// that lags this much has other problems; acting is then safer than waiting
-/// forever).
-const STALE_MARK_LIMIT: Duration = Duration::from_secs(60);
 
 struct Ctx {
     client: Client,
@@ -546,11 +539,35 @@ impl Ctx {
         Api::all(self.client.clone())
     }
 
-    fn mark_stale(&self, key: &str, f: impl FnOnce(&mut StaleMarks)) {
-        let mut st = self.state();
-        let marks = st.stale.entry(key.to_string()).or_default();
-        marks.since = Some(Instant::now());
-        f(marks);
+    /// The engine is about to write the claim or volume of `key`.
+    fn writing(&self, key: &str, side: Side) {
+        self.wrote();
+        self.state().own_writes.writing(key, side);
+    }
+
+    /// The write announced by [`writing`](Ctx::writing) produced `expect`;
+    /// passes over `key` wait until the cache shows it.
+    fn wrote_state(&self, key: &str, side: Side, expect: Option<Expect>) {
+        let requeue = self.state().own_writes.wrote(key, side, expect, Instant::now());
+        if requeue {
+            self.queue.add(key);
+        }
+    }
+
+    /// The watch delivered a state (`None`: the deletion) of the claim or volume of `key`.
+    fn observed(&self, key: &str, side: Side, rv: Option<&str>) {
+        let requeue = self.state().own_writes.observed(key, side, rv);
+        if requeue {
+            self.queue.add(key);
+        }
+    }
+
+    /// A re-list that started at `started` replaced the `side` cache.
+    fn relisted(&self, side: Side, started: Instant) {
+        let requeue = self.state().own_writes.relisted(side, started);
+        for key in requeue {
+            self.queue.add(&key);
+        }
     }
 
     fn wrote(&self) {
@@ -619,22 +636,30 @@ async fn watch_claims(ctx: Arc<Ctx>, writer: reflector::store::Writer<Persistent
     let api: Api<PersistentVolumeClaim> = Api::all(ctx.client.clone());
     let stream = watcher(api, watcher::Config::default()).default_backoff().modify(strip).reflect(writer);
     let mut stream = std::pin::pin!(stream);
+    let mut relist_started = Instant::now();
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
             e = stream.try_next() => e,
         };
         match event {
-            Ok(Some(watcher::Event::Apply(c) | watcher::Event::InitApply(c))) => on_claim(&ctx, &c),
+            Ok(Some(watcher::Event::Apply(c))) => {
+                ctx.observed(&ctx.key_of_claim(&c), Side::Claim, c.resource_version().as_deref());
+                on_claim(&ctx, &c);
+            }
+            // The store swaps in a re-list only at InitDone.
+            Ok(Some(watcher::Event::InitApply(c))) => on_claim(&ctx, &c),
+            Ok(Some(watcher::Event::Init)) => relist_started = Instant::now(),
+            Ok(Some(watcher::Event::InitDone)) => ctx.relisted(Side::Claim, relist_started),
             Ok(Some(watcher::Event::Delete(c))) => {
                 let key = ctx.key_of_claim(&c);
+                ctx.observed(&key, Side::Claim, None);
                 let mut st = ctx.state();
                 st.claim_of.remove(&key);
                 st.block_warned.remove(c.uid().as_deref().unwrap_or_default());
                 drop(st);
                 ctx.queue.add(&key);
             }
-            Ok(Some(_)) => {}
             Ok(None) => return,
             Err(e) => warn!(error = %e, "claim watch error; retrying"),
         }
@@ -654,33 +679,42 @@ async fn watch_volumes(ctx: Arc<Ctx>, writer: reflector::store::Writer<Persisten
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let stream = watcher(api, watcher::Config::default()).default_backoff().modify(strip).reflect(writer);
     let mut stream = std::pin::pin!(stream);
+    let mut relist_started = Instant::now();
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
             e = stream.try_next() => e,
         };
         match event {
-            Ok(Some(watcher::Event::Apply(v) | watcher::Event::InitApply(v))) => {
-                if decision::volume_is_relevant(&v, &ctx.names) {
-                    // The volume names its claim: the key finds it even if the
-                    // claim carries no annotation of ours any more.
-                    if let Some(r) = v.spec.as_ref().and_then(|s| s.claim_ref.as_ref())
-                        && let (Some(ns), Some(name)) = (&r.namespace, &r.name)
-                    {
-                        ctx.state().claim_of.entry(v.name_any()).or_insert_with(|| ObjectRef::new(name).within(ns));
-                    }
-                    if !ctx.is_echo(&v) {
-                        ctx.queue.add(&v.name_any());
-                    }
-                }
-            }
-            Ok(Some(watcher::Event::Delete(v))) => {
-                if decision::volume_is_relevant(&v, &ctx.names) {
-                    ctx.state().backend_deleted.remove(v.uid().as_deref().unwrap_or_default());
+            Ok(Some(watcher::Event::Apply(v))) => {
+                ctx.observed(&v.name_any(), Side::Volume, v.resource_version().as_deref());
+                remember_claim_of(&ctx, &v);
+                if decision::volume_is_relevant(&v, &ctx.names) && !ctx.is_echo(&v) {
                     ctx.queue.add(&v.name_any());
                 }
             }
-            Ok(Some(_)) => {}
+            Ok(Some(watcher::Event::InitApply(v))) => {
+                remember_claim_of(&ctx, &v);
+                if decision::volume_is_relevant(&v, &ctx.names) && !ctx.is_echo(&v) {
+                    ctx.queue.add(&v.name_any());
+                }
+            }
+            Ok(Some(watcher::Event::Init)) => relist_started = Instant::now(),
+            Ok(Some(watcher::Event::InitDone)) => {
+                ctx.relisted(Side::Volume, relist_started);
+                // Deletions the re-list skipped over.
+                let uids: HashSet<String> = ctx.volumes.state().iter().filter_map(|v| v.uid()).collect();
+                ctx.state().backend_deleted.retain(|uid| uids.contains(uid));
+            }
+            Ok(Some(watcher::Event::Delete(v))) => {
+                ctx.observed(&v.name_any(), Side::Volume, None);
+                if let Some(uid) = v.uid() {
+                    ctx.state().backend_deleted.remove(&uid);
+                }
+                if decision::volume_is_relevant(&v, &ctx.names) {
+                    ctx.queue.add(&v.name_any());
+                }
+            }
             Ok(None) => return,
             Err(e) => warn!(error = %e, "volume watch error; retrying"),
         }
@@ -716,6 +750,19 @@ async fn watch_classes(ctx: Arc<Ctx>, writer: reflector::store::Writer<StorageCl
             Ok(None) => return,
             Err(e) => warn!(error = %e, "class watch error; retrying"),
         }
+    }
+}
+
+/// Volumes name their claim: record it, so the key finds the claim even if
+/// the claim carries no annotation of ours any more.
+fn remember_claim_of(ctx: &Ctx, volume: &PersistentVolume) {
+    if !decision::volume_is_relevant(volume, &ctx.names) {
+        return;
+    }
+    if let Some(r) = volume.spec.as_ref().and_then(|s| s.claim_ref.as_ref())
+        && let (Some(ns), Some(name)) = (&r.namespace, &r.name)
+    {
+        ctx.state().claim_of.entry(volume.name_any()).or_insert_with(|| ObjectRef::new(name).within(ns));
     }
 }
 
@@ -789,6 +836,9 @@ enum Next {
 }
 
 fn finish(ctx: &Ctx, key: &str, next: Next) {
+    if ctx.state().own_writes.pass_ended(key) {
+        ctx.queue.add(key);
+    }
     match next {
         Next::Done => ctx.queue.done(key),
         Next::Succeeded => {
@@ -810,15 +860,6 @@ fn finish(ctx: &Ctx, key: &str, next: Next) {
     }
 }
 
-fn is_stale(marks: &StaleMarks, claim: Option<&PersistentVolumeClaim>, volume: Option<&PersistentVolume>) -> bool {
-    let claim_stale = claim.is_some_and(|c| c.resource_version().is_some_and(|rv| marks.claim_rvs.contains(&rv)));
-    let volume_stale = match volume {
-        None => marks.volume_absent,
-        Some(v) => v.resource_version().is_some_and(|rv| marks.volume_rvs.contains(&rv)),
-    };
-    claim_stale || volume_stale
-}
-
 async fn reconcile(ctx: &Ctx, key: &str) -> Next {
     let claim_ref = ctx.state().claim_of.get(key).cloned();
     // A claim of the same name may have been recreated (new uid, new key):
@@ -832,21 +873,22 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Next {
         .or_else(|| volume.as_ref().and_then(|v| v.spec.as_ref()?.storage_class_name.clone()));
     let class = class_name.as_deref().and_then(|n| ctx.classes.get(&ObjectRef::new(n)));
 
-    let cache_stale = {
-        let mut st = ctx.state();
-        match st.stale.get(key) {
-            Some(marks) if marks.since.is_some_and(|t| t.elapsed() > STALE_MARK_LIMIT) => {
-                st.stale.remove(key);
-                false
-            }
-            Some(marks) if is_stale(marks, claim.as_deref(), volume.as_deref()) => true,
-            Some(_) => {
-                st.stale.remove(key);
-                false
-            }
-            None => false,
-        }
-    };
+    // `Some(wait)`: the cache has not shown the engine's last write yet; the
+    // awaited watch event requeues the key, or the wait ends after `wait`.
+    let cached_claim = claim.as_ref().and_then(|c| c.resource_version());
+    let cached_volume = volume.as_ref().and_then(|v| v.resource_version());
+    let cache_behind =
+        ctx.state().own_writes.behind(key, cached_claim.as_deref(), cached_volume.as_deref(), Instant::now());
+    if let Some(wait) = cache_behind {
+        debug!(
+            volume = key,
+            ?wait,
+            ?cached_claim,
+            ?cached_volume,
+            "the cache has not shown the engine's last write yet"
+        );
+    }
+    let cache_stale = cache_behind.is_some();
     if let (Some(c), Some(k)) = (claim.as_deref(), class.as_deref()) {
         let st = ctx.state();
         if let Some((crv, krv)) = st.given_up.get(key)
@@ -862,16 +904,17 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Next {
     debug!(volume = key, ?decision, "decided");
     match decision {
         Decision::Idle(decision::IdleReason::Nothing) => {
-            // Claim and volume are gone: forget everything about the key.
+            // Claim and volume are gone: forget the key's bookkeeping (its
+            // own-write expectations expire on their own).
             let mut st = ctx.state();
             st.claim_of.remove(key);
             st.failures.remove(key);
-            st.stale.remove(key);
             st.given_up.remove(key);
             drop(st);
             Next::Done
         }
-        Decision::Idle(_) | Decision::WaitForCache => Next::Done,
+        Decision::Idle(_) => Next::Done,
+        Decision::WaitForCache => Next::After(cache_behind.unwrap_or_default()),
         Decision::WaitForClass(class) => {
             debug!(volume = key, class, "waiting for the class to exist");
             Next::Done
@@ -935,11 +978,10 @@ async fn provision(
                 },
             }
         });
-        ctx.wrote();
+        ctx.writing(key, Side::Claim);
         match ctx.claim_api(&ns).patch(&claim.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(updated) => {
-                let before = claim.resource_version().unwrap_or_default();
-                ctx.mark_stale(key, |m| m.claim_rvs.push(before));
+                ctx.wrote_state(key, Side::Claim, Expect::of_write(&updated));
                 ctx.expect_echo(&updated);
                 claim = Arc::new(updated);
             }
@@ -1044,7 +1086,7 @@ async fn save_volume(
     took: Duration,
 ) -> Next {
     let label = class_label(class);
-    ctx.wrote();
+    ctx.writing(key, Side::Volume);
     let saved = match ctx.volume_api().create(&PostParams::default(), &pv).await {
         Ok(saved) => {
             ctx.expect_echo(&saved);
@@ -1105,8 +1147,8 @@ async fn save_volume(
             return Next::Failed;
         }
     };
-    if saved.is_some() {
-        ctx.mark_stale(key, |m| m.volume_absent = true);
+    if let Some(saved) = &saved {
+        ctx.wrote_state(key, Side::Volume, Expect::of_write(saved));
     }
     ctx.metrics.provision_succeeded(&label, took);
     ctx.claim_event(
@@ -1149,15 +1191,17 @@ async fn release_claim(ctx: &Ctx, key: &str, claim: &PersistentVolumeClaim, resc
             return Next::Failed;
         }
     };
-    ctx.wrote();
+    ctx.writing(key, Side::Claim);
     let ns = claim.namespace().unwrap_or_default();
     match ctx.claim_api(&ns).patch(&claim.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await {
-        Ok(_) => {
-            let before = claim.resource_version().unwrap_or_default();
-            ctx.mark_stale(key, |m| m.claim_rvs.push(before));
+        Ok(updated) => {
+            ctx.wrote_state(key, Side::Claim, Expect::of_write(&updated));
             Next::Succeeded
         }
-        Err(kube::Error::Api(e)) if e.code == 404 => Next::Succeeded,
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            ctx.wrote_state(key, Side::Claim, Some(Expect::Gone));
+            Next::Succeeded
+        }
         // A failed test: the claim changed; its update requeues the key.
         Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 => Next::Done,
         Err(e) => {
@@ -1168,56 +1212,40 @@ async fn release_claim(ctx: &Ctx, key: &str, claim: &PersistentVolumeClaim, resc
 }
 
 async fn delete(ctx: &Ctx, key: &str, volume: &PersistentVolume, delete_object: bool) -> Next {
-    let label = volume.spec.as_ref().and_then(|s| s.storage_class_name.clone()).unwrap_or_default();
     let uid = volume.uid().unwrap_or_default();
-    let started = Instant::now();
-    let result = if ctx.state().backend_deleted.contains(&uid) {
-        Ok(())
-    } else {
-        ctx.metrics.in_flight.inc();
-        let call = ctx.provisioner.delete(volume);
-        let result = match ctx.config.delete_timeout {
-            Some(t) => tokio::time::timeout(t, call)
-                .await
-                .unwrap_or_else(|_| Err(DeleteError::Failed(format!("delete call timed out after {t:?}")))),
-            None => call.await,
-        };
-        ctx.metrics.in_flight.dec();
-        if result.is_ok() {
+    // A pass after a failed or conflicting write below: the backend is gone already.
+    let already = !uid.is_empty() && ctx.state().backend_deleted.contains(&uid);
+    if !already {
+        if let Err(next) = delete_backend(ctx, key, volume).await {
+            return next;
+        }
+        if !uid.is_empty() {
             ctx.state().backend_deleted.insert(uid);
-            ctx.metrics.delete_succeeded(&label, started.elapsed());
-        }
-        result
-    };
-    match result {
-        Ok(()) => {}
-        Err(DeleteError::Ignored) => return Next::Done,
-        Err(DeleteError::InUse(msg)) => {
-            debug!(volume = key, msg, "backend volume still in use");
-            return Next::Failed;
-        }
-        Err(DeleteError::Failed(msg)) => {
-            ctx.metrics.delete_failed(&label);
-            ctx.event(event_ref(volume), EventType::Warning, "VolumeFailedDelete", "Delete", msg);
-            return Next::Failed;
         }
     }
-    let before = volume.resource_version().unwrap_or_default();
-    ctx.mark_stale(key, |m| m.volume_rvs.push(before));
     let mut current = volume.clone();
     if delete_object {
         let dp = DeleteParams {
             preconditions: Some(Preconditions { uid: volume.uid(), resource_version: None }),
             ..DeleteParams::default()
         };
-        ctx.wrote();
+        ctx.writing(key, Side::Volume);
         match ctx.volume_api().delete(key, &dp).await {
             Ok(either) => match either.left() {
-                // Held by the finalizer; removing it below marks this state stale.
-                Some(still_there) => current = still_there,
-                None => return Next::Succeeded,
+                // Held by the finalizer, which goes next.
+                Some(still_there) => {
+                    ctx.wrote_state(key, Side::Volume, Expect::of_write(&still_there));
+                    current = still_there;
+                }
+                None => {
+                    ctx.wrote_state(key, Side::Volume, Some(Expect::Gone));
+                    return Next::Succeeded;
+                }
             },
-            Err(kube::Error::Api(e)) if e.code == 404 => return Next::Succeeded,
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                ctx.wrote_state(key, Side::Volume, Some(Expect::Gone));
+                return Next::Succeeded;
+            }
             Err(kube::Error::Api(e)) if e.code == 409 => return Next::Done,
             Err(e) => {
                 warn!(volume = key, error = %e, "deleting the volume object failed");
@@ -1226,6 +1254,37 @@ async fn delete(ctx: &Ctx, key: &str, volume: &PersistentVolume, delete_object: 
         }
     }
     remove_volume_finalizer(ctx, key, &current).await
+}
+
+/// Calls [`Provisioner::delete`] for `volume`: `Ok` when the backend volume
+/// is gone, otherwise what the pass should answer.
+async fn delete_backend(ctx: &Ctx, key: &str, volume: &PersistentVolume) -> Result<(), Next> {
+    let label = volume.spec.as_ref().and_then(|s| s.storage_class_name.clone()).unwrap_or_default();
+    let started = Instant::now();
+    ctx.metrics.in_flight.inc();
+    let call = ctx.provisioner.delete(volume);
+    let result = match ctx.config.delete_timeout {
+        Some(t) => tokio::time::timeout(t, call)
+            .await
+            .unwrap_or_else(|_| Err(DeleteError::Failed(format!("delete call timed out after {t:?}")))),
+        None => call.await,
+    };
+    ctx.metrics.in_flight.dec();
+    match result {
+        Ok(()) => {}
+        Err(DeleteError::Ignored) => return Err(Next::Done),
+        Err(DeleteError::InUse(msg)) => {
+            debug!(volume = key, msg, "backend volume still in use");
+            return Err(Next::Failed);
+        }
+        Err(DeleteError::Failed(msg)) => {
+            ctx.metrics.delete_failed(&label);
+            ctx.event(event_ref(volume), EventType::Warning, "VolumeFailedDelete", "Delete", msg);
+            return Err(Next::Failed);
+        }
+    }
+    ctx.metrics.delete_succeeded(&label, started.elapsed());
+    Ok(())
 }
 
 async fn remove_volume_finalizer(ctx: &Ctx, key: &str, volume: &PersistentVolume) -> Next {
@@ -1241,16 +1300,17 @@ async fn remove_volume_finalizer(ctx: &Ctx, key: &str, volume: &PersistentVolume
         Ok(p) => p,
         Err(_) => return Next::Failed,
     };
-    ctx.wrote();
+    ctx.writing(key, Side::Volume);
     match ctx.volume_api().patch(key, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
-        Ok(_) => {
-            // Only states from before a write may be marked: the state it
-            // produced is the one the engine must act on next.
-            let before = volume.resource_version().unwrap_or_default();
-            ctx.mark_stale(key, |m| m.volume_rvs.push(before));
+        Ok(updated) => {
+            ctx.wrote_state(key, Side::Volume, Expect::of_write(&updated));
             Next::Succeeded
         }
-        Err(kube::Error::Api(e)) if e.code == 404 => Next::Succeeded,
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            ctx.wrote_state(key, Side::Volume, Some(Expect::Gone));
+            Next::Succeeded
+        }
+        // A failed test: the volume changed; its update requeues the key.
         Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 => Next::Done,
         Err(e) => {
             warn!(volume = key, error = %e, "removing the volume finalizer failed");

@@ -28,6 +28,7 @@ pub mod fixtures;
 pub mod keys;
 pub mod leader;
 pub mod metrics;
+mod own_writes;
 pub mod provisioner;
 pub mod quantity;
 pub mod queue;

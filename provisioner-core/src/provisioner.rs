@@ -93,6 +93,12 @@ pub enum ProvisionError {
     InProgress(String),
     /// Nothing was created and nothing runs. The engine reports the message in
     /// a `ProvisioningFailed` event and retries with backoff.
+    ///
+    /// Answer this only when certain that no backend volume exists for this
+    /// `pv_name`, also from an earlier call: for a claim that is going away,
+    /// `Final` (like `Reschedule`, `Infeasible` and `Ignored`) makes the
+    /// engine drop its intent record, and anything left behind would leak.
+    /// When unsure, answer [`InProgress`](ProvisionError::InProgress).
     Final(String),
     /// The selected node cannot host this volume (no space, wrong topology);
     /// nothing was created. The engine removes the claim's selected node so the
