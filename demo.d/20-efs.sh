@@ -47,18 +47,16 @@ efs_up() {
 
 efs_down() {
   # Claims first, while the provisioner still runs, so their file systems are deleted.
-  efs_kubectl -n test-project delete pvc files files-fast --ignore-not-found --wait=false >/dev/null 2>&1
+  efs_kubectl -n test-project delete pvc files files-fast --ignore-not-found --wait=false >/dev/null 2>&1 || true
   local pv
   for pv in $(efs_kubectl get pv -o jsonpath='{range .items[?(@.spec.claimRef.namespace=="test-project")]}{.metadata.name}{" "}{end}' 2>/dev/null); do
-    efs_kubectl wait --for=delete "pv/$pv" --timeout=60s >/dev/null 2>&1
+    efs_kubectl wait --for=delete "pv/$pv" --timeout=60s >/dev/null 2>&1 || true
   done
-  efs_kubectl delete -f "$EFS_DEMO_ROOT/efs-provisioner/deploy/storageclasses.yaml" --ignore-not-found >/dev/null 2>&1
+  efs_kubectl delete -f "$EFS_DEMO_ROOT/efs-provisioner/deploy/storageclasses.yaml" --ignore-not-found >/dev/null 2>&1 || true
   if [[ -f "$EFS_DEMO_STATE/provisioner.pid" ]]; then
-    kill "$(cat "$EFS_DEMO_STATE/provisioner.pid")" 2>/dev/null
+    kill "$(cat "$EFS_DEMO_STATE/provisioner.pid")" 2>/dev/null || true
     rm -f "$EFS_DEMO_STATE/provisioner.pid"
   fi
-  MOTO_STATE_DIR="$EFS_DEMO_STATE/moto" "$EFS_DEMO_ROOT/tests/moto/down" >/dev/null 2>&1
+  MOTO_STATE_DIR="$EFS_DEMO_STATE/moto" "$EFS_DEMO_ROOT/tests/moto/down" >/dev/null 2>&1 || true
   return 0
 }
-
-efs_up
