@@ -34,8 +34,11 @@
 //! removes the finalizer. A claim deleted meanwhile gets the PV anyway; the
 //! binder marks it `Released` once the claim is gone and the normal delete
 //! path removes the backend. If `provision()` answers that nothing was
-//! created (`Final`, `Reschedule`, `Infeasible`, `Ignored`) for a claim that
-//! is going away, the finalizer is removed at once.
+//! created (`Final`, `Reschedule`, `Infeasible`) for a claim that is going
+//! away, the finalizer is removed at once. Where several instances serve one
+//! provisioner name (one per node), only the instance whose
+//! `should_provision` takes the claim records, finishes or removes the
+//! intent; `Ignored` never touches the claim.
 //!
 //! The intent finalizer is removed lazily, when the claim is deleted and its
 //! PV exists, which keeps the normal path at three writes per volume: the
