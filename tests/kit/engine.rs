@@ -10,6 +10,12 @@
 //! The last two cases are faults only the kit can give on demand: a volume
 //! create answered with `500` twice, and watches dropped (with the history
 //! compacted) while a provision call is in flight.
+//!
+//! Kept on the real plane only: immediate provisioning, whose "at most 3
+//! writes, no GET per volume" is counted by `provisioner_core::client`'s
+//! request layer, which builds its own client from a `kube::Config` and so
+//! cannot wrap the kit's in-process service; and the legacy class
+//! annotation, which is about what the real binder reads.
 
 use std::sync::Arc;
 use std::time::Duration;
