@@ -1,19 +1,31 @@
 //! The engine against the real control plane: kube-apiserver and the PV
 //! binder of kube-controller-manager, with an in-memory backend that counts
 //! what it creates and deletes.
+//!
+//! Only the cases that exercise the real binder and API server stay here:
+//! immediate provisioning (the volume's fields, API writes counted at the
+//! client), the legacy class annotation, WaitForFirstConsumer, Released with
+//! `Delete`, a volume deleted before its claim, and two engines electing a
+//! leader over a real Lease. The engine-logic cases moved to the testing kit,
+//! `tests/kit/engine.rs` (`--test kit_engine`), with the same assertions:
+//! the block-volume warning, failing twice then succeeding (aggregated
+//! events, metrics), a claim deleted while provisioning is in progress,
+//! reschedule, Released with `Retain`, and a claim created before its class.
+//! The kit also runs WaitForFirstConsumer, Released with `Delete`, a volume
+//! deleted before its claim and leader election, on its paused clock.
 
 use std::sync::Arc;
 
 use e2e_support::TestEnv;
-use e2e_support::backend::{FakeBackend, Scripted};
+use e2e_support::backend::FakeBackend;
 use e2e_support::engine::{provisioner_name, start};
-use e2e_support::fixtures::{claim, claim_phase, storage_class, volume_phase};
-use e2e_support::{events_for, wait_for_event};
+use e2e_support::fixtures::{claim, claim_phase, storage_class};
+use e2e_support::wait_for_event;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
-use provisioner_core::{ProvisionError, keys};
+use provisioner_core::keys;
 use serde_json::json;
 
 fn pv_name(c: &PersistentVolumeClaim) -> String {
@@ -138,163 +150,6 @@ async fn legacy_storage_class_annotation_claim_is_provisioned() {
 }
 
 #[tokio::test]
-async fn claim_created_before_its_class_is_provisioned_once_the_class_exists() {
-    let env = TestEnv::new("engine-late-class").await;
-    let class = env.name("late");
-    let backend = FakeBackend::new();
-    let engine = start(&env, &provisioner_name(&env), Arc::new(backend.clone()), |b| b).await;
-
-    env.create(&env.api(), claim("data", &class, "1Gi")).await;
-    env.create(&env.cluster_api(), class_for(&env, &class, "Delete", false)).await;
-    bound(&env, "data").await;
-    assert_eq!(backend.created(), 1);
-    engine.stop().await.expect("clean shutdown");
-    env.cleanup().await;
-}
-
-#[tokio::test]
-async fn block_claim_for_a_provisioner_without_block_support_gets_one_warning() {
-    let env = TestEnv::new("engine-block").await;
-    let class = env.name("block");
-    env.create(&env.cluster_api(), class_for(&env, &class, "Delete", false)).await;
-    let backend = FakeBackend::new();
-    let engine = start(&env, &provisioner_name(&env), Arc::new(backend.clone()), |b| b).await;
-
-    let mut c = claim("raw", &class, "1Gi");
-    c.spec.as_mut().expect("spec").volume_mode = Some("Block".into());
-    env.create(&env.api(), c).await;
-    let ev = wait_for_event(&env.client, &env.namespace, "raw", "ProvisioningFailed").await;
-    assert_eq!(
-        ev.note.as_deref(),
-        Some(format!("{} does not support block volume provisioning", provisioner_name(&env)).as_str())
-    );
-    assert_eq!(ev.type_.as_deref(), Some("Warning"));
-    // A later change to the claim does not repeat the warning or call the backend.
-    let patch = json!({ "metadata": { "labels": { "touched": "yes" } } });
-    env.api::<PersistentVolumeClaim>()
-        .patch("raw", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("touch");
-    env.wait_for(&env.api::<PersistentVolumeClaim>(), "raw", "the touch", |c| {
-        c.is_some_and(|c| c.labels().contains_key("touched"))
-    })
-    .await;
-    assert!(backend.provision_calls().is_empty(), "the backend is never asked");
-    let warnings = events_for(&env.client, &env.namespace, "raw", "ProvisioningFailed").await;
-    assert_eq!(warnings.len(), 1, "one warning, not a retry loop");
-    assert!(warnings[0].series.is_none(), "and no repeats of it");
-    engine.stop().await.expect("clean shutdown");
-    env.cleanup().await;
-}
-
-#[tokio::test]
-async fn provisioner_failing_twice_then_succeeding_reports_failures_and_success() {
-    let env = TestEnv::new("engine-flaky").await;
-    let class = env.name("flaky");
-    env.create(&env.cluster_api(), class_for(&env, &class, "Delete", false)).await;
-    let backend = FakeBackend::new();
-    backend.script([
-        Scripted::Fail(ProvisionError::Final("backend unavailable".into())),
-        Scripted::Fail(ProvisionError::Final("backend unavailable".into())),
-    ]);
-    let engine = start(&env, &provisioner_name(&env), Arc::new(backend.clone()), |b| b).await;
-
-    env.create(&env.api(), claim("data", &class, "1Gi")).await;
-    bound(&env, "data").await;
-    assert_eq!(backend.provision_calls().len(), 3);
-    assert_eq!(backend.created(), 1);
-    let failed = wait_for_event(&env.client, &env.namespace, "data", "ProvisioningFailed").await;
-    assert_eq!(failed.note.as_deref(), Some("backend unavailable"));
-    assert_eq!(failed.type_.as_deref(), Some("Warning"));
-    wait_for_event(&env.client, &env.namespace, "data", "ProvisioningSucceeded").await;
-    let warnings = events_for(&env.client, &env.namespace, "data", "ProvisioningFailed").await;
-    assert_eq!(warnings.len(), 1, "identical warnings are aggregated into one event");
-    assert_eq!(warnings[0].series.as_ref().map(|s| s.count), Some(2), "with a count of 2");
-
-    assert_eq!(engine.metrics.provision_failures(&class), 2);
-    assert_eq!(engine.metrics.provisioned(&class), 1);
-    let text = engine.metrics_text();
-    assert!(
-        text.contains(&format!("controller_persistentvolumeclaim_provision_failed_total{{class=\"{class}\"}} 2")),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("controller_persistentvolumeclaim_provision_total{{class=\"{class}\"}} 1")),
-        "{text}"
-    );
-    assert!(text.contains("controller_persistentvolumeclaim_provision_duration_seconds_count"), "{text}");
-    engine.stop().await.expect("clean shutdown");
-    env.cleanup().await;
-}
-
-#[tokio::test]
-async fn claim_deleted_while_provisioning_is_in_progress_has_its_backend_cleaned_up() {
-    let env = TestEnv::new("engine-in-progress-deleted").await;
-    let class = env.name("slow");
-    env.create(&env.cluster_api(), class_for(&env, &class, "Delete", false)).await;
-    let backend = FakeBackend::new();
-    backend.script([
-        Scripted::CreateButInProgress("file system creating".into()),
-        Scripted::CreateButInProgress("file system creating".into()),
-        Scripted::CreateButInProgress("file system creating".into()),
-    ]);
-    let engine = start(&env, &provisioner_name(&env), Arc::new(backend.clone()), |b| b).await;
-
-    let claims = env.api::<PersistentVolumeClaim>();
-    let created = env.create(&claims, claim("data", &class, "1Gi")).await;
-    let pv = pv_name(&created);
-    backend.wait_until("the backend volume exists", |b| b.has(&pv)).await;
-    wait_for_event(&env.client, &env.namespace, "data", "Provisioning").await;
-    claims.delete("data", &DeleteParams::default()).await.expect("delete claim");
-
-    // The engine finishes, saves the volume, lets the claim go, and deletes it all.
-    gone(&env, &claims, "data", "the claim to be gone").await;
-    gone(&env, &env.cluster_api::<PersistentVolume>(), &pv, "the volume to be gone").await;
-    backend.wait_until("the backend volume is deleted", |b| !b.has(&pv)).await;
-    assert_eq!(backend.created(), 1, "one backend volume, never two");
-    assert_eq!(backend.deleted(), 1);
-    engine.stop().await.expect("clean shutdown");
-    env.cleanup().await;
-}
-
-#[tokio::test]
-async fn reschedule_removes_the_selected_node() {
-    let env = TestEnv::new("engine-reschedule").await;
-    let class = env.name("local");
-    env.create(&env.cluster_api(), class_for(&env, &class, "Delete", true)).await;
-    let backend = FakeBackend::new();
-    backend
-        .script([Scripted::Fail(ProvisionError::Reschedule("node-a has 1 GiB free, the claim asks for 5 GiB".into()))]);
-    let engine = start(&env, &provisioner_name(&env), Arc::new(backend.clone()), |b| b).await;
-
-    let claims = env.api::<PersistentVolumeClaim>();
-    let mut c = claim("data", &class, "5Gi");
-    c.metadata.annotations = Some([(keys::SELECTED_NODE.to_string(), "node-a".to_string())].into());
-    env.create(&claims, c).await;
-    let after = env
-        .wait_for(&claims, "data", "the selected node to be removed", |c| {
-            c.is_some_and(|c| !c.annotations().contains_key(keys::SELECTED_NODE))
-        })
-        .await
-        .expect("claim");
-    assert!(
-        !after.finalizers().contains(&keys::INTENT_FINALIZER.to_string()),
-        "nothing was created, so no intent remains"
-    );
-    let ev = wait_for_event(&env.client, &env.namespace, "data", "ProvisioningFailed").await;
-    assert!(ev.note.as_deref().unwrap_or_default().contains("node-a has 1 GiB free"), "{ev:?}");
-    assert_eq!(backend.created(), 0);
-
-    // The scheduler picks another node; this time it works.
-    let patch = json!({ "metadata": { "annotations": { keys::SELECTED_NODE: "node-b" } } });
-    claims.patch("data", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("select node");
-    bound(&env, "data").await;
-    assert_eq!(backend.volumes().values().next(), Some(&Some("node-b".to_string())));
-    engine.stop().await.expect("clean shutdown");
-    env.cleanup().await;
-}
-
-#[tokio::test]
 async fn released_volume_with_delete_policy_is_deleted_with_its_backend() {
     let env = TestEnv::new("engine-released-delete").await;
     let class = env.name("delete");
@@ -312,32 +167,6 @@ async fn released_volume_with_delete_policy_is_deleted_with_its_backend() {
     assert!(!backend.has(&pv));
     assert_eq!(backend.delete_calls(), vec![pv.clone()], "exactly one delete call");
     assert_eq!(engine.metrics.deleted(&class), 1);
-    engine.stop().await.expect("clean shutdown");
-    env.cleanup().await;
-}
-
-#[tokio::test]
-async fn released_volume_with_retain_policy_is_kept() {
-    let env = TestEnv::new("engine-released-retain").await;
-    let class = env.name("retain");
-    env.create(&env.cluster_api(), class_for(&env, &class, "Retain", false)).await;
-    let backend = FakeBackend::new();
-    let engine = start(&env, &provisioner_name(&env), Arc::new(backend.clone()), |b| b).await;
-
-    let claims = env.api::<PersistentVolumeClaim>();
-    let created = env.create(&claims, claim("data", &class, "1Gi")).await;
-    bound(&env, "data").await;
-    let pv = pv_name(&created);
-    claims.delete("data", &DeleteParams::default()).await.expect("delete claim");
-    gone(&env, &claims, "data", "the claim to be gone").await;
-    let volumes = env.cluster_api::<PersistentVolume>();
-    let released = env
-        .wait_for(&volumes, &pv, "the volume to be Released", |v| v.is_some_and(|v| volume_phase(v) == "Released"))
-        .await
-        .expect("volume");
-    assert_eq!(released.spec.and_then(|s| s.persistent_volume_reclaim_policy).as_deref(), Some("Retain"));
-    assert!(backend.has(&pv), "the backend volume is kept");
-    assert!(backend.delete_calls().is_empty());
     engine.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }

@@ -111,10 +111,14 @@ fn sync_claim(store: &mut Store, claim: &Value, said: &mut HashSet<(String, &'st
     let has_protection = finalizers(claim).iter().any(|f| f == PVC_PROTECTION);
     if deleting(claim) {
         // No pods in this cluster: a claim being deleted is never in use.
-        return has_protection
-            && store.modify(&PVC, &ns, &name, Part::Main, |c| set_finalizer(c, PVC_PROTECTION, false));
-    }
-    if !has_protection && store.protection {
+        if has_protection {
+            return store.modify(&PVC, &ns, &name, Part::Main, |c| set_finalizer(c, PVC_PROTECTION, false));
+        }
+        // Otherwise go on: the real PV controller's syncClaim does not look
+        // at deletionTimestamp, so a claim held by another finalizer (a
+        // provisioner's intent record) is still bound to the volume made for
+        // it, and provisioners rely on that update to see the volume saved.
+    } else if !has_protection && store.protection {
         return store.modify(&PVC, &ns, &name, Part::Main, |c| set_finalizer(c, PVC_PROTECTION, true));
     }
     let volume_name = s(claim, &["spec", "volumeName"]).to_string();

@@ -397,6 +397,42 @@ async fn binder_annotates_binds_and_releases() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn binder_binds_a_claim_held_by_a_finalizer_while_it_is_being_deleted() {
+    // As kube-controller-manager does: syncClaim ignores deletionTimestamp,
+    // only the protection finalizer goes.
+    let cluster = FakeCluster::with_binder();
+    let client = cluster.client();
+    Api::<StorageClass>::all(client.clone())
+        .create(&PostParams::default(), &class("fast", NAME).build())
+        .await
+        .expect("class");
+    let mut held = claim("ns", "data", "").class("fast").build();
+    held.metadata.finalizers = Some(vec!["example.com/hold".to_string()]);
+    let c = claims(&client).create(&PostParams::default(), &held).await.expect("create");
+    claims(&client).delete("data", &DeleteParams::default()).await.expect("delete");
+    let unprotected = cluster
+        .wait_for::<PersistentVolumeClaim>("ns", "data", |c| {
+            c.is_some_and(|c| !c.finalizers().contains(&"kubernetes.io/pvc-protection".to_string()))
+        })
+        .await
+        .expect("protection removed")
+        .expect("claim held");
+    assert!(unprotected.metadata.deletion_timestamp.is_some());
+
+    let mut pv = volume("pvc-1", NAME, &c).build();
+    pv.status = None;
+    pv.metadata.finalizers = None;
+    Api::<PersistentVolume>::all(client.clone()).create(&PostParams::default(), &pv).await.expect("pv");
+    let bound = cluster
+        .wait_for::<PersistentVolumeClaim>("ns", "data", |c| phase(c) == Some("Bound"))
+        .await
+        .expect("bound while being deleted")
+        .expect("claim");
+    assert_eq!(bound.spec.as_ref().and_then(|s| s.volume_name.as_deref()), Some("pvc-1"));
+    assert_eq!(bound.finalizers(), ["example.com/hold".to_string()], "protection is not added back");
+}
+
+#[tokio::test(start_paused = true)]
 async fn binder_waits_for_a_selected_node_and_says_so() {
     let cluster = FakeCluster::with_binder();
     let client = cluster.client();
