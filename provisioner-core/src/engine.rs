@@ -2,7 +2,9 @@
 //! [`Provisioner`] through the decisions of [`crate::decision`].
 //!
 //! # Shape
-//! Three reflectors keep caches of claims, volumes and classes. Every change
+//! Three reflectors keep caches of claims, volumes and classes; claims and
+//! volumes are cached as JSON and decoded when looked at (see
+//! [`crate::cache`]: it halves the memory per cached volume). Every change
 //! is mapped to a *key*, the PersistentVolume name, and queued in a
 //! [`WorkQueue`] that hands a key to one worker at a time, so the provision
 //! path and the delete path of one volume can never run at once. A worker
@@ -76,6 +78,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::cache::Cached;
 use crate::decision::{self, Decision, Names, ProvisionPlan, Snapshot, decide};
 use crate::events::{EventRecorder, EventType};
 use crate::keys;
@@ -374,8 +377,8 @@ impl Engine {
             None => (leadership, None),
         };
         let queue = WorkQueue::new();
-        let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
-        let (volumes, volume_writer) = reflector::store::<PersistentVolume>();
+        let (claims, claim_writer) = reflector::store::<Cached<PersistentVolumeClaim>>();
+        let (volumes, volume_writer) = reflector::store::<Cached<PersistentVolume>>();
         let (classes, class_writer) = reflector::store::<StorageClass>();
         let recorder = EventRecorder::new(client.clone(), names.primary(), config.identity.clone());
         let ctx = Arc::new(Ctx {
@@ -489,7 +492,7 @@ async fn join_all(workers: &mut tokio::task::JoinSet<()>) {
 #[derive(Default)]
 struct KeyState {
     /// PV name -> the claim it belongs to.
-    claim_of: HashMap<String, ObjectRef<PersistentVolumeClaim>>,
+    claim_of: HashMap<String, ObjectRef<Cached<PersistentVolumeClaim>>>,
     /// PV name -> consecutive failures.
     failures: HashMap<String, u32>,
     /// The engine's own writes the cache has not shown yet.
@@ -513,8 +516,8 @@ struct Ctx {
     config: EngineConfig,
     metrics: Metrics,
     queue: WorkQueue,
-    claims: Store<PersistentVolumeClaim>,
-    volumes: Store<PersistentVolume>,
+    claims: Store<Cached<PersistentVolumeClaim>>,
+    volumes: Store<Cached<PersistentVolume>>,
     classes: Store<StorageClass>,
     recorder: EventRecorder,
     state: Mutex<KeyState>,
@@ -635,38 +638,97 @@ fn strip<K: Resource>(obj: &mut K) {
     }
 }
 
-async fn watch_claims(ctx: Arc<Ctx>, writer: reflector::store::Writer<PersistentVolumeClaim>, stop: CancellationToken) {
-    let api: Api<PersistentVolumeClaim> = Api::all(ctx.client.clone());
-    let stream = watcher(api, watcher::Config::default()).default_backoff().modify(strip).reflect(writer);
+/// The claim's key in the claim cache.
+fn claim_ref(claim: &PersistentVolumeClaim) -> ObjectRef<Cached<PersistentVolumeClaim>> {
+    ObjectRef::new(&claim.name_any()).within(&claim.namespace().unwrap_or_default())
+}
+
+/// Decodes a cached object. One that does not decode makes the caller stop
+/// (and retry later) rather than act as if it did not exist.
+fn decoded<K>(cached: Option<Arc<Cached<K>>>) -> Result<Option<Arc<K>>, serde_json::Error>
+where
+    K: Resource + serde::Serialize + serde::de::DeserializeOwned,
+{
+    cached.map(|c| c.decode().map(Arc::new)).transpose()
+}
+
+/// Every object of a cache, decoded; one that does not decode is skipped with a warning.
+fn decoded_all<K>(store: &Store<Cached<K>>) -> Vec<K>
+where
+    K: Resource<DynamicType = ()> + serde::Serialize + serde::de::DeserializeOwned,
+{
+    store
+        .state()
+        .iter()
+        .filter_map(|c| {
+            c.decode().inspect_err(|e| warn!(object = ?c, error = %e, "a cached object does not decode")).ok()
+        })
+        .collect()
+}
+
+/// Watches `api` into `writer` (objects stripped, cached as JSON) and hands
+/// every event, decoded, to `handle`.
+async fn watch_cached<K>(
+    api: Api<K>,
+    mut writer: reflector::store::Writer<Cached<K>>,
+    stop: CancellationToken,
+    what: &str,
+    mut handle: impl FnMut(watcher::Event<K>),
+) where
+    K: Resource<DynamicType = ()>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let stream = watcher(api, watcher::Config::default()).default_backoff().modify(strip);
     let mut stream = std::pin::pin!(stream);
-    let mut relist_started = Instant::now();
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
             e = stream.try_next() => e,
         };
         match event {
-            Ok(Some(watcher::Event::Apply(c))) => {
-                ctx.observed(&ctx.key_of_claim(&c), Side::Claim, c.resource_version().as_deref());
-                on_claim(&ctx, &c);
-            }
-            // The store swaps in a re-list only at InitDone.
-            Ok(Some(watcher::Event::InitApply(c))) => on_claim(&ctx, &c),
-            Ok(Some(watcher::Event::Init)) => relist_started = Instant::now(),
-            Ok(Some(watcher::Event::InitDone)) => ctx.relisted(Side::Claim, relist_started),
-            Ok(Some(watcher::Event::Delete(c))) => {
-                let key = ctx.key_of_claim(&c);
-                ctx.observed(&key, Side::Claim, None);
-                let mut st = ctx.state();
-                st.claim_of.remove(&key);
-                st.block_warned.remove(c.uid().as_deref().unwrap_or_default());
-                drop(st);
-                ctx.queue.add(&key);
+            Ok(Some(event)) => {
+                // Into the cache first, as a reflector does, so handlers see it there.
+                writer.apply_watcher_event(&Cached::event(&event));
+                handle(event);
             }
             Ok(None) => return,
-            Err(e) => warn!(error = %e, "claim watch error; retrying"),
+            Err(e) => warn!(error = %e, "{what} watch error; retrying"),
         }
     }
+}
+
+async fn watch_claims(
+    ctx: Arc<Ctx>,
+    writer: reflector::store::Writer<Cached<PersistentVolumeClaim>>,
+    stop: CancellationToken,
+) {
+    let api: Api<PersistentVolumeClaim> = Api::all(ctx.client.clone());
+    let mut relist_started = Instant::now();
+    watch_cached(api, writer, stop, "claim", |event| match event {
+        watcher::Event::Apply(c) => {
+            ctx.observed(&ctx.key_of_claim(&c), Side::Claim, c.resource_version().as_deref());
+            on_claim(&ctx, &c);
+        }
+        // The store swaps in a re-list only at InitDone.
+        watcher::Event::InitApply(c) => on_claim(&ctx, &c),
+        watcher::Event::Init => relist_started = Instant::now(),
+        watcher::Event::InitDone => ctx.relisted(Side::Claim, relist_started),
+        watcher::Event::Delete(c) => {
+            let key = ctx.key_of_claim(&c);
+            ctx.observed(&key, Side::Claim, None);
+            let mut st = ctx.state();
+            st.claim_of.remove(&key);
+            st.block_warned.remove(c.uid().as_deref().unwrap_or_default());
+            drop(st);
+            ctx.queue.add(&key);
+        }
+    })
+    .await
 }
 
 fn on_claim(ctx: &Ctx, claim: &PersistentVolumeClaim) {
@@ -674,54 +736,49 @@ fn on_claim(ctx: &Ctx, claim: &PersistentVolumeClaim) {
         return;
     }
     let key = ctx.key_of_claim(claim);
-    ctx.state().claim_of.insert(key.clone(), ObjectRef::from_obj(claim));
+    ctx.state().claim_of.insert(key.clone(), claim_ref(claim));
     ctx.queue.add(&key);
 }
 
-async fn watch_volumes(ctx: Arc<Ctx>, writer: reflector::store::Writer<PersistentVolume>, stop: CancellationToken) {
+async fn watch_volumes(
+    ctx: Arc<Ctx>,
+    writer: reflector::store::Writer<Cached<PersistentVolume>>,
+    stop: CancellationToken,
+) {
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    let stream = watcher(api, watcher::Config::default()).default_backoff().modify(strip).reflect(writer);
-    let mut stream = std::pin::pin!(stream);
     let mut relist_started = Instant::now();
-    loop {
-        let event = tokio::select! {
-            _ = stop.cancelled() => return,
-            e = stream.try_next() => e,
-        };
-        match event {
-            Ok(Some(watcher::Event::Apply(v))) => {
-                ctx.observed(&v.name_any(), Side::Volume, v.resource_version().as_deref());
-                remember_claim_of(&ctx, &v);
-                if decision::volume_is_relevant(&v, &ctx.names) && !ctx.is_echo(&v) {
-                    ctx.queue.add(&v.name_any());
-                }
+    watch_cached(api, writer, stop, "volume", |event| match event {
+        watcher::Event::Apply(v) => {
+            ctx.observed(&v.name_any(), Side::Volume, v.resource_version().as_deref());
+            remember_claim_of(&ctx, &v);
+            if decision::volume_is_relevant(&v, &ctx.names) && !ctx.is_echo(&v) {
+                ctx.queue.add(&v.name_any());
             }
-            Ok(Some(watcher::Event::InitApply(v))) => {
-                remember_claim_of(&ctx, &v);
-                if decision::volume_is_relevant(&v, &ctx.names) && !ctx.is_echo(&v) {
-                    ctx.queue.add(&v.name_any());
-                }
-            }
-            Ok(Some(watcher::Event::Init)) => relist_started = Instant::now(),
-            Ok(Some(watcher::Event::InitDone)) => {
-                ctx.relisted(Side::Volume, relist_started);
-                // Deletions the re-list skipped over.
-                let uids: HashSet<String> = ctx.volumes.state().iter().filter_map(|v| v.uid()).collect();
-                ctx.state().backend_deleted.retain(|uid| uids.contains(uid));
-            }
-            Ok(Some(watcher::Event::Delete(v))) => {
-                ctx.observed(&v.name_any(), Side::Volume, None);
-                if let Some(uid) = v.uid() {
-                    ctx.state().backend_deleted.remove(&uid);
-                }
-                if decision::volume_is_relevant(&v, &ctx.names) {
-                    ctx.queue.add(&v.name_any());
-                }
-            }
-            Ok(None) => return,
-            Err(e) => warn!(error = %e, "volume watch error; retrying"),
         }
-    }
+        watcher::Event::InitApply(v) => {
+            remember_claim_of(&ctx, &v);
+            if decision::volume_is_relevant(&v, &ctx.names) && !ctx.is_echo(&v) {
+                ctx.queue.add(&v.name_any());
+            }
+        }
+        watcher::Event::Init => relist_started = Instant::now(),
+        watcher::Event::InitDone => {
+            ctx.relisted(Side::Volume, relist_started);
+            // Deletions the re-list skipped over.
+            let uids: HashSet<String> = ctx.volumes.state().iter().filter_map(|v| v.uid()).collect();
+            ctx.state().backend_deleted.retain(|uid| uids.contains(uid));
+        }
+        watcher::Event::Delete(v) => {
+            ctx.observed(&v.name_any(), Side::Volume, None);
+            if let Some(uid) = v.uid() {
+                ctx.state().backend_deleted.remove(&uid);
+            }
+            if decision::volume_is_relevant(&v, &ctx.names) {
+                ctx.queue.add(&v.name_any());
+            }
+        }
+    })
+    .await
 }
 
 async fn watch_classes(ctx: Arc<Ctx>, writer: reflector::store::Writer<StorageClass>, stop: CancellationToken) {
@@ -738,13 +795,13 @@ async fn watch_classes(ctx: Arc<Ctx>, writer: reflector::store::Writer<StorageCl
                 // A new or changed class: its waiting claims go now, and an
                 // infeasible claim gets a fresh start.
                 let name = k.name_any();
-                for claim in ctx.claims.state() {
+                for claim in decoded_all(&ctx.claims) {
                     if decision::claim_class(&claim) == Some(name.as_str())
                         && decision::claim_is_relevant(&claim, &ctx.names)
                     {
                         let key = ctx.key_of_claim(&claim);
                         ctx.state().failures.remove(&key);
-                        ctx.state().claim_of.insert(key.clone(), ObjectRef::from_obj(&*claim));
+                        ctx.state().claim_of.insert(key.clone(), claim_ref(&claim));
                         ctx.queue.add(&key);
                     }
                 }
@@ -770,10 +827,10 @@ fn remember_claim_of(ctx: &Ctx, volume: &PersistentVolume) {
 }
 
 fn requeue_all(ctx: &Ctx) {
-    for claim in ctx.claims.state() {
+    for claim in decoded_all(&ctx.claims) {
         on_claim(ctx, &claim);
     }
-    for volume in ctx.volumes.state() {
+    for volume in decoded_all(&ctx.volumes) {
         if decision::volume_is_relevant(&volume, &ctx.names) {
             ctx.queue.add(&volume.name_any());
         }
@@ -865,10 +922,17 @@ fn finish(ctx: &Ctx, key: &str, next: Next) {
 
 async fn reconcile(ctx: &Ctx, key: &str) -> Next {
     let claim_ref = ctx.state().claim_of.get(key).cloned();
+    let cached = (claim_ref.and_then(|r| ctx.claims.get(&r)), ctx.volumes.get(&ObjectRef::new(key)));
+    let (claim, volume) = match (decoded(cached.0), decoded(cached.1)) {
+        (Ok(claim), Ok(volume)) => (claim, volume),
+        (Err(e), _) | (_, Err(e)) => {
+            warn!(volume = key, error = %e, "a cached object does not decode; retrying later");
+            return Next::Failed;
+        }
+    };
     // A claim of the same name may have been recreated (new uid, new key):
     // only the claim whose key this is belongs to this volume.
-    let claim = claim_ref.and_then(|r| ctx.claims.get(&r)).filter(|c| ctx.key_of_claim(c) == key);
-    let volume = ctx.volumes.get(&ObjectRef::new(key));
+    let claim = claim.filter(|c| ctx.key_of_claim(c) == key);
     let class_name = claim
         .as_deref()
         .and_then(decision::claim_class)

@@ -18,6 +18,7 @@
 //! end to end in `cargo test` (see the `testing` module).
 
 pub mod backoff;
+pub mod cache;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod client;
