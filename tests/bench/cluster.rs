@@ -19,7 +19,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::child::volume_for;
-use crate::report::{Secs, Timeline};
+use crate::report::{ApiServerCounters, Secs, Timeline};
 
 /// Seconds since the benchmark started.
 #[derive(Clone, Copy, Debug)]
@@ -402,6 +402,12 @@ pub async fn create_provisioned(
         .buffer_unordered(concurrency.max(1))
         .try_collect::<()>()
         .await
+}
+
+/// The API server's own counters, from its `/metrics` (`None` if it will not tell).
+pub async fn apiserver_counters(client: &Client) -> Option<ApiServerCounters> {
+    let request = http::Request::get("/metrics").body(Vec::new()).ok()?;
+    client.request_text(request).await.ok().map(|text| ApiServerCounters::parse(&text))
 }
 
 /// Deletes all claims of the namespace in one request.

@@ -36,7 +36,9 @@ use serde_json::json;
 use crate::child::{EngineArgs, EngineChild};
 use crate::cluster::{Clock, RunNames, Tracker, progress};
 use crate::procfs::{Memory, PlaneProcess};
-use crate::report::{Deletion, EngineReport, Provisioning, RequestDelta, human_secs, kib_per_volume};
+use crate::report::{
+    ApiServerCounters, Deletion, EngineReport, Provisioning, RequestDelta, human_secs, kib_per_volume,
+};
 
 /// The targets the figures are held against.
 const MAX_WRITES_PER_VOLUME: f64 = 3.0;
@@ -226,6 +228,8 @@ struct ProvisioningFigures {
     /// CPU seconds during first create → all Bound, per plane process.
     plane_cpu: Vec<(&'static str, f64)>,
     bench_cpu: f64,
+    /// The API server's counters over first create → all Bound.
+    apiserver: Option<ApiServerCounters>,
     wall: f64,
     timed_out: Option<String>,
     deletion: Option<DeletionFigures>,
@@ -292,6 +296,7 @@ async fn provisioning_phase(
 
     let before = engine.report().await?;
     let (cpu0, bench0, plane0) = (engine.cpu(), self_cpu(), procfs::cpu_of(&plane.processes));
+    let apiserver0 = cluster::apiserver_counters(client).await;
     let t0 = clock.now();
     progress(clock, format!("creating {n} claims, {} at a time", args.concurrency));
     cluster::create_claims(client, names, n, args.concurrency, &tracker).await?;
@@ -302,6 +307,10 @@ async fn provisioning_phase(
     };
     let wall = clock.now() - t0;
     let (cpu1, bench1, plane1) = (engine.cpu(), self_cpu(), procfs::cpu_of(&plane.processes));
+    let apiserver = match (apiserver0, cluster::apiserver_counters(client).await) {
+        (Some(a), Some(b)) => Some(b.since(&a)),
+        _ => None,
+    };
     let settled = engine.settle(Duration::from_millis(1500), Duration::from_secs(30)).await?;
     let result = Provisioning::of(&tracker.timelines());
     if tracker.counts().misnamed > 0 {
@@ -346,6 +355,7 @@ async fn provisioning_phase(
         engine_cpu,
         plane_cpu: plane.processes.iter().zip(plane1.iter().zip(&plane0)).map(|(p, (b, a))| (p.name, b - a)).collect(),
         bench_cpu: bench1 - bench0,
+        apiserver,
         wall,
         timed_out,
         deletion,
@@ -487,6 +497,13 @@ fn print_figures(f: &Figures, args: &BenchArgs, workers: usize, plane: &Plane) {
     cpu.push(format!("engine {:.2}", p.engine_cpu));
     cpu.push(format!("engine-bench itself {:.2}", p.bench_cpu));
     println!("  {}", cpu.join(" | "));
+    if let Some(a) = &p.apiserver {
+        println!(
+            "  kube-apiserver closed {} watches whose client fell behind (all clients; they re-watch) \
+             and answered 429 to {} requests",
+            a.terminated_watchers, a.throttled
+        );
+    }
     println!();
     println!("Engine API requests (counted at its client), ready -> all Bound and settled");
     println!(
@@ -634,6 +651,7 @@ fn figures_json(f: &Figures, args: &BenchArgs, workers: usize, plane: &Plane, co
         "engine_cpu_secs": p.engine_cpu,
         "plane_cpu_secs": p.plane_cpu.iter().map(|(n, s)| (n.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
         "bench_cpu_secs": p.bench_cpu,
+        "apiserver": p.apiserver,
         "wall_secs": p.wall,
         "bottleneck": p.result.bottleneck(),
         "deletion": deletion,

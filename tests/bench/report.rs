@@ -246,6 +246,41 @@ impl RequestDelta {
     }
 }
 
+/// Counters of the API server's own `/metrics` that show it, not the engine, limiting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct ApiServerCounters {
+    /// Watches it closed because their client did not read fast enough
+    /// (`apiserver_terminated_watchers_total`); the client then re-watches.
+    pub terminated_watchers: u64,
+    /// Requests it answered 429 Too Many Requests (`--max-requests-inflight`,
+    /// priority and fairness).
+    pub throttled: u64,
+}
+
+impl ApiServerCounters {
+    /// Sums the counters in a Prometheus text exposition.
+    pub fn parse(text: &str) -> ApiServerCounters {
+        let mut c = ApiServerCounters::default();
+        for line in text.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let value = value.parse::<f64>().unwrap_or(0.0) as u64;
+            if series.starts_with("apiserver_terminated_watchers_total") {
+                c.terminated_watchers += value;
+            } else if series.starts_with("apiserver_request_total{") && series.contains("code=\"429\"") {
+                c.throttled += value;
+            }
+        }
+        c
+    }
+    /// The counts from `earlier` to `self`.
+    pub fn since(&self, earlier: &ApiServerCounters) -> ApiServerCounters {
+        ApiServerCounters {
+            terminated_watchers: self.terminated_watchers.saturating_sub(earlier.terminated_watchers),
+            throttled: self.throttled.saturating_sub(earlier.throttled),
+        }
+    }
+}
+
 /// `(rss − baseline) / n` in KiB, from KiB figures.
 pub fn kib_per_volume(rss_kib: u64, baseline_kib: u64, n: usize) -> f64 {
     if n == 0 { 0.0 } else { (rss_kib as f64 - baseline_kib as f64) / n as f64 }
@@ -315,6 +350,19 @@ mod tests {
         let gone = |s| Timeline { pv_gone: Some(s), ..Timeline::default() };
         let d = Deletion::of(&[gone(21.0), gone(22.0), Timeline::default()], 20.0);
         assert_eq!((d.volumes, d.took, d.volumes_per_sec), (2, 2.0, 1.0));
+    }
+
+    #[test]
+    fn api_server_counters_are_summed_over_series() {
+        let text = "# HELP apiserver_terminated_watchers_total Counter\n\
+            apiserver_terminated_watchers_total{group=\"\",resource=\"persistentvolumeclaims\"} 19\n\
+            apiserver_terminated_watchers_total{group=\"\",resource=\"persistentvolumes\"} 1\n\
+            apiserver_request_total{code=\"201\",verb=\"POST\"} 5000\n\
+            apiserver_request_total{code=\"429\",verb=\"POST\"} 3\n\
+            apiserver_request_total{code=\"429\",verb=\"PATCH\"} 4\n";
+        let c = ApiServerCounters::parse(text);
+        assert_eq!((c.terminated_watchers, c.throttled), (20, 7));
+        assert_eq!(c.since(&ApiServerCounters { terminated_watchers: 5, throttled: 7 }).terminated_watchers, 15);
     }
 
     #[test]
