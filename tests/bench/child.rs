@@ -46,9 +46,14 @@ pub struct EngineArgs {
     pub burst: Option<u32>,
 }
 
+/// The client burst when only a qps is given: twice the qps.
+pub fn default_burst(qps: f64) -> u32 {
+    (qps * 2.0).ceil().max(1.0) as u32
+}
+
 impl EngineArgs {
     fn rate(&self) -> Option<ApiRate> {
-        self.qps.map(|qps| ApiRate { qps, burst: self.burst.unwrap_or((qps * 2.0).ceil().max(1.0) as u32) })
+        self.qps.map(|qps| ApiRate { qps, burst: self.burst.unwrap_or_else(|| default_burst(qps)) })
     }
 
     fn to_args(&self) -> Vec<String> {

@@ -427,7 +427,7 @@ fn met(ok: bool) -> &'static str {
 
 fn rate_text(args: &BenchArgs) -> String {
     match args.qps {
-        Some(q) => format!("engine client {q} qps, burst {}", args.burst.unwrap_or((q * 2.0).ceil().max(1.0) as u32)),
+        Some(q) => format!("engine client {q} qps, burst {}", args.burst.unwrap_or_else(|| child::default_burst(q))),
         None => "engine client unlimited".to_string(),
     }
 }
