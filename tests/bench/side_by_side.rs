@@ -67,6 +67,14 @@ struct Args {
     /// Namespace for the claims.
     #[arg(long, default_value = "default")]
     namespace: String,
+    /// Instead of the runs: memory with this many bound claims (and their
+    /// volumes) in the cluster. Measures each side's RSS after it has listed
+    /// them, before and after creating them, and prints MiB and KiB per volume.
+    #[arg(long)]
+    rss_cached: Option<usize>,
+    /// Seconds each side gets to list and settle before its RSS is read.
+    #[arg(long, default_value_t = 20)]
+    settle: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
@@ -373,6 +381,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("noop-engine"),
     };
+    if let Some(n) = args.rss_cached {
+        return rss_cached(&client, &args, &ours, &theirs, n).await;
+    }
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() % 100_000;
     let mut table: Vec<(String, usize, BTreeMap<Side, Vec<RunResult>>)> = Vec::new();
     for config in args.configs.split(',').map(str::trim) {
@@ -431,5 +442,84 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("| {config} | {n} | ratio ours/theirs | {} | |", ratios.join(" | "));
     }
     println!("\n(medians over {} round(s); vol/s higher is better, every other column lower is better)", args.rounds);
+    Ok(())
+}
+
+/// Starts a side, lets it list and settle, reads VmRSS and VmHWM (MiB), stops it.
+async fn settled_rss(side: Side, bin: &PathBuf, settle: u64) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let name = format!("bench.peer/rss-{}", if side == Side::Ours { "ours" } else { "theirs" });
+    let counts = std::env::temp_dir().join("sbs-rss-counts.json");
+    let setting = Setting { workers: None, qps: None, burst: None };
+    let mut child = command_for(side, bin, &name, &setting, &counts).spawn()?;
+    let pid = child.id().ok_or("exited at once")?;
+    tokio::time::sleep(Duration::from_secs(settle)).await;
+    let rss = proc_status_kib(pid, "VmRSS:") / 1024.0;
+    let hwm = proc_status_kib(pid, "VmHWM:") / 1024.0;
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    Ok((rss, hwm))
+}
+
+async fn rss_cached(
+    client: &Client,
+    args: &Args,
+    ours: &PathBuf,
+    theirs: &PathBuf,
+    n: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &args.namespace);
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let mut before = BTreeMap::new();
+    for side in [Side::Ours, Side::Theirs] {
+        before.insert(side, settled_rss(side, if side == Side::Ours { ours } else { theirs }, args.settle).await?);
+    }
+    // Pre-bound pairs: the binder binds them; no provisioner is involved.
+    let class = "sbs-cached";
+    let label = BTreeMap::from([("sbs-cached".to_string(), "yes".to_string())]);
+    let t = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (claims, pvs, label) = (claims.clone(), pvs.clone(), label.clone());
+            async move {
+                let name = format!("cached-{i:06}");
+                let mut c = fixtures::claim(&name, class, "1Mi");
+                c.metadata.labels = Some(label.clone());
+                c.spec.as_mut().unwrap().volume_name = Some(format!("pv-{name}"));
+                let c = match claims.create(&PostParams::default(), &c).await {
+                    Ok(c) => c,
+                    Err(kube::Error::Api(e)) if e.code == 409 => claims.get(&name).await?,
+                    Err(e) => return Err(e),
+                };
+                let mut v = fixtures::volume_for(&format!("pv-{name}"), &c, "Retain");
+                v.metadata.labels = Some(label);
+                match pvs.create(&PostParams::default(), &v).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect::<Vec<_>>()
+        .await?;
+    eprintln!("side-by-side: created {n} pre-bound claims and volumes in {:.0?}", t.elapsed());
+    let mut after = BTreeMap::new();
+    for side in [Side::Ours, Side::Theirs] {
+        after.insert(side, settled_rss(side, if side == Side::Ours { ours } else { theirs }, args.settle).await?);
+    }
+    println!();
+    println!("| side | RSS empty MiB | RSS with {n} bound claims MiB | peak RSS MiB | KiB per cached claim+volume |");
+    println!("|---|---|---|---|---|");
+    let mut per = BTreeMap::new();
+    for side in [Side::Ours, Side::Theirs] {
+        let (b, _) = before[&side];
+        let (a, h) = after[&side];
+        let kib = (a - b) * 1024.0 / n as f64;
+        per.insert(side, kib);
+        let label = if side == Side::Ours { "ours (Rust)" } else { "theirs (Go lib v13)" };
+        println!("| {label} | {b:.1} | {a:.1} | {h:.1} | {kib:.2} |");
+    }
+    println!("| ratio ours/theirs | | | | {:.2} |", per[&Side::Ours] / per[&Side::Theirs]);
+    println!("(the {n} pairs stay; delete them with: kubectl delete pvc,pv -l sbs-cached=yes)");
     Ok(())
 }
