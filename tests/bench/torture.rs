@@ -125,8 +125,23 @@ async fn restart_apiserver(plane: &Path, client: &Client) -> Result<Duration, St
     }
     let t = Instant::now();
     let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-    while Path::new(&format!("/proc/{pid}")).exists() {
+    // Gone, or a zombie: after an earlier restart the server is our own
+    // child, and nobody reaps it until we do (below, by dropping nothing:
+    // std's Child is not waited on, so look at the state instead).
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).unwrap_or("X");
+        if stat.is_empty() || state == "Z" || state == "X" {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A multi-threaded process shows as a zombie before its last thread has
+    // closed the listener: wait until the port is free.
+    let port: u16 = std::fs::read_to_string(plane.join("apiserver.port")).map_err(|e| e.to_string())?.trim().parse().map_err(|_| "bad port")?;
+    let free_by = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() && Instant::now() < free_by {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let log = std::fs::OpenOptions::new()
         .create(true)
