@@ -394,19 +394,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  volumes with >1 delete call:      {dup_del_calls}");
     println!("backend directory: {}", dir.display());
 
-    for i in 0..h.replicas.len() {
-        h.sigint(i).await;
-    }
     let ok = bound_exactly_one == live_set.len()
         && pv_without_claim == 0
         && backend_without_pv == 0
         && pv_without_backend == 0
         && dup_created == 0
         && dup_deleted == 0;
-    // Clean up the claims (their volumes go with them) only on success;
-    // on failure leave everything for inspection.
+    // Clean up only on success (on failure leave everything for inspection):
+    // delete the claims and let the replicas delete the volumes before they stop.
     if ok {
         let _ = claims.delete_collection(&DeleteParams::default(), &ListParams::default().labels(&format!("torture-run={run}"))).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let left = pvs.list_metadata(&ListParams::default()).await.map(|l| {
+                l.items.iter().filter(|v| pv_names.contains(&v.name_any())).count()
+            });
+            if matches!(left, Ok(0)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let _ = classes.delete(&class, &DeleteParams::default()).await;
+    }
+    for i in 0..h.replicas.len() {
+        h.sigint(i).await;
     }
     println!("{}", if ok { "PASS" } else { "FAIL" });
     std::process::exit(if ok { 0 } else { 1 });
