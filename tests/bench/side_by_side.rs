@@ -290,10 +290,8 @@ async fn one_run(
     let first_ann = t.values().filter_map(|x| x.annotated).min();
     let last_pv = t.values().filter_map(|x| x.pv).max();
     let last_bound = t.values().filter_map(|x| x.bound).max();
-    let mut lat: Vec<f64> = t
-        .values()
-        .filter_map(|x| Some(x.pv?.saturating_duration_since(x.annotated?).as_secs_f64() * 1000.0))
-        .collect();
+    let mut lat: Vec<f64> =
+        t.values().filter_map(|x| Some(x.pv?.saturating_duration_since(x.annotated?).as_secs_f64() * 1000.0)).collect();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let provisioned = t.values().filter(|x| x.pv.is_some()).count();
     let vols_per_s = match (first_ann, last_pv) {
@@ -438,7 +436,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let label = if side == Side::Ours { "ours (Rust)" } else { "theirs (Go lib v13)" };
             println!("| {config} | {n} | {label} | {} | {complete} |", cells.join(" | "));
         }
-        let ratios: Vec<String> = fields.iter().map(|(_, f)| format!("{:.2}", med(Side::Ours, *f) / med(Side::Theirs, *f))).collect();
+        let ratios: Vec<String> =
+            fields.iter().map(|(_, f)| format!("{:.2}", med(Side::Ours, *f) / med(Side::Theirs, *f))).collect();
         println!("| {config} | {n} | ratio ours/theirs | {} | |", ratios.join(" | "));
     }
     println!("\n(medians over {} round(s); vol/s higher is better, every other column lower is better)", args.rounds);

@@ -116,7 +116,8 @@ impl Harness {
 /// still kube-apiserver) and starts it again with the same command line.
 async fn restart_apiserver(plane: &Path, client: &Client) -> Result<Duration, String> {
     let pidfile = plane.join("kube-apiserver.pid");
-    let pid: u32 = std::fs::read_to_string(&pidfile).map_err(|e| e.to_string())?.trim().parse().map_err(|_| "bad pid")?;
+    let pid: u32 =
+        std::fs::read_to_string(&pidfile).map_err(|e| e.to_string())?.trim().parse().map_err(|_| "bad pid")?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| e.to_string())?;
     let argv: Vec<String> =
         cmdline.split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect();
@@ -126,8 +127,7 @@ async fn restart_apiserver(plane: &Path, client: &Client) -> Result<Duration, St
     let t = Instant::now();
     let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
     // Gone, or a zombie: after an earlier restart the server is our own
-    // child, and nobody reaps it until we do (below, by dropping nothing:
-    // std's Child is not waited on, so look at the state instead).
+    // child, which nobody waits for, so it stays a zombie; look at its state.
     loop {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).unwrap_or("X");
@@ -138,7 +138,11 @@ async fn restart_apiserver(plane: &Path, client: &Client) -> Result<Duration, St
     }
     // A multi-threaded process shows as a zombie before its last thread has
     // closed the listener: wait until the port is free.
-    let port: u16 = std::fs::read_to_string(plane.join("apiserver.port")).map_err(|e| e.to_string())?.trim().parse().map_err(|_| "bad port")?;
+    let port: u16 = std::fs::read_to_string(plane.join("apiserver.port"))
+        .map_err(|e| e.to_string())?
+        .trim()
+        .parse()
+        .map_err(|_| "bad port")?;
     let free_by = Instant::now() + Duration::from_secs(30);
     while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() && Instant::now() < free_by {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -292,7 +296,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 0 => {
                     h.kill9(victim).await;
                     tokio::time::sleep(Duration::from_millis(rand::rng().random_range(0..1000))).await;
-                    h.start(victim).map(|_| format!("burst {burst}: SIGKILL replica {victim} at {at:?}, restarted"))
+                    h.start(victim)
+                        .map(|_| format!("burst {burst}: SIGKILL replica {victim} at {at:?}, restarted"))
                         .unwrap_or_else(|e| format!("burst {burst}: restart failed: {e}"))
                 }
                 1 => match &args.plane_dir {
@@ -304,7 +309,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 },
                 _ => {
                     h.sigint(victim).await;
-                    h.start(victim).map(|_| format!("burst {burst}: SIGINT replica {victim} (graceful) at {at:?}, restarted"))
+                    h.start(victim)
+                        .map(|_| format!("burst {burst}: SIGINT replica {victim} (graceful) at {at:?}, restarted"))
                         .unwrap_or_else(|e| format!("burst {burst}: restart failed: {e}"))
                 }
             }
@@ -334,8 +340,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .into_iter()
                 .filter(|v| v.spec.as_ref().and_then(|s| s.storage_class_name.as_deref()) == Some(class.as_str()))
                 .collect();
-            let all_bound = cl.items.len() == live_set.len()
-                && cl.items.iter().all(|c| fixtures::claim_phase(c) == "Bound");
+            let all_bound =
+                cl.items.len() == live_set.len() && cl.items.iter().all(|c| fixtures::claim_phase(c) == "Bound");
             if (all_bound && ours.len() == live_set.len()) || Instant::now() > deadline {
                 break (cl.items, ours);
             }
@@ -365,7 +371,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 && backend.volumes.contains(&vn)
         })
         .count();
-    let pv_without_claim = pv_by_claim_uid.iter().filter(|(uid, _)| !claim_uids.contains(*uid)).map(|(_, v)| v.len()).sum::<usize>();
+    let pv_without_claim =
+        pv_by_claim_uid.iter().filter(|(uid, _)| !claim_uids.contains(*uid)).map(|(_, v)| v.len()).sum::<usize>();
     let backend_without_pv = backend.volumes.iter().filter(|v| !pv_names.contains(*v)).count();
     let pv_without_backend = pv_names.iter().filter(|v| !backend.volumes.contains(*v)).count();
     let dup_created = backend.created.values().filter(|n| **n > 1).count();
@@ -374,7 +381,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dup_del_calls = backend.delete_calls.values().filter(|n| **n > 1).count();
     let starts: Vec<usize> = h.replicas.iter().map(|r| r.starts).collect();
 
-    println!("torture run {run}: {} bursts of {} creates, {} claims deleted in all", args.bursts, args.claims, deleted_total);
+    println!(
+        "torture run {run}: {} bursts of {} creates, {} claims deleted in all",
+        args.bursts, args.claims, deleted_total
+    );
     for a in &actions {
         println!("  {a}");
     }
@@ -389,7 +399,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("backend effects: {} created, {} deleted", backend.created.len(), backend.deleted.len());
     println!("  volumes created more than once:   {dup_created}");
     println!("  volumes deleted more than once:   {dup_deleted}");
-    println!("backend calls: {} provision, {} delete", backend.provision_calls.values().sum::<usize>(), backend.delete_calls.values().sum::<usize>());
+    println!(
+        "backend calls: {} provision, {} delete",
+        backend.provision_calls.values().sum::<usize>(),
+        backend.delete_calls.values().sum::<usize>()
+    );
     println!("  volumes with >1 provision call:   {dup_prov_calls}");
     println!("  volumes with >1 delete call:      {dup_del_calls}");
     println!("backend directory: {}", dir.display());
@@ -403,12 +417,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Clean up only on success (on failure leave everything for inspection):
     // delete the claims and let the replicas delete the volumes before they stop.
     if ok {
-        let _ = claims.delete_collection(&DeleteParams::default(), &ListParams::default().labels(&format!("torture-run={run}"))).await;
+        let _ = claims
+            .delete_collection(&DeleteParams::default(), &ListParams::default().labels(&format!("torture-run={run}")))
+            .await;
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            let left = pvs.list_metadata(&ListParams::default()).await.map(|l| {
-                l.items.iter().filter(|v| pv_names.contains(&v.name_any())).count()
-            });
+            let left = pvs
+                .list_metadata(&ListParams::default())
+                .await
+                .map(|l| l.items.iter().filter(|v| pv_names.contains(&v.name_any())).count());
             if matches!(left, Ok(0)) {
                 break;
             }
