@@ -47,6 +47,14 @@ struct Args {
     /// whose backend volume is gone.
     #[arg(long, default_value_t = 0)]
     delete_delay_ms: u64,
+    /// Run as one of several replicas: elect a leader with a Lease in
+    /// namespace `default` (short timings: lease 4 s, renew 3 s, retry 1 s,
+    /// so failover tests stay quick). Replicas may share `--dir`.
+    #[arg(long, default_value_t = false)]
+    leader_elect: bool,
+    /// This replica's identity (default: the engine's own).
+    #[arg(long)]
+    identity: Option<String>,
 }
 
 /// Backend volumes as files, with a journal of real effects.
@@ -182,11 +190,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let backend = FileBackend::open(&args)?;
     let (client, _) = provisioner_core::client::build_client(kube::Config::infer().await?, None)?;
-    let engine = Engine::builder(client, args.name, Arc::new(backend))
+    let mut builder = Engine::builder(client, args.name.clone(), Arc::new(backend))
         .workers(50)
         .backoff(Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(2) })
-        .resync(None)
-        .build()?;
+        .resync(None);
+    if let Some(identity) = &args.identity {
+        builder = builder.identity(identity.clone());
+    }
+    if args.leader_elect {
+        let identity = args.identity.clone().unwrap_or_else(|| format!("crash-target-{}", std::process::id()));
+        let mut election = provisioner_core::leader::LeaderElectionConfig::new(
+            provisioner_core::leader::lease_name_for(&args.name),
+            "default",
+            identity,
+        );
+        election.lease_duration = Duration::from_secs(4);
+        election.renew_deadline = Duration::from_secs(3);
+        election.retry_period = Duration::from_secs(1);
+        builder = builder.leader_election(election);
+    }
+    let engine = builder.build()?;
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
