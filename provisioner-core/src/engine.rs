@@ -1268,28 +1268,46 @@ async fn release_claim(ctx: &Ctx, key: &str, claim: &PersistentVolumeClaim, resc
     if ops.is_empty() {
         return Next::Succeeded;
     }
+    let ns = claim.namespace().unwrap_or_default();
+    let api = ctx.claim_api(&ns);
+    guarded_patch(ctx, key, Side::Claim, &api, &claim.name_any(), ops, "removing the provisioning intent").await
+}
+
+/// Sends `ops` as one JSON patch and records the state it produced. A failed
+/// `test` (422) or a conflict means the object changed: its watch event
+/// requeues the key, so that is not a failure; a missing object is done.
+async fn guarded_patch<K>(
+    ctx: &Ctx,
+    key: &str,
+    side: Side,
+    api: &Api<K>,
+    name: &str,
+    ops: Vec<serde_json::Value>,
+    what: &str,
+) -> Next
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
     let patch: json_patch::Patch = match serde_json::from_value(serde_json::Value::Array(ops)) {
         Ok(p) => p,
         Err(e) => {
-            warn!(error = %e, "building a claim patch failed");
+            warn!(volume = key, error = %e, "building the patch for {what} failed");
             return Next::Failed;
         }
     };
-    ctx.writing(key, Side::Claim);
-    let ns = claim.namespace().unwrap_or_default();
-    match ctx.claim_api(&ns).patch(&claim.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+    ctx.writing(key, side);
+    match api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
         Ok(updated) => {
-            ctx.wrote_state(key, Side::Claim, Expect::of_write(&updated));
+            ctx.wrote_state(key, side, Expect::of_write(&updated));
             Next::Succeeded
         }
         Err(kube::Error::Api(e)) if e.code == 404 => {
-            ctx.wrote_state(key, Side::Claim, Some(Expect::Gone));
+            ctx.wrote_state(key, side, Some(Expect::Gone));
             Next::Succeeded
         }
-        // A failed test: the claim changed; its update requeues the key.
         Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 => Next::Done,
         Err(e) => {
-            warn!(volume = key, error = %e, "removing the provisioning intent failed");
+            warn!(volume = key, error = %e, "{what} failed");
             Next::Failed
         }
     }
@@ -1376,29 +1394,9 @@ async fn remove_volume_finalizer(ctx: &Ctx, key: &str, volume: &PersistentVolume
         return Next::Succeeded;
     };
     let path = format!("/metadata/finalizers/{i}");
-    let ops = json!([
-        { "op": "test", "path": path, "value": keys::VOLUME_FINALIZER },
-        { "op": "remove", "path": path },
-    ]);
-    let patch: json_patch::Patch = match serde_json::from_value(ops) {
-        Ok(p) => p,
-        Err(_) => return Next::Failed,
-    };
-    ctx.writing(key, Side::Volume);
-    match ctx.volume_api().patch(key, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
-        Ok(updated) => {
-            ctx.wrote_state(key, Side::Volume, Expect::of_write(&updated));
-            Next::Succeeded
-        }
-        Err(kube::Error::Api(e)) if e.code == 404 => {
-            ctx.wrote_state(key, Side::Volume, Some(Expect::Gone));
-            Next::Succeeded
-        }
-        // A failed test: the volume changed; its update requeues the key.
-        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 => Next::Done,
-        Err(e) => {
-            warn!(volume = key, error = %e, "removing the volume finalizer failed");
-            Next::Failed
-        }
-    }
+    let ops = vec![
+        json!({ "op": "test", "path": path, "value": keys::VOLUME_FINALIZER }),
+        json!({ "op": "remove", "path": path }),
+    ];
+    guarded_patch(ctx, key, Side::Volume, &ctx.volume_api(), key, ops, "removing the volume finalizer").await
 }
