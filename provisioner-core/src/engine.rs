@@ -500,10 +500,6 @@ struct KeyState {
     /// Uids of PersistentVolumes whose backend this engine deleted (until
     /// the PV object is gone).
     backend_deleted: HashSet<String>,
-    /// PV name -> (claim uid, volume) that the backend returned but the API
-    /// server did not take yet (a transient error): the retry saves it
-    /// without calling the backend again.
-    unsaved: HashMap<String, (String, PersistentVolume)>,
     /// PV name -> (claim rv, class rv) at which the engine gave up.
     given_up: HashMap<String, (String, String)>,
     /// Claim uids already warned about unsupported block mode.
@@ -981,7 +977,6 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Next {
             st.claim_of.remove(key);
             st.failures.remove(key);
             st.given_up.remove(key);
-            st.unsaved.remove(key);
             drop(st);
             Next::Done
         }
@@ -1074,12 +1069,6 @@ async fn provision(
     };
     let label = class_label(&class);
     let started = Instant::now();
-    let unsaved =
-        ctx.state().unsaved.get(key).filter(|(uid, _)| Some(uid) == claim.uid().as_ref()).map(|(_, pv)| pv.clone());
-    if let Some(pv) = unsaved {
-        debug!(volume = key, "saving the volume the backend already returned");
-        return save_volume(ctx, key, &claim, &class, pv, started.elapsed()).await;
-    }
     ctx.metrics.in_flight.inc();
     let call = ctx.provisioner.provision(&request);
     let result = match ctx.config.provision_timeout {
@@ -1188,16 +1177,12 @@ async fn save_volume(
                         return Next::Failed;
                     }
                 }
-                _ => {
-                    ctx.state().unsaved.insert(key.to_string(), (claim.uid().unwrap_or_default(), pv));
-                    return Next::Failed;
-                }
+                _ => return Next::Failed,
             }
         }
         Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
             // The API server will never take this volume: undo the backend.
             ctx.metrics.provision_failed(&label);
-            ctx.state().unsaved.remove(key);
             return match ctx.provisioner.delete(&pv).await {
                 Ok(()) | Err(DeleteError::Ignored) => {
                     ctx.claim_event(
@@ -1226,11 +1211,9 @@ async fn save_volume(
         Err(e) => {
             warn!(volume = key, error = %e, "saving the volume failed; will retry");
             ctx.metrics.provision_failed(&label);
-            ctx.state().unsaved.insert(key.to_string(), (claim.uid().unwrap_or_default(), pv));
             return Next::Failed;
         }
     };
-    ctx.state().unsaved.remove(key);
     if let Some(saved) = &saved {
         ctx.wrote_state(key, Side::Volume, Expect::of_write(saved));
     }
