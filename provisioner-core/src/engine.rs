@@ -75,7 +75,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::backoff::Backoff;
 use crate::cache::Cached;
@@ -500,6 +500,13 @@ struct KeyState {
     /// Uids of PersistentVolumes whose backend this engine deleted (until
     /// the PV object is gone).
     backend_deleted: HashSet<String>,
+    /// PV name -> the volume the backend returned that the API server did
+    /// not take yet (a transient error): the retry saves it without asking
+    /// the backend again.
+    unsaved: HashMap<String, PersistentVolume>,
+    /// PV names this process saved: it never asks the backend to provision
+    /// them again, whatever a lagging cache shows.
+    saved: HashSet<String>,
     /// PV name -> (claim rv, class rv) at which the engine gave up.
     given_up: HashMap<String, (String, String)>,
     /// Claim uids already warned about unsupported block mode.
@@ -692,6 +699,18 @@ async fn watch_cached<K>(
         };
         match event {
             Ok(Some(event)) => {
+                if tracing::enabled!(tracing::Level::TRACE) {
+                    let (kind, obj) = match &event {
+                        watcher::Event::Apply(o) => ("apply", Some(o)),
+                        watcher::Event::Delete(o) => ("delete", Some(o)),
+                        watcher::Event::InitApply(o) => ("init-apply", Some(o)),
+                        watcher::Event::Init => ("init", None),
+                        watcher::Event::InitDone => ("init-done", None),
+                    };
+                    let name = obj.map(|o| o.name_any()).unwrap_or_default();
+                    let rv = obj.and_then(|o| o.resource_version()).unwrap_or_default();
+                    trace!(what, kind, name, rv, "watch event");
+                }
                 // Into the cache first, as a reflector does, so handlers see it there.
                 writer.apply_watcher_event(&Cached::event(&event));
                 handle(event);
@@ -977,6 +996,8 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Next {
             st.claim_of.remove(key);
             st.failures.remove(key);
             st.given_up.remove(key);
+            st.unsaved.remove(key);
+            st.saved.remove(key);
             drop(st);
             Next::Done
         }
@@ -1069,6 +1090,23 @@ async fn provision(
     };
     let label = class_label(&class);
     let started = Instant::now();
+    let (saved_before, unsaved) = {
+        let st = ctx.state();
+        (st.saved.contains(key), st.unsaved.get(key).cloned())
+    };
+    if saved_before {
+        // The cache has not shown the saved volume yet, or it was deleted
+        // since; either way the backend has done its part.
+        if plan.finishing_only && claim.metadata.deletion_timestamp.is_some() {
+            return release_claim(ctx, key, &claim, false).await;
+        }
+        debug!(volume = key, "volume saved already; waiting for the cache");
+        return Next::Done;
+    }
+    if let Some(pv) = unsaved {
+        debug!(volume = key, "saving the volume the backend returned earlier");
+        return save_volume(ctx, key, &claim, &class, pv, started.elapsed()).await;
+    }
     ctx.metrics.in_flight.inc();
     let call = ctx.provisioner.provision(&request);
     let result = match ctx.config.provision_timeout {
@@ -1177,12 +1215,16 @@ async fn save_volume(
                         return Next::Failed;
                     }
                 }
-                _ => return Next::Failed,
+                _ => {
+                    ctx.state().unsaved.insert(key.to_string(), pv);
+                    return Next::Failed;
+                }
             }
         }
         Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
             // The API server will never take this volume: undo the backend.
             ctx.metrics.provision_failed(&label);
+            ctx.state().unsaved.remove(key);
             return match ctx.provisioner.delete(&pv).await {
                 Ok(()) | Err(DeleteError::Ignored) => {
                     ctx.claim_event(
@@ -1211,9 +1253,15 @@ async fn save_volume(
         Err(e) => {
             warn!(volume = key, error = %e, "saving the volume failed; will retry");
             ctx.metrics.provision_failed(&label);
+            ctx.state().unsaved.insert(key.to_string(), pv);
             return Next::Failed;
         }
     };
+    {
+        let mut st = ctx.state();
+        st.unsaved.remove(key);
+        st.saved.insert(key.to_string());
+    }
     if let Some(saved) = &saved {
         ctx.wrote_state(key, Side::Volume, Expect::of_write(saved));
     }
@@ -1369,6 +1417,7 @@ async fn delete_backend(ctx: &Ctx, key: &str, volume: &PersistentVolume) -> Resu
         }
     }
     ctx.metrics.delete_succeeded(&label, started.elapsed());
+    info!(volume = key, "deleted the backend volume");
     Ok(())
 }
 

@@ -75,6 +75,9 @@ struct Harness {
     dir: PathBuf,
     delay: u64,
     replicas: Vec<Replica>,
+    /// Engine processes killed with SIGKILL: a call they made may have
+    /// been cut short, so the next leader calling again is expected.
+    killed: BTreeSet<u32>,
 }
 
 impl Harness {
@@ -97,6 +100,9 @@ impl Harness {
     }
     async fn kill9(&mut self, i: usize) {
         if let Some(mut c) = self.replicas[i].child.take() {
+            if let Some(pid) = c.id() {
+                self.killed.insert(pid);
+            }
             let _ = c.kill().await;
         }
     }
@@ -180,9 +186,26 @@ async fn restart_apiserver(plane: &Path, client: &Client) -> Result<Duration, St
 struct Backend {
     created: BTreeMap<String, usize>,
     deleted: BTreeMap<String, usize>,
-    provision_calls: BTreeMap<String, usize>,
-    delete_calls: BTreeMap<String, usize>,
+    /// Per volume, the process ids of the engines that called, in order.
+    provision_calls: BTreeMap<String, Vec<u32>>,
+    delete_calls: BTreeMap<String, Vec<u32>>,
     volumes: BTreeSet<String>,
+}
+
+/// Volumes with a repeated call, split into repeats after the previous
+/// caller was SIGKILLed (its call may have been cut short: calling again is
+/// how the work gets finished) and all other repeats (duplicates).
+fn repeats(calls: &BTreeMap<String, Vec<u32>>, killed: &BTreeSet<u32>) -> (usize, Vec<String>) {
+    let mut after_kill = 0;
+    let mut duplicates = Vec::new();
+    for (pv, pids) in calls.iter().filter(|(_, p)| p.len() > 1) {
+        if pids.windows(2).all(|w| killed.contains(&w[0]) && w[0] != w[1]) {
+            after_kill += 1;
+        } else {
+            duplicates.push(format!("{pv} by {pids:?}"));
+        }
+    }
+    (after_kill, duplicates)
 }
 
 fn read_backend(dir: &Path) -> Backend {
@@ -196,10 +219,12 @@ fn read_backend(dir: &Path) -> Backend {
         }
     }
     for line in text("calls").lines() {
-        match line.split_once(' ') {
-            Some(("provision", pv)) => *b.provision_calls.entry(pv.into()).or_default() += 1,
-            Some(("delete", pv)) => *b.delete_calls.entry(pv.into()).or_default() += 1,
-            _ => {}
+        let mut words = line.split(' ');
+        let (kind, pv, pid) = (words.next(), words.next(), words.next().and_then(|p| p.parse().ok()));
+        match (kind, pv, pid) {
+            (Some("provision"), Some(pv), Some(pid)) => b.provision_calls.entry(pv.into()).or_default().push(pid),
+            (Some("delete"), Some(pv), Some(pid)) => b.delete_calls.entry(pv.into()).or_default().push(pid),
+            _ => eprintln!("torture: unexpected call line {line:?}"),
         }
     }
     if let Ok(rd) = std::fs::read_dir(dir.join("volumes")) {
@@ -234,6 +259,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Replica { id: format!("{run}-a"), child: None, starts: 0 },
             Replica { id: format!("{run}-b"), child: None, starts: 0 },
         ],
+        killed: BTreeSet::new(),
     };
     h.start(0)?;
     h.start(1)?;
@@ -377,8 +403,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pv_without_backend = pv_names.iter().filter(|v| !backend.volumes.contains(*v)).count();
     let dup_created = backend.created.values().filter(|n| **n > 1).count();
     let dup_deleted = backend.deleted.values().filter(|n| **n > 1).count();
-    let dup_prov_calls = backend.provision_calls.values().filter(|n| **n > 1).count();
-    let dup_del_calls = backend.delete_calls.values().filter(|n| **n > 1).count();
+    let (prov_after_kill, prov_dups) = repeats(&backend.provision_calls, &h.killed);
+    let (del_after_kill, del_dups) = repeats(&backend.delete_calls, &h.killed);
     let starts: Vec<usize> = h.replicas.iter().map(|r| r.starts).collect();
 
     println!(
@@ -401,11 +427,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  volumes deleted more than once:   {dup_deleted}");
     println!(
         "backend calls: {} provision, {} delete",
-        backend.provision_calls.values().sum::<usize>(),
-        backend.delete_calls.values().sum::<usize>()
+        backend.provision_calls.values().map(Vec::len).sum::<usize>(),
+        backend.delete_calls.values().map(Vec::len).sum::<usize>()
     );
-    println!("  volumes with >1 provision call:   {dup_prov_calls}");
-    println!("  volumes with >1 delete call:      {dup_del_calls}");
+    println!("  provision repeated after a kill:  {prov_after_kill}");
+    println!("  provision repeated otherwise:     {}", prov_dups.len());
+    println!("  delete repeated after a kill:     {del_after_kill}");
+    println!("  delete repeated otherwise:        {}", del_dups.len());
     println!("backend directory: {}", dir.display());
 
     let ok = bound_exactly_one == live_set.len()
@@ -413,7 +441,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         && backend_without_pv == 0
         && pv_without_backend == 0
         && dup_created == 0
-        && dup_deleted == 0;
+        && dup_deleted == 0
+        && prov_dups.is_empty()
+        && del_dups.is_empty();
+    if !ok {
+        // What was left, for whoever reads a failed run (CI keeps only the output).
+        for d in prov_dups.iter().take(3) {
+            println!("  duplicate provision calls: {d}");
+        }
+        for d in del_dups.iter().take(3) {
+            println!("  duplicate delete calls: {d}");
+        }
+        let stuck = pv_list.iter().filter(|v| {
+            v.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.uid.as_ref()).is_none_or(|u| !claim_uids.contains(u))
+        });
+        for v in stuck.take(3) {
+            println!(
+                "  PV without claim: {} phase={} deleting={} finalizers={:?}",
+                v.name_any(),
+                v.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default(),
+                v.metadata.deletion_timestamp.is_some(),
+                v.finalizers()
+            );
+        }
+        for c in claim_list.iter().filter(|c| fixtures::claim_phase(c) != "Bound").take(3) {
+            println!("  claim not bound: {} annotations={:?}", c.name_any(), c.annotations().keys().collect::<Vec<_>>());
+        }
+    }
     // Clean up only on success (on failure leave everything for inspection):
     // delete the claims and let the replicas delete the volumes before they stop.
     if ok {

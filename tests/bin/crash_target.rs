@@ -7,7 +7,8 @@
 //! - `volumes/<pv name>`: one file per backend volume;
 //! - `journal`: `created <pv>` when a volume file is made that did not exist,
 //!   `deleted <pv>` when one that existed is removed;
-//! - `calls`: `provision <pv>` / `delete <pv>` for every call.
+//! - `calls`: `provision <pv> <pid>` / `delete <pv> <pid>` for every call,
+//!   with the process id of the engine that made it.
 //!
 //! Lines are appended to files opened in append mode, each with one
 //! `write_all`, without fsync: the page cache outlives a killed process, and
@@ -156,7 +157,7 @@ impl FileBackend {
 #[async_trait]
 impl Provisioner for FileBackend {
     async fn provision(&self, req: &ProvisionRequest) -> Result<ProvisionedVolume, ProvisionError> {
-        let call = self.append("calls", format!("provision {}", req.pv_name));
+        let call = self.append("calls", format!("provision {} {}", req.pv_name, std::process::id()));
         call.map_err(|e| ProvisionError::Final(format!("recording the call: {e}")))?;
         // A failure after the file may exist counts as "in progress": the
         // engine must finish it, never forget it.
@@ -173,7 +174,7 @@ impl Provisioner for FileBackend {
 
     async fn delete(&self, volume: &PersistentVolume) -> Result<(), DeleteError> {
         let pv = volume.metadata.name.clone().unwrap_or_default();
-        let call = self.append("calls", format!("delete {pv}"));
+        let call = self.append("calls", format!("delete {pv} {}", std::process::id()));
         call.map_err(|e| DeleteError::Failed(format!("recording the call: {e}")))?;
         self.remove(&pv).map_err(DeleteError::Failed)?;
         tokio::time::sleep(self.delete_delay).await;

@@ -110,7 +110,7 @@ struct Backend {
     deleted: BTreeMap<String, usize>,
     /// Volume files that exist.
     volumes: BTreeSet<String>,
-    /// Every call, as `provision <pv>` or `delete <pv>`, in order.
+    /// Every call, as `provision <pv> <pid>` or `delete <pv> <pid>`, in order.
     calls: Vec<String>,
 }
 
