@@ -72,7 +72,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
@@ -397,8 +397,10 @@ impl Engine {
 
         let watches = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(watch_claims(ctx.clone(), claim_writer, watches.clone()));
-        tasks.spawn(watch_volumes(ctx.clone(), volume_writer, watches.clone()));
+        let (claims_relist, claims_relist_rx) = mpsc::unbounded_channel();
+        let (volumes_relist, volumes_relist_rx) = mpsc::unbounded_channel();
+        tasks.spawn(watch_claims(ctx.clone(), claim_writer, claims_relist_rx, watches.clone()));
+        tasks.spawn(watch_volumes(ctx.clone(), volume_writer, volumes_relist_rx, watches.clone()));
         tasks.spawn(watch_classes(ctx.clone(), class_writer, watches.clone()));
 
         let ready = async {
@@ -428,6 +430,10 @@ impl Engine {
         }
         tasks.spawn(report_queue(ctx.clone(), watches.clone()));
 
+        // With a leadership channel, the previous leader may have written
+        // moments ago and this replica's watches may not have delivered it
+        // yet: each term starts from fresh lists.
+        let fresh_lists_per_term = leadership.is_some();
         let mut leadership = leadership.unwrap_or_else(|| watch::channel(true).1);
         let mut terms = 0u64;
         loop {
@@ -435,10 +441,30 @@ impl Engine {
                 _ = shutdown.cancelled() => break,
                 _ = wait_for(&mut leadership, true) => {}
             }
+            if fresh_lists_per_term {
+                let started = Instant::now();
+                let fresh = async {
+                    let (claims_done, claims_ack) = oneshot::channel();
+                    let (volumes_done, volumes_ack) = oneshot::channel();
+                    let sent = claims_relist.send(claims_done).is_ok() && volumes_relist.send(volumes_done).is_ok();
+                    sent && claims_ack.await.is_ok() && volumes_ack.await.is_ok()
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    done = fresh => if !done {
+                        warn!("the watches stopped; not leading");
+                        break;
+                    },
+                }
+                debug!(took = ?started.elapsed(), "claims and volumes listed afresh for the new term");
+                if !*leadership.borrow() {
+                    continue;
+                }
+            }
             ctx.metrics.leader.set(1);
             status.send_modify(|s| s.leading = true);
             info!(term = terms + 1, "leading; starting workers");
-            if terms > 0 {
+            if terms > 0 && !fresh_lists_per_term {
                 // A new term: anything may have changed while following.
                 requeue_all(&ctx);
             }
@@ -497,9 +523,11 @@ struct KeyState {
     failures: HashMap<String, u32>,
     /// The engine's own writes the cache has not shown yet.
     own_writes: OwnWrites,
-    /// Uids of PersistentVolumes whose backend this engine deleted (until
-    /// the PV object is gone).
-    backend_deleted: HashSet<String>,
+    /// PV name -> uid, for PersistentVolumes whose backend this engine
+    /// deleted: kept until a pass finds neither claim nor volume (or a
+    /// re-list shows the uid gone), so that a pass working from a snapshot
+    /// taken before the PV's deletion never deletes the backend again.
+    backend_deleted: HashMap<String, String>,
     /// PV name -> the volume the backend returned that the API server did
     /// not take yet (a transient error): the retry saves it without asking
     /// the backend again.
@@ -678,6 +706,7 @@ where
 async fn watch_cached<K>(
     api: Api<K>,
     mut writer: reflector::store::Writer<Cached<K>>,
+    mut relist: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     stop: CancellationToken,
     what: &str,
     mut handle: impl FnMut(watcher::Event<K>),
@@ -690,13 +719,25 @@ async fn watch_cached<K>(
         + Send
         + 'static,
 {
-    let stream = watcher(api, watcher::Config::default()).default_backoff().modify(strip);
-    let mut stream = std::pin::pin!(stream);
+    let start = || Box::pin(watcher(api.clone(), watcher::Config::default()).default_backoff().modify(strip));
+    let mut stream = start();
+    // Asked for a fresh list: answered at the InitDone of a list started after the request.
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
+            Some(ack) = relist.recv() => {
+                waiting.push(ack);
+                stream = start();
+                continue;
+            }
             e = stream.try_next() => e,
         };
+        if matches!(event, Ok(Some(watcher::Event::InitDone))) {
+            for ack in waiting.drain(..) {
+                let _ = ack.send(());
+            }
+        }
         match event {
             Ok(Some(event)) => {
                 if tracing::enabled!(tracing::Level::TRACE) {
@@ -724,11 +765,12 @@ async fn watch_cached<K>(
 async fn watch_claims(
     ctx: Arc<Ctx>,
     writer: reflector::store::Writer<Cached<PersistentVolumeClaim>>,
+    relist: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     stop: CancellationToken,
 ) {
     let api: Api<PersistentVolumeClaim> = Api::all(ctx.client.clone());
     let mut relist_started = Instant::now();
-    watch_cached(api, writer, stop, "claim", |event| match event {
+    watch_cached(api, writer, relist, stop, "claim", |event| match event {
         watcher::Event::Apply(c) => {
             ctx.observed(&ctx.key_of_claim(&c), Side::Claim, c.resource_version().as_deref());
             on_claim(&ctx, &c);
@@ -762,11 +804,12 @@ fn on_claim(ctx: &Ctx, claim: &PersistentVolumeClaim) {
 async fn watch_volumes(
     ctx: Arc<Ctx>,
     writer: reflector::store::Writer<Cached<PersistentVolume>>,
+    relist: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     stop: CancellationToken,
 ) {
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let mut relist_started = Instant::now();
-    watch_cached(api, writer, stop, "volume", |event| match event {
+    watch_cached(api, writer, relist, stop, "volume", |event| match event {
         watcher::Event::Apply(v) => {
             ctx.observed(&v.name_any(), Side::Volume, v.resource_version().as_deref());
             remember_claim_of(&ctx, &v);
@@ -785,13 +828,10 @@ async fn watch_volumes(
             ctx.relisted(Side::Volume, relist_started);
             // Deletions the re-list skipped over.
             let uids: HashSet<String> = ctx.volumes.state().iter().filter_map(|v| v.uid()).collect();
-            ctx.state().backend_deleted.retain(|uid| uids.contains(uid));
+            ctx.state().backend_deleted.retain(|_, uid| uids.contains(uid));
         }
         watcher::Event::Delete(v) => {
             ctx.observed(&v.name_any(), Side::Volume, None);
-            if let Some(uid) = v.uid() {
-                ctx.state().backend_deleted.remove(&uid);
-            }
             if decision::volume_is_relevant(&v, &ctx.names) {
                 ctx.queue.add(&v.name_any());
             }
@@ -940,18 +980,38 @@ fn finish(ctx: &Ctx, key: &str, next: Next) {
 }
 
 async fn reconcile(ctx: &Ctx, key: &str) -> Next {
-    let claim_ref = ctx.state().claim_of.get(key).cloned();
-    let cached = (claim_ref.and_then(|r| ctx.claims.get(&r)), ctx.volumes.get(&ObjectRef::new(key)));
-    let (claim, volume) = match (decoded(cached.0), decoded(cached.1)) {
-        (Ok(claim), Ok(volume)) => (claim, volume),
-        (Err(e), _) | (_, Err(e)) => {
+    // The snapshot and the check of own writes against it happen under one
+    // lock: a watch event applied in between (the store first, then
+    // `observed`, which takes this lock) would otherwise count as shown while
+    // the snapshot predates it.
+    let snapshot = {
+        let mut st = ctx.state();
+        let claim_ref = st.claim_of.get(key).cloned();
+        let cached = (claim_ref.and_then(|r| ctx.claims.get(&r)), ctx.volumes.get(&ObjectRef::new(key)));
+        match (decoded(cached.0), decoded(cached.1)) {
+            (Ok(claim), Ok(volume)) => {
+                // A claim of the same name may have been recreated (new uid,
+                // new key): only the claim whose key this is belongs to this volume.
+                let claim = claim.filter(|c| ctx.key_of_claim(c) == key);
+                // `Some(wait)`: the cache has not shown the engine's last write
+                // yet; the awaited watch event requeues the key, or the wait
+                // ends after `wait`.
+                let cached_claim = claim.as_ref().and_then(|c| c.resource_version());
+                let cached_volume = volume.as_ref().and_then(|v| v.resource_version());
+                let behind =
+                    st.own_writes.behind(key, cached_claim.as_deref(), cached_volume.as_deref(), Instant::now());
+                Ok((claim, volume, behind, cached_claim, cached_volume))
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        }
+    };
+    let (claim, volume, cache_behind, cached_claim, cached_volume) = match snapshot {
+        Ok(s) => s,
+        Err(e) => {
             warn!(volume = key, error = %e, "a cached object does not decode; retrying later");
             return Next::Failed;
         }
     };
-    // A claim of the same name may have been recreated (new uid, new key):
-    // only the claim whose key this is belongs to this volume.
-    let claim = claim.filter(|c| ctx.key_of_claim(c) == key);
     let class_name = claim
         .as_deref()
         .and_then(decision::claim_class)
@@ -959,12 +1019,6 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Next {
         .or_else(|| volume.as_ref().and_then(|v| v.spec.as_ref()?.storage_class_name.clone()));
     let class = class_name.as_deref().and_then(|n| ctx.classes.get(&ObjectRef::new(n)));
 
-    // `Some(wait)`: the cache has not shown the engine's last write yet; the
-    // awaited watch event requeues the key, or the wait ends after `wait`.
-    let cached_claim = claim.as_ref().and_then(|c| c.resource_version());
-    let cached_volume = volume.as_ref().and_then(|v| v.resource_version());
-    let cache_behind =
-        ctx.state().own_writes.behind(key, cached_claim.as_deref(), cached_volume.as_deref(), Instant::now());
     if let Some(wait) = cache_behind {
         debug!(
             volume = key,
@@ -998,6 +1052,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Next {
             st.given_up.remove(key);
             st.unsaved.remove(key);
             st.saved.remove(key);
+            st.backend_deleted.remove(key);
             drop(st);
             Next::Done
         }
@@ -1347,13 +1402,13 @@ where
 async fn delete(ctx: &Ctx, key: &str, volume: &PersistentVolume, delete_object: bool) -> Next {
     let uid = volume.uid().unwrap_or_default();
     // A pass after a failed or conflicting write below: the backend is gone already.
-    let already = !uid.is_empty() && ctx.state().backend_deleted.contains(&uid);
+    let already = !uid.is_empty() && ctx.state().backend_deleted.get(key) == Some(&uid);
     if !already {
         if let Err(next) = delete_backend(ctx, key, volume).await {
             return next;
         }
         if !uid.is_empty() {
-            ctx.state().backend_deleted.insert(uid);
+            ctx.state().backend_deleted.insert(key.to_string(), uid);
         }
     }
     let mut current = volume.clone();

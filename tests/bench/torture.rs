@@ -453,7 +453,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("  duplicate delete calls: {d}");
         }
         let stuck = pv_list.iter().filter(|v| {
-            v.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.uid.as_ref()).is_none_or(|u| !claim_uids.contains(u))
+            v.spec
+                .as_ref()
+                .and_then(|s| s.claim_ref.as_ref())
+                .and_then(|r| r.uid.as_ref())
+                .is_none_or(|u| !claim_uids.contains(u))
         });
         for v in stuck.take(3) {
             println!(
@@ -465,7 +469,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
         for c in claim_list.iter().filter(|c| fixtures::claim_phase(c) != "Bound").take(3) {
-            println!("  claim not bound: {} annotations={:?}", c.name_any(), c.annotations().keys().collect::<Vec<_>>());
+            println!(
+                "  claim not bound: {} annotations={:?}",
+                c.name_any(),
+                c.annotations().keys().collect::<Vec<_>>()
+            );
         }
     }
     // Clean up only on success (on failure leave everything for inspection):
