@@ -756,7 +756,12 @@ async fn watch_cached<K>(
                 writer.apply_watcher_event(&Cached::event(&event));
                 handle(event);
             }
-            Ok(None) => return,
+            Ok(None) => {
+                // A watcher does not end; if it ever did, the cache would
+                // silently go stale. Start over from a fresh list.
+                warn!("{what} watch ended; starting it again");
+                stream = start();
+            }
             Err(e) => warn!(error = %e, "{what} watch error; retrying"),
         }
     }

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use e2e_support::fixtures;
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -206,6 +207,24 @@ fn repeats(calls: &BTreeMap<String, Vec<u32>>, killed: &BTreeSet<u32>) -> (usize
         }
     }
     (after_kill, duplicates)
+}
+
+/// A log line without terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn read_backend(dir: &Path) -> Backend {
@@ -474,6 +493,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 c.name_any(),
                 c.annotations().keys().collect::<Vec<_>>()
             );
+        }
+        let leases: Api<Lease> = Api::default_namespaced(client.clone());
+        let holder = leases
+            .get(&provisioner_core::leader::lease_name_for(&name))
+            .await
+            .ok()
+            .and_then(|l| l.spec?.holder_identity);
+        println!("  lease holder: {holder:?}");
+        for r in &h.replicas {
+            let log = std::fs::read_to_string(dir.join(format!("{}-{}.log", r.id, r.starts))).unwrap_or_default();
+            let warnings: Vec<String> =
+                log.lines().map(strip_ansi).filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+            for w in warnings.iter().rev().take(3).rev() {
+                println!("  {} (start {}): {}", r.id, r.starts, w.chars().take(220).collect::<String>());
+            }
         }
     }
     // Clean up only on success (on failure leave everything for inspection):
