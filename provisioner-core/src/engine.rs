@@ -701,6 +701,17 @@ where
         .collect()
 }
 
+/// How long one watch request lasts before it is renewed from its last
+/// resourceVersion (no re-list). The client gives up on a silent watch after
+/// the same time plus a margin, so this also bounds how long a watch that
+/// died without an error (seen after kube-apiserver restarts) leaves a cache
+/// stale. Renewing costs one request per minute per watched kind.
+const WATCH_TIMEOUT_SECS: u32 = 60;
+
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)
+}
+
 /// Watches `api` into `writer` (objects stripped, cached as JSON) and hands
 /// every event, decoded, to `handle`.
 async fn watch_cached<K>(
@@ -719,7 +730,7 @@ async fn watch_cached<K>(
         + Send
         + 'static,
 {
-    let start = || Box::pin(watcher(api.clone(), watcher::Config::default()).default_backoff().modify(strip));
+    let start = || Box::pin(watcher(api.clone(), watch_config()).default_backoff().modify(strip));
     let mut stream = start();
     // Asked for a fresh list: answered at the InitDone of a list started after the request.
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
@@ -847,7 +858,7 @@ async fn watch_volumes(
 
 async fn watch_classes(ctx: Arc<Ctx>, writer: reflector::store::Writer<StorageClass>, stop: CancellationToken) {
     let api: Api<StorageClass> = Api::all(ctx.client.clone());
-    let stream = watcher(api, watcher::Config::default()).default_backoff().modify(strip).reflect(writer);
+    let stream = watcher(api, watch_config()).default_backoff().modify(strip).reflect(writer);
     let mut stream = std::pin::pin!(stream);
     loop {
         let event = tokio::select! {

@@ -59,8 +59,11 @@ struct Args {
     /// windows a kill can hit).
     #[arg(long, default_value_t = 100)]
     backend_delay_ms: u64,
-    /// Seconds to wait for the cluster to settle at the end.
-    #[arg(long, default_value_t = 180)]
+    /// Seconds to wait for the cluster to settle at the end. After an API
+    /// server restart kube-controller-manager may take minutes to bind and
+    /// release again (its informers back off up to 30 s, its per-claim
+    /// operations up to about 2 minutes), and the engine waits for it.
+    #[arg(long, default_value_t = 300)]
     settle_timeout: u64,
 }
 
