@@ -4,7 +4,11 @@
 //! # Shape
 //! Three reflectors keep caches of claims, volumes and classes; claims and
 //! volumes are cached as JSON and decoded when looked at (see
-//! [`crate::cache`]: it halves the memory per cached volume). Every change
+//! [`crate::cache`]: it halves the memory per cached volume), and only those
+//! the engine has business with ([`decision::claim_is_relevant`],
+//! [`decision::volume_is_relevant`]): the claims and volumes of other
+//! provisioners in the cluster cost nothing once their events have passed.
+//! After each change of leader both caches are listed afresh. Every change
 //! is mapped to a *key*, the PersistentVolume name, and queued in a
 //! [`WorkQueue`] that hands a key to one worker at a time, so the provision
 //! path and the delete path of one volume can never run at once. A worker
@@ -720,6 +724,7 @@ async fn watch_cached<K>(
     mut relist: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     stop: CancellationToken,
     what: &str,
+    keep: impl Fn(&K) -> bool,
     mut handle: impl FnMut(watcher::Event<K>),
 ) where
     K: Resource<DynamicType = ()>
@@ -763,8 +768,17 @@ async fn watch_cached<K>(
                     let rv = obj.and_then(|o| o.resource_version()).unwrap_or_default();
                     trace!(what, kind, name, rv, "watch event");
                 }
-                // Into the cache first, as a reflector does, so handlers see it there.
-                writer.apply_watcher_event(&Cached::event(&event));
+                // Into the cache first, as a reflector does, so handlers see
+                // it there. Only objects the engine has business with are
+                // kept: one that stops being relevant leaves the cache.
+                let cached = match &event {
+                    watcher::Event::Apply(o) if !keep(o) => Some(watcher::Event::Delete(Cached::new(o))),
+                    watcher::Event::InitApply(o) if !keep(o) => None,
+                    e => Some(Cached::event(e)),
+                };
+                if let Some(cached) = cached {
+                    writer.apply_watcher_event(&cached);
+                }
                 handle(event);
             }
             Ok(None) => {
@@ -786,7 +800,9 @@ async fn watch_claims(
 ) {
     let api: Api<PersistentVolumeClaim> = Api::all(ctx.client.clone());
     let mut relist_started = Instant::now();
-    watch_cached(api, writer, relist, stop, "claim", |event| match event {
+    let names = ctx.names.clone();
+    let keep = move |c: &PersistentVolumeClaim| decision::claim_is_relevant(c, &names);
+    watch_cached(api, writer, relist, stop, "claim", keep, |event| match event {
         watcher::Event::Apply(c) => {
             ctx.observed(&ctx.key_of_claim(&c), Side::Claim, c.resource_version().as_deref());
             on_claim(&ctx, &c);
@@ -825,7 +841,9 @@ async fn watch_volumes(
 ) {
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let mut relist_started = Instant::now();
-    watch_cached(api, writer, relist, stop, "volume", |event| match event {
+    let names = ctx.names.clone();
+    let keep = move |v: &PersistentVolume| decision::volume_is_relevant(v, &names);
+    watch_cached(api, writer, relist, stop, "volume", keep, |event| match event {
         watcher::Event::Apply(v) => {
             ctx.observed(&v.name_any(), Side::Volume, v.resource_version().as_deref());
             remember_claim_of(&ctx, &v);
