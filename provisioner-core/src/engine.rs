@@ -136,6 +136,10 @@ pub struct EngineConfig {
     pub shutdown_grace: Duration,
     /// The name this replica reports events as.
     pub identity: String,
+    /// Objects per page when the claim and volume caches are listed
+    /// (default 500, as client-go): a smaller page lowers the memory peak
+    /// of a re-list in a large cluster at the cost of more requests.
+    pub list_page_size: u32,
 }
 
 impl Default for EngineConfig {
@@ -151,6 +155,7 @@ impl Default for EngineConfig {
             resync: Some(Duration::from_secs(600)),
             shutdown_grace: Duration::from_secs(10),
             identity: default_identity(),
+            list_page_size: 500,
         }
     }
 }
@@ -247,6 +252,11 @@ impl EngineBuilder {
     /// Periodic full re-examination (`None`: only on changes).
     pub fn resync(mut self, every: Option<Duration>) -> Self {
         self.config.resync = every;
+        self
+    }
+    /// Objects per page when listing claims and volumes (at least 1).
+    pub fn list_page_size(mut self, objects: u32) -> Self {
+        self.config.list_page_size = objects.max(1);
         self
     }
     /// How long shutdown waits for running operations.
@@ -712,18 +722,25 @@ where
 /// stale. Renewing costs one request per minute per watched kind.
 const WATCH_TIMEOUT_SECS: u32 = 60;
 
-fn watch_config() -> watcher::Config {
-    watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)
+fn watch_config(page_size: u32) -> watcher::Config {
+    watcher::Config::default().timeout(WATCH_TIMEOUT_SECS).page_size(page_size)
 }
 
-/// Watches `api` into `writer` (objects stripped, cached as JSON) and hands
+/// What one cached watch watches: the kind (through its API), the watch's
+/// settings, and its name in logs.
+struct Feed<K> {
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+}
+
+/// Watches `feed` into `writer` (objects stripped, cached as JSON) and hands
 /// every event, decoded, to `handle`.
 async fn watch_cached<K>(
-    api: Api<K>,
+    feed: Feed<K>,
     mut writer: reflector::store::Writer<Cached<K>>,
     mut relist: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     stop: CancellationToken,
-    what: &str,
     keep: impl Fn(&K) -> bool,
     mut handle: impl FnMut(watcher::Event<K>),
 ) where
@@ -735,7 +752,8 @@ async fn watch_cached<K>(
         + Send
         + 'static,
 {
-    let start = || Box::pin(watcher(api.clone(), watch_config()).default_backoff().modify(strip));
+    let Feed { api, config, what } = feed;
+    let start = || Box::pin(watcher(api.clone(), config.clone()).default_backoff().modify(strip));
     let mut stream = start();
     // Asked for a fresh list: answered at the InitDone of a list started after the request.
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
@@ -749,11 +767,7 @@ async fn watch_cached<K>(
             }
             e = stream.try_next() => e,
         };
-        if matches!(event, Ok(Some(watcher::Event::InitDone))) {
-            for ack in waiting.drain(..) {
-                let _ = ack.send(());
-            }
-        }
+        let init_done = matches!(event, Ok(Some(watcher::Event::InitDone)));
         match event {
             Ok(Some(event)) => {
                 if tracing::enabled!(tracing::Level::TRACE) {
@@ -780,6 +794,12 @@ async fn watch_cached<K>(
                     writer.apply_watcher_event(&cached);
                 }
                 handle(event);
+                if init_done {
+                    // The listed objects are in the store and their keys queued.
+                    for ack in waiting.drain(..) {
+                        let _ = ack.send(());
+                    }
+                }
             }
             Ok(None) => {
                 // A watcher does not end; if it ever did, the cache would
@@ -800,17 +820,31 @@ async fn watch_claims(
 ) {
     let api: Api<PersistentVolumeClaim> = Api::all(ctx.client.clone());
     let mut relist_started = Instant::now();
+    // Keys of a re-list: queued at its InitDone, when the store swaps the
+    // listed objects in (a worker reading the store earlier would act on
+    // the state before the re-list and never look again).
+    let mut listed: Vec<String> = Vec::new();
     let names = ctx.names.clone();
     let keep = move |c: &PersistentVolumeClaim| decision::claim_is_relevant(c, &names);
-    watch_cached(api, writer, relist, stop, "claim", keep, |event| match event {
+    let feed = Feed { api, config: watch_config(ctx.config.list_page_size), what: "claim" };
+    watch_cached(feed, writer, relist, stop, keep, |event| match event {
         watcher::Event::Apply(c) => {
             ctx.observed(&ctx.key_of_claim(&c), Side::Claim, c.resource_version().as_deref());
-            on_claim(&ctx, &c);
+            if let Some(key) = claim_key(&ctx, &c) {
+                ctx.queue.add(&key);
+            }
         }
-        // The store swaps in a re-list only at InitDone.
-        watcher::Event::InitApply(c) => on_claim(&ctx, &c),
-        watcher::Event::Init => relist_started = Instant::now(),
-        watcher::Event::InitDone => ctx.relisted(Side::Claim, relist_started),
+        watcher::Event::InitApply(c) => listed.extend(claim_key(&ctx, &c)),
+        watcher::Event::Init => {
+            relist_started = Instant::now();
+            listed.clear();
+        }
+        watcher::Event::InitDone => {
+            ctx.relisted(Side::Claim, relist_started);
+            for key in listed.drain(..) {
+                ctx.queue.add(&key);
+            }
+        }
         watcher::Event::Delete(c) => {
             let key = ctx.key_of_claim(&c);
             ctx.observed(&key, Side::Claim, None);
@@ -824,13 +858,22 @@ async fn watch_claims(
     .await
 }
 
-fn on_claim(ctx: &Ctx, claim: &PersistentVolumeClaim) {
+/// The key of a claim the engine has business with (remembering which
+/// claim it names), or `None` for another provisioner's claim or the echo
+/// of an own write.
+fn claim_key(ctx: &Ctx, claim: &PersistentVolumeClaim) -> Option<String> {
     if !decision::claim_is_relevant(claim, &ctx.names) || ctx.is_echo(claim) {
-        return;
+        return None;
     }
     let key = ctx.key_of_claim(claim);
     ctx.state().claim_of.insert(key.clone(), claim_ref(claim));
-    ctx.queue.add(&key);
+    Some(key)
+}
+
+fn on_claim(ctx: &Ctx, claim: &PersistentVolumeClaim) {
+    if let Some(key) = claim_key(ctx, claim) {
+        ctx.queue.add(&key);
+    }
 }
 
 async fn watch_volumes(
@@ -841,9 +884,12 @@ async fn watch_volumes(
 ) {
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let mut relist_started = Instant::now();
+    // As for claims: a re-list's keys are queued once the store has them.
+    let mut listed: Vec<String> = Vec::new();
     let names = ctx.names.clone();
     let keep = move |v: &PersistentVolume| decision::volume_is_relevant(v, &names);
-    watch_cached(api, writer, relist, stop, "volume", keep, |event| match event {
+    let feed = Feed { api, config: watch_config(ctx.config.list_page_size), what: "volume" };
+    watch_cached(feed, writer, relist, stop, keep, |event| match event {
         watcher::Event::Apply(v) => {
             ctx.observed(&v.name_any(), Side::Volume, v.resource_version().as_deref());
             remember_claim_of(&ctx, &v);
@@ -854,12 +900,18 @@ async fn watch_volumes(
         watcher::Event::InitApply(v) => {
             remember_claim_of(&ctx, &v);
             if decision::volume_is_relevant(&v, &ctx.names) && !ctx.is_echo(&v) {
-                ctx.queue.add(&v.name_any());
+                listed.push(v.name_any());
             }
         }
-        watcher::Event::Init => relist_started = Instant::now(),
+        watcher::Event::Init => {
+            relist_started = Instant::now();
+            listed.clear();
+        }
         watcher::Event::InitDone => {
             ctx.relisted(Side::Volume, relist_started);
+            for key in listed.drain(..) {
+                ctx.queue.add(&key);
+            }
             // Deletions the re-list skipped over.
             let uids: HashSet<String> = ctx.volumes.state().iter().filter_map(|v| v.uid()).collect();
             ctx.state().backend_deleted.retain(|_, uid| uids.contains(uid));
@@ -876,7 +928,7 @@ async fn watch_volumes(
 
 async fn watch_classes(ctx: Arc<Ctx>, writer: reflector::store::Writer<StorageClass>, stop: CancellationToken) {
     let api: Api<StorageClass> = Api::all(ctx.client.clone());
-    let stream = watcher(api, watch_config()).default_backoff().modify(strip).reflect(writer);
+    let stream = watcher(api, watch_config(ctx.config.list_page_size)).default_backoff().modify(strip).reflect(writer);
     let mut stream = std::pin::pin!(stream);
     loop {
         let event = tokio::select! {

@@ -72,6 +72,12 @@ struct Args {
     /// them, before and after creating them, and prints MiB and KiB per volume.
     #[arg(long)]
     rss_cached: Option<usize>,
+    /// Whose volumes the `--rss-cached` pairs are: `ours` (annotated as
+    /// provisioned by our side's provisioner name, so our engine must keep
+    /// them; the Go library keeps every claim and volume whoever owns it) or
+    /// `other` (no provisioner of either side).
+    #[arg(long, default_value = "ours")]
+    rss_owner: String,
     /// Seconds each side gets to list and settle before its RSS is read.
     #[arg(long, default_value_t = 20)]
     settle: u64,
@@ -445,8 +451,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Starts a side, lets it list and settle, reads VmRSS and VmHWM (MiB), stops it.
+fn rss_name(side: Side) -> String {
+    format!("bench.peer/rss-{}", if side == Side::Ours { "ours" } else { "theirs" })
+}
+
 async fn settled_rss(side: Side, bin: &PathBuf, settle: u64) -> Result<(f64, f64), Box<dyn std::error::Error>> {
-    let name = format!("bench.peer/rss-{}", if side == Side::Ours { "ours" } else { "theirs" });
+    let name = rss_name(side);
     let counts = std::env::temp_dir().join("sbs-rss-counts.json");
     let setting = Setting { workers: None, qps: None, burst: None };
     let mut child = command_for(side, bin, &name, &setting, &counts).spawn()?;
@@ -473,16 +483,27 @@ async fn rss_cached(
         before.insert(side, settled_rss(side, if side == Side::Ours { ours } else { theirs }, args.settle).await?);
     }
     // Pre-bound pairs: the binder binds them; no provisioner is involved.
+    // With owner `ours` they carry the annotations of a volume our side
+    // provisioned, so our engine caches them as its own.
+    let owned = match args.rss_owner.as_str() {
+        "ours" => Some(rss_name(Side::Ours)),
+        "other" => None,
+        o => return Err(format!("--rss-owner {o}: expected ours or other").into()),
+    };
     let class = "sbs-cached";
     let label = BTreeMap::from([("sbs-cached".to_string(), "yes".to_string())]);
     let t = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
-            let (claims, pvs, label) = (claims.clone(), pvs.clone(), label.clone());
+            let (claims, pvs, label, owned) = (claims.clone(), pvs.clone(), label.clone(), owned.clone());
             async move {
                 let name = format!("cached-{i:06}");
                 let mut c = fixtures::claim(&name, class, "1Mi");
                 c.metadata.labels = Some(label.clone());
+                if let Some(p) = &owned {
+                    c.metadata.annotations =
+                        Some(BTreeMap::from([("volume.kubernetes.io/storage-provisioner".to_string(), p.clone())]));
+                }
                 c.spec.as_mut().unwrap().volume_name = Some(format!("pv-{name}"));
                 let c = match claims.create(&PostParams::default(), &c).await {
                     Ok(c) => c,
@@ -491,6 +512,9 @@ async fn rss_cached(
                 };
                 let mut v = fixtures::volume_for(&format!("pv-{name}"), &c, "Retain");
                 v.metadata.labels = Some(label);
+                if let Some(p) = owned {
+                    v.metadata.annotations = Some(BTreeMap::from([("pv.kubernetes.io/provisioned-by".to_string(), p)]));
+                }
                 match pvs.create(&PostParams::default(), &v).await {
                     Ok(_) => Ok(()),
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
@@ -507,6 +531,8 @@ async fn rss_cached(
         after.insert(side, settled_rss(side, if side == Side::Ours { ours } else { theirs }, args.settle).await?);
     }
     println!();
+    let whose = if owned.is_some() { "provisioned by our side" } else { "of another provisioner" };
+    println!("\n{n} bound claims and their volumes, {whose}:");
     println!("| side | RSS empty MiB | RSS with {n} bound claims MiB | peak RSS MiB | KiB per cached claim+volume |");
     println!("|---|---|---|---|---|");
     let mut per = BTreeMap::new();

@@ -7,9 +7,11 @@
 //! exercise the real binder and API server. The assertions are the
 //! real-plane ones: same counts, same event reasons and messages.
 //!
-//! The last two cases are faults only the kit can give on demand: a volume
-//! create answered with `500` twice, and watches dropped (with the history
-//! compacted) while a provision call is in flight.
+//! The last three cases are faults only the kit can give on demand: a
+//! volume create answered with `500` twice; watches dropped (with the
+//! history compacted) while a provision call is in flight; and a volume
+//! watch down while volumes are released, coming back through a re-list
+//! served in slow pages.
 //!
 //! Kept on the real plane only: immediate provisioning, whose "at most 3
 //! writes, no GET per volume" is counted by `provisioner_core::client`'s
@@ -508,5 +510,63 @@ async fn watches_dropped_mid_provisioning_do_not_cause_a_second_provision_call()
     assert_eq!(backend.created(), 1);
     assert_eq!(*entered.borrow(), 1);
     assert_eq!(engine.metrics.provisioned("gated"), 1);
+    engine.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn volumes_released_while_the_volume_watch_was_down_are_deleted_after_the_relist() {
+    let kit = Kit::new();
+    kit.class("paged", "Delete", false).await;
+    let backend = FakeBackend::new();
+    // One volume per list page, so the re-list below takes several requests
+    // and workers run between its pages.
+    let engine = kit.engine(Arc::new(backend.clone()), |b| b.list_page_size(1)).await;
+    let names = ["a", "b", "c"];
+    for n in names {
+        kit.create_claim(claim(n, "paged", "1Gi")).await;
+    }
+    let mut pvs = Vec::new();
+    for n in names {
+        let bound = kit.bound(n).await;
+        pvs.push(bound.spec.and_then(|s| s.volume_name).expect("bound to a volume"));
+    }
+
+    // The volume watch breaks and cannot come back; meanwhile the claims
+    // are deleted and the binder releases their volumes.
+    kit.cluster.fail_next(Verb::Watch, "persistentvolumes", 10_000, 500);
+    kit.cluster.fail_next(Verb::List, "persistentvolumes", 10_000, 500);
+    kit.cluster.drop_watches();
+    for n in names {
+        kit.claims().delete(n, &DeleteParams::default()).await.expect("delete claim");
+    }
+    let released =
+        |pv: &String| kit.cluster.get::<PersistentVolume>("", pv).is_some_and(|v| volume_phase(&v) == "Released");
+    let deadline = tokio::time::Instant::now() + default_timeout();
+    while !pvs.iter().all(released) {
+        assert!(tokio::time::Instant::now() < deadline, "the binder released the volumes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(backend.delete_calls().is_empty(), "nothing deleted while the engine cannot see the volumes");
+
+    // The history is gone, so the watch comes back through a re-list whose
+    // pages are slow: every volume arrives Released in the re-list, and the
+    // engine must act on what the re-list shows, not on what its cache held.
+    kit.cluster.compact();
+    kit.cluster.clear_faults();
+    kit.cluster.set_latency(Some(Verb::List), Some("persistentvolumes"), Duration::from_millis(200));
+    let deadline = tokio::time::Instant::now() + default_timeout();
+    while !pvs.iter().all(|pv| kit.cluster.get::<PersistentVolume>("", pv).is_none()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "released volumes deleted after the re-list; delete calls so far: {:?}",
+            backend.delete_calls()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut calls = backend.delete_calls();
+    calls.sort();
+    pvs.sort();
+    assert_eq!(calls, pvs, "one delete call per volume");
+    assert_eq!(backend.deleted(), 3);
     engine.stop().await.expect("clean shutdown");
 }

@@ -168,6 +168,10 @@ pub(crate) struct Inner {
     /// Bumped to send a bookmark on every open watch that allows them.
     bookmark_requests: watch::Sender<u64>,
     faults: Mutex<Faults>,
+    /// Lists served in pages: by continue token, the resourceVersion of the
+    /// list and the items not served yet (a snapshot, as the real API
+    /// server serves every page of one list at the same resourceVersion).
+    pub(crate) pages: Mutex<std::collections::HashMap<String, (String, Vec<serde_json::Value>)>>,
 }
 
 impl Inner {
@@ -269,6 +273,7 @@ impl FakeCluster {
                 drops,
                 bookmark_requests,
                 faults: Mutex::default(),
+                pages: Mutex::default(),
             }),
         }
     }

@@ -219,14 +219,36 @@ impl Inner {
         let result = match verb {
             Verb::Get => store.get(kind, &ns, &name).map(|o| (200, o)),
             Verb::List => {
-                let filter = Filter::parse(param(params, "labelSelector"), param(params, "fieldSelector"))?;
-                let items = store.list(kind, target.namespace.as_deref(), &filter);
+                // `limit` and `continue` as the real server: every page of
+                // one list comes from the same snapshot.
+                let mut pages = self.pages.lock().unwrap_or_else(|p| p.into_inner());
+                let (rv, mut items) = match param(params, "continue").filter(|c| !c.is_empty()) {
+                    Some(token) => pages
+                        .remove(token)
+                        .ok_or_else(|| ApiError::new(410, "the continue token has expired or is unknown"))?,
+                    None => {
+                        let filter = Filter::parse(param(params, "labelSelector"), param(params, "fieldSelector"))?;
+                        (store.resource_version().to_string(), store.list(kind, target.namespace.as_deref(), &filter))
+                    }
+                };
+                let limit = param(params, "limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+                let mut metadata = json!({ "resourceVersion": rv });
+                if let Some(limit) = limit
+                    && items.len() > limit
+                {
+                    let rest = items.split_off(limit);
+                    static NEXT_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                    let token = format!("{rv}-{}", NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+                    metadata["continue"] = json!(token);
+                    metadata["remainingItemCount"] = json!(rest.len());
+                    pages.insert(token, (rv.clone(), rest));
+                }
                 Ok((
                     200,
                     json!({
                         "kind": format!("{}List", kind.kind),
                         "apiVersion": kind.api_version(),
-                        "metadata": { "resourceVersion": store.resource_version().to_string() },
+                        "metadata": metadata,
                         "items": items,
                     }),
                 ))
