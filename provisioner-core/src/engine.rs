@@ -2,9 +2,9 @@
 //! [`Provisioner`] through the decisions of [`crate::decision`].
 //!
 //! # Shape
-//! Three reflectors keep caches of claims, volumes and classes; claims and
-//! volumes are cached as JSON and decoded when looked at (see
-//! [`crate::cache`]: it halves the memory per cached volume), and only those
+//! Three watches keep caches of claims, volumes and classes; claims and
+//! volumes are cached as compressed JSON in a store of our own and decoded
+//! when looked at (see [`crate::cache`] for why and what it saves), and only those
 //! the engine has business with ([`decision::claim_is_relevant`],
 //! [`decision::volume_is_relevant`]): the claims and volumes of other
 //! provisioners in the cluster cost nothing once their events have passed.
@@ -82,7 +82,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
 use crate::backoff::Backoff;
-use crate::cache::Cached;
+use crate::cache::{self, Cached, JsonStore, JsonWriter};
 use crate::decision::{self, Decision, Names, ProvisionPlan, Snapshot, decide};
 use crate::events::{EventRecorder, EventType};
 use crate::keys;
@@ -391,8 +391,8 @@ impl Engine {
             None => (leadership, None),
         };
         let queue = WorkQueue::new();
-        let (claims, claim_writer) = reflector::store::<Cached<PersistentVolumeClaim>>();
-        let (volumes, volume_writer) = reflector::store::<Cached<PersistentVolume>>();
+        let (claims, claim_writer) = cache::store::<PersistentVolumeClaim>();
+        let (volumes, volume_writer) = cache::store::<PersistentVolume>();
         let (classes, class_writer) = reflector::store::<StorageClass>();
         let recorder = EventRecorder::new(client.clone(), names.primary(), config.identity.clone());
         let ctx = Arc::new(Ctx {
@@ -532,7 +532,7 @@ async fn join_all(workers: &mut tokio::task::JoinSet<()>) {
 #[derive(Default)]
 struct KeyState {
     /// PV name -> the claim it belongs to.
-    claim_of: HashMap<String, ObjectRef<Cached<PersistentVolumeClaim>>>,
+    claim_of: HashMap<String, Box<str>>,
     /// PV name -> consecutive failures.
     failures: HashMap<String, u32>,
     /// The engine's own writes the cache has not shown yet.
@@ -565,8 +565,8 @@ struct Ctx {
     config: EngineConfig,
     metrics: Metrics,
     queue: WorkQueue,
-    claims: Store<Cached<PersistentVolumeClaim>>,
-    volumes: Store<Cached<PersistentVolume>>,
+    claims: JsonStore<PersistentVolumeClaim>,
+    volumes: JsonStore<PersistentVolume>,
     classes: Store<StorageClass>,
     recorder: EventRecorder,
     state: Mutex<KeyState>,
@@ -688,13 +688,13 @@ fn strip<K: Resource>(obj: &mut K) {
 }
 
 /// The claim's key in the claim cache.
-fn claim_ref(claim: &PersistentVolumeClaim) -> ObjectRef<Cached<PersistentVolumeClaim>> {
-    ObjectRef::new(&claim.name_any()).within(&claim.namespace().unwrap_or_default())
+fn claim_ref(claim: &PersistentVolumeClaim) -> Box<str> {
+    cache::key(claim.namespace().as_deref(), &claim.name_any())
 }
 
 /// Decodes a cached object. One that does not decode makes the caller stop
 /// (and retry later) rather than act as if it did not exist.
-fn decoded<K>(cached: Option<Arc<Cached<K>>>) -> Result<Option<Arc<K>>, serde_json::Error>
+fn decoded<K>(cached: Option<Cached<K>>) -> Result<Option<Arc<K>>, serde_json::Error>
 where
     K: Resource + serde::Serialize + serde::de::DeserializeOwned,
 {
@@ -702,7 +702,7 @@ where
 }
 
 /// Every object of a cache, decoded; one that does not decode is skipped with a warning.
-fn decoded_all<K>(store: &Store<Cached<K>>) -> Vec<K>
+fn decoded_all<K>(store: &JsonStore<K>) -> Vec<K>
 where
     K: Resource<DynamicType = ()> + serde::Serialize + serde::de::DeserializeOwned,
 {
@@ -738,7 +738,7 @@ struct Feed<K> {
 /// every event, decoded, to `handle`.
 async fn watch_cached<K>(
     feed: Feed<K>,
-    mut writer: reflector::store::Writer<Cached<K>>,
+    mut writer: JsonWriter<K>,
     mut relist: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     stop: CancellationToken,
     keep: impl Fn(&K) -> bool,
@@ -785,13 +785,13 @@ async fn watch_cached<K>(
                 // Into the cache first, as a reflector does, so handlers see
                 // it there. Only objects the engine has business with are
                 // kept: one that stops being relevant leaves the cache.
-                let cached = match &event {
-                    watcher::Event::Apply(o) if !keep(o) => Some(watcher::Event::Delete(Cached::new(o))),
-                    watcher::Event::InitApply(o) if !keep(o) => None,
-                    e => Some(Cached::event(e)),
-                };
-                if let Some(cached) = cached {
-                    writer.apply_watcher_event(&cached);
+                match &event {
+                    watcher::Event::Apply(o) if keep(o) => writer.insert(o),
+                    watcher::Event::Apply(o) | watcher::Event::Delete(o) => writer.remove(o),
+                    watcher::Event::InitApply(o) if keep(o) => writer.init_insert(o),
+                    watcher::Event::InitApply(_) => {}
+                    watcher::Event::Init => writer.init(),
+                    watcher::Event::InitDone => writer.init_done(),
                 }
                 handle(event);
                 if init_done {
@@ -814,7 +814,7 @@ async fn watch_cached<K>(
 
 async fn watch_claims(
     ctx: Arc<Ctx>,
-    writer: reflector::store::Writer<Cached<PersistentVolumeClaim>>,
+    writer: JsonWriter<PersistentVolumeClaim>,
     relist: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     stop: CancellationToken,
 ) {
@@ -878,7 +878,7 @@ fn on_claim(ctx: &Ctx, claim: &PersistentVolumeClaim) {
 
 async fn watch_volumes(
     ctx: Arc<Ctx>,
-    writer: reflector::store::Writer<Cached<PersistentVolume>>,
+    writer: JsonWriter<PersistentVolume>,
     relist: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     stop: CancellationToken,
 ) {
@@ -913,7 +913,7 @@ async fn watch_volumes(
                 ctx.queue.add(&key);
             }
             // Deletions the re-list skipped over.
-            let uids: HashSet<String> = ctx.volumes.state().iter().filter_map(|v| v.uid()).collect();
+            let uids: HashSet<String> = decoded_all(&ctx.volumes).iter().filter_map(|v| v.uid()).collect();
             ctx.state().backend_deleted.retain(|_, uid| uids.contains(uid));
         }
         watcher::Event::Delete(v) => {
@@ -967,7 +967,7 @@ fn remember_claim_of(ctx: &Ctx, volume: &PersistentVolume) {
     if let Some(r) = volume.spec.as_ref().and_then(|s| s.claim_ref.as_ref())
         && let (Some(ns), Some(name)) = (&r.namespace, &r.name)
     {
-        ctx.state().claim_of.entry(volume.name_any()).or_insert_with(|| ObjectRef::new(name).within(ns));
+        ctx.state().claim_of.entry(volume.name_any()).or_insert_with(|| cache::key(Some(ns), name));
     }
 }
 
@@ -1073,7 +1073,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Next {
     let snapshot = {
         let mut st = ctx.state();
         let claim_ref = st.claim_of.get(key).cloned();
-        let cached = (claim_ref.and_then(|r| ctx.claims.get(&r)), ctx.volumes.get(&ObjectRef::new(key)));
+        let cached = (claim_ref.and_then(|r| ctx.claims.get_key(&r)), ctx.volumes.get(None, key));
         match (decoded(cached.0), decoded(cached.1)) {
             (Ok(claim), Ok(volume)) => {
                 // A claim of the same name may have been recreated (new uid,

@@ -10,7 +10,14 @@
 //! gone (time to all deleted); then read the process's CPU seconds
 //! (`/proc/<pid>/stat`) and peak RSS (`VmHWM`), stop it with SIGTERM and read
 //! its API request counts (one JSON line it prints). Prints one table with
-//! the medians over the rounds and the ratios ours/theirs.
+//! the medians over the rounds and the ratios ours/theirs. The `steady`
+//! configuration creates the N claims at `--rate` per second instead of all
+//! at once (equal settings), which shows latency under a sustained load.
+//!
+//! `--rss-cached N` instead measures memory: each side's RSS with an empty
+//! cluster and with N bound claims and their volumes, either provisioned by
+//! our side (`--rss-owner ours`: both sides keep them) or by another
+//! provisioner (`--rss-owner other`: only the Go library keeps them).
 //!
 //! `KUBECONFIG` names the plane; use a fresh one (`tests/controlplane/up` with
 //! its own `CONTROLPLANE_STATE_DIR`).
@@ -43,9 +50,14 @@ struct Args {
     /// Rounds (each side once per round, alternating).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
-    /// Configurations: `defaults`, `equal`, or both (comma-separated).
+    /// Configurations, comma-separated: `defaults` (each side at its own
+    /// defaults), `equal` (both at `--workers`/`--qps`/`--burst`), `steady`
+    /// (equal settings, claims created at a steady `--rate` instead of at once).
     #[arg(long, default_value = "defaults,equal")]
     configs: String,
+    /// Claims per second in the `steady` configuration.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
     /// Workers for both sides in the `equal` configuration.
     #[arg(long, default_value_t = 100)]
     workers: usize,
@@ -182,6 +194,7 @@ async fn one_run(
     bin: &PathBuf,
     setting: &Setting,
     n: usize,
+    rate: Option<f64>,
     tag: &str,
 ) -> Result<RunResult, Box<dyn std::error::Error>> {
     let side_name = if side == Side::Ours { "ours" } else { "theirs" };
@@ -271,7 +284,14 @@ async fn one_run(
             let claims = claims.clone();
             let mut c = fixtures::claim(&format!("{run_id}-{i:05}"), &class, "1Mi");
             c.metadata.labels = Some(labels.clone());
-            async move { claims.create(&PostParams::default(), &c).await }
+            // At a steady rate, claim i is created i/rate seconds in.
+            let at = rate.map(|r| tokio::time::Instant::from_std(t0) + Duration::from_secs_f64(i as f64 / r));
+            async move {
+                if let Some(at) = at {
+                    tokio::time::sleep_until(at).await;
+                }
+                claims.create(&PostParams::default(), &c).await
+            }
         })
         .buffer_unordered(64)
         .try_collect::<Vec<_>>()
@@ -397,7 +417,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Setting { workers: None, qps: None, burst: None },
                 Setting { workers: None, qps: None, burst: None },
             ),
-            "equal" => (
+            "equal" | "steady" => (
                 args.claims,
                 Setting { workers: Some(args.workers), qps: Some(args.qps), burst: Some(args.burst) },
                 Setting { workers: Some(args.workers), qps: Some(args.qps), burst: Some(args.burst) },
@@ -411,7 +431,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             for side in order {
                 let (bin, setting) = if side == Side::Ours { (&ours, &mine) } else { (&theirs, &peer) };
                 let tag = format!("{stamp}-{config}-{round}");
-                let r = one_run(&client, &args, side, bin, setting, n, &tag).await?;
+                let rate = (config == "steady").then_some(args.rate);
+                let r = one_run(&client, &args, side, bin, setting, n, rate, &tag).await?;
                 by_side.entry(side).or_default().push(r);
             }
         }
