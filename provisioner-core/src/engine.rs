@@ -493,8 +493,13 @@ impl Engine {
             if lost {
                 // Another replica may start soon: stop everything now.
                 term.cancel();
-            } else if tokio::time::timeout(ctx.config.shutdown_grace, join_all(&mut workers)).await.is_err() {
-                warn!("shutdown grace period over; dropping running operations");
+            } else {
+                let grace_ends = Instant::now() + ctx.config.shutdown_grace;
+                if tokio::time::timeout_at(grace_ends, join_all(&mut workers)).await.is_err() {
+                    warn!("shutdown grace period over; dropping running operations");
+                } else if tokio::time::timeout_at(grace_ends, save_unsaved(&ctx)).await.is_err() {
+                    warn!("shutdown grace period over while saving volumes");
+                }
             }
             term.cancel();
             join_all(&mut workers).await;
@@ -701,18 +706,16 @@ where
     cached.map(|c| c.decode().map(Arc::new)).transpose()
 }
 
-/// Every object of a cache, decoded; one that does not decode is skipped with a warning.
-fn decoded_all<K>(store: &JsonStore<K>) -> Vec<K>
+/// Every object of a cache, decoded one at a time as the caller iterates (so
+/// a pass over a large cache never holds it all decoded); one that does not
+/// decode is skipped with a warning.
+fn decoded_all<K>(store: &JsonStore<K>) -> impl Iterator<Item = K> + use<K>
 where
     K: Resource<DynamicType = ()> + serde::Serialize + serde::de::DeserializeOwned,
 {
-    store
-        .state()
-        .iter()
-        .filter_map(|c| {
-            c.decode().inspect_err(|e| warn!(object = ?c, error = %e, "a cached object does not decode")).ok()
-        })
-        .collect()
+    store.state().into_iter().filter_map(|c| {
+        c.decode().inspect_err(|e| warn!(object = ?c, error = %e, "a cached object does not decode")).ok()
+    })
 }
 
 /// How long one watch request lasts before it is renewed from its last
@@ -913,8 +916,12 @@ async fn watch_volumes(
                 ctx.queue.add(&key);
             }
             // Deletions the re-list skipped over.
-            let uids: HashSet<String> = decoded_all(&ctx.volumes).iter().filter_map(|v| v.uid()).collect();
-            ctx.state().backend_deleted.retain(|_, uid| uids.contains(uid));
+            // One volume decoded at a time, and only when there is a mark to check.
+            if !ctx.state().backend_deleted.is_empty() {
+                let uids: HashSet<String> =
+                    ctx.volumes.state().iter().filter_map(|c| c.decode().ok()?.metadata.uid).collect();
+                ctx.state().backend_deleted.retain(|_, uid| uids.contains(uid));
+            }
         }
         watcher::Event::Delete(v) => {
             ctx.observed(&v.name_any(), Side::Volume, None);
@@ -1114,6 +1121,14 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Next {
             "the cache has not shown the engine's last write yet"
         );
     }
+    // A volume the backend returned and the API server has not taken yet is
+    // saved whatever the cache shows: saving is idempotent, and waiting could
+    // outlast this process (then the next one asks the backend again).
+    if ctx.state().unsaved.contains_key(key)
+        && let (Some(c), Some(k)) = (claim.clone(), class.clone())
+    {
+        return save_pending(ctx, key, &c, &k).await;
+    }
     let cache_stale = cache_behind.is_some();
     if let (Some(c), Some(k)) = (claim.as_deref(), class.as_deref()) {
         let st = ctx.state();
@@ -1244,9 +1259,8 @@ async fn provision(
         debug!(volume = key, "volume saved already; waiting for the cache");
         return Next::Done;
     }
-    if let Some(pv) = unsaved {
-        debug!(volume = key, "saving the volume the backend returned earlier");
-        return save_volume(ctx, key, &claim, &class, pv, started.elapsed()).await;
+    if unsaved.is_some() {
+        return save_pending(ctx, key, &claim, &class).await;
     }
     ctx.metrics.in_flight.inc();
     let call = ctx.provisioner.provision(&request);
@@ -1415,6 +1429,29 @@ async fn save_volume(
     );
     info!(volume = key, claim = %format!("{}/{}", claim.namespace().unwrap_or_default(), claim.name_any()), "provisioned");
     Next::Succeeded
+}
+
+/// Saves the volume the backend returned for `key` that the API server has
+/// not taken yet, if any.
+async fn save_pending(ctx: &Ctx, key: &str, claim: &PersistentVolumeClaim, class: &StorageClass) -> Next {
+    let Some(pv) = ctx.state().unsaved.get(key).cloned() else { return Next::Done };
+    debug!(volume = key, "saving the volume the backend returned earlier");
+    save_volume(ctx, key, claim, class, pv, Duration::ZERO).await
+}
+
+/// On a graceful stop, after the workers: one attempt to save each volume
+/// the backend returned and the API server has not taken yet, so the next
+/// leader need not ask the backend for it again.
+async fn save_unsaved(ctx: &Ctx) {
+    let keys: Vec<String> = ctx.state().unsaved.keys().cloned().collect();
+    for key in keys {
+        let claim_ref = ctx.state().claim_of.get(&key).cloned();
+        let claim = claim_ref.and_then(|r| ctx.claims.get_key(&r)).and_then(|c| c.decode().ok());
+        let class = claim.as_ref().and_then(decision::claim_class).and_then(|n| ctx.classes.get(&ObjectRef::new(n)));
+        if let (Some(claim), Some(class)) = (claim, class) {
+            let _ = save_pending(ctx, &key, &claim, &class).await;
+        }
+    }
 }
 
 /// Removes the intent record from the claim (and, when `reschedule`, the
