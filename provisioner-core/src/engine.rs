@@ -815,6 +815,33 @@ async fn watch_cached<K>(
     }
 }
 
+/// A re-list in progress on one watch. Its keys are queued at its InitDone,
+/// when the store swaps the listed objects in: a worker reading the store
+/// earlier would act on the state before the re-list and never look again.
+struct Relist {
+    side: Side,
+    started: Instant,
+    keys: Vec<String>,
+}
+
+impl Relist {
+    fn new(side: Side) -> Relist {
+        Relist { side, started: Instant::now(), keys: Vec::new() }
+    }
+
+    fn start(&mut self) {
+        self.started = Instant::now();
+        self.keys.clear();
+    }
+
+    fn done(&mut self, ctx: &Ctx) {
+        ctx.relisted(self.side, self.started);
+        for key in self.keys.drain(..) {
+            ctx.queue.add(&key);
+        }
+    }
+}
+
 async fn watch_claims(
     ctx: Arc<Ctx>,
     writer: JsonWriter<PersistentVolumeClaim>,
@@ -822,11 +849,7 @@ async fn watch_claims(
     stop: CancellationToken,
 ) {
     let api: Api<PersistentVolumeClaim> = Api::all(ctx.client.clone());
-    let mut relist_started = Instant::now();
-    // Keys of a re-list: queued at its InitDone, when the store swaps the
-    // listed objects in (a worker reading the store earlier would act on
-    // the state before the re-list and never look again).
-    let mut listed: Vec<String> = Vec::new();
+    let mut listing = Relist::new(Side::Claim);
     let names = ctx.names.clone();
     let keep = move |c: &PersistentVolumeClaim| decision::claim_is_relevant(c, &names);
     let feed = Feed { api, config: watch_config(ctx.config.list_page_size), what: "claim" };
@@ -837,17 +860,9 @@ async fn watch_claims(
                 ctx.queue.add(&key);
             }
         }
-        watcher::Event::InitApply(c) => listed.extend(claim_key(&ctx, &c)),
-        watcher::Event::Init => {
-            relist_started = Instant::now();
-            listed.clear();
-        }
-        watcher::Event::InitDone => {
-            ctx.relisted(Side::Claim, relist_started);
-            for key in listed.drain(..) {
-                ctx.queue.add(&key);
-            }
-        }
+        watcher::Event::InitApply(c) => listing.keys.extend(claim_key(&ctx, &c)),
+        watcher::Event::Init => listing.start(),
+        watcher::Event::InitDone => listing.done(&ctx),
         watcher::Event::Delete(c) => {
             let key = ctx.key_of_claim(&c);
             ctx.observed(&key, Side::Claim, None);
@@ -886,9 +901,7 @@ async fn watch_volumes(
     stop: CancellationToken,
 ) {
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    let mut relist_started = Instant::now();
-    // As for claims: a re-list's keys are queued once the store has them.
-    let mut listed: Vec<String> = Vec::new();
+    let mut listing = Relist::new(Side::Volume);
     let names = ctx.names.clone();
     let keep = move |v: &PersistentVolume| decision::volume_is_relevant(v, &names);
     let feed = Feed { api, config: watch_config(ctx.config.list_page_size), what: "volume" };
@@ -903,18 +916,12 @@ async fn watch_volumes(
         watcher::Event::InitApply(v) => {
             remember_claim_of(&ctx, &v);
             if decision::volume_is_relevant(&v, &ctx.names) && !ctx.is_echo(&v) {
-                listed.push(v.name_any());
+                listing.keys.push(v.name_any());
             }
         }
-        watcher::Event::Init => {
-            relist_started = Instant::now();
-            listed.clear();
-        }
+        watcher::Event::Init => listing.start(),
         watcher::Event::InitDone => {
-            ctx.relisted(Side::Volume, relist_started);
-            for key in listed.drain(..) {
-                ctx.queue.add(&key);
-            }
+            listing.done(&ctx);
             // Deletions the re-list skipped over.
             // One volume decoded at a time, and only when there is a mark to check.
             if !ctx.state().backend_deleted.is_empty() {
