@@ -856,9 +856,7 @@ async fn watch_claims(
     watch_cached(feed, writer, relist, stop, keep, |event| match event {
         watcher::Event::Apply(c) => {
             ctx.observed(&ctx.key_of_claim(&c), Side::Claim, c.resource_version().as_deref());
-            if let Some(key) = claim_key(&ctx, &c) {
-                ctx.queue.add(&key);
-            }
+            on_claim(&ctx, &c);
         }
         watcher::Event::InitApply(c) => listing.keys.extend(claim_key(&ctx, &c)),
         watcher::Event::Init => listing.start(),
@@ -1132,9 +1130,9 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Next {
     // saved whatever the cache shows: saving is idempotent, and waiting could
     // outlast this process (then the next one asks the backend again).
     if ctx.state().unsaved.contains_key(key)
-        && let (Some(c), Some(k)) = (claim.clone(), class.clone())
+        && let (Some(c), Some(k)) = (claim.as_deref(), class.as_deref())
     {
-        return save_pending(ctx, key, &c, &k).await;
+        return save_pending(ctx, key, c, k).await;
     }
     let cache_stale = cache_behind.is_some();
     if let (Some(c), Some(k)) = (claim.as_deref(), class.as_deref()) {
@@ -1253,11 +1251,9 @@ async fn provision(
     };
     let label = class_label(&class);
     let started = Instant::now();
-    let (saved_before, unsaved) = {
-        let st = ctx.state();
-        (st.saved.contains(key), st.unsaved.get(key).cloned())
-    };
-    if saved_before {
+    // (A volume the backend returned but the API server has not taken yet
+    // never gets here: `reconcile` saves it first.)
+    if ctx.state().saved.contains(key) {
         // The cache has not shown the saved volume yet, or it was deleted
         // since; either way the backend has done its part.
         if plan.finishing_only && claim.metadata.deletion_timestamp.is_some() {
@@ -1265,9 +1261,6 @@ async fn provision(
         }
         debug!(volume = key, "volume saved already; waiting for the cache");
         return Next::Done;
-    }
-    if unsaved.is_some() {
-        return save_pending(ctx, key, &claim, &class).await;
     }
     ctx.metrics.in_flight.inc();
     let call = ctx.provisioner.provision(&request);
