@@ -356,6 +356,7 @@ mod tests {
             claim: Arc::new(fixtures::claim("ns", "data", "1").request(size).build()),
             class: Arc::new(class.build()),
             selected_node: node.map(str::to_string),
+            data_source: None,
         }
     }
 

@@ -1,18 +1,39 @@
-//! What to do about one volume: a pure function of object snapshots.
+//! The claim lifecycle: every rule of what the engine does about one volume,
+//! as pure functions of object snapshots and the engine's memory of the volume.
 //!
 //! The engine keys all work by PersistentVolume name, so the claim path and
 //! the delete path of one volume are decided together and never run at once.
-//! [`decide`] looks at the claim, the volume and the class as last seen (plus
+//! [`decide`] looks at the claim, the volume and the class as last seen, at
 //! whether the cache still shows the state from before the engine's own last
-//! write) and returns a [`Decision`]; it does no I/O, so every case is a
-//! plain unit test.
+//! write, and at the engine's [`Memory`] of the volume (a volume returned but
+//! not saved yet, a backend already deleted, a warning already given, a claim
+//! given up on), and returns a [`Decision`]. [`after_provision_error`] and
+//! [`after_delete_error`] say what follows a provisioner's answer: the event,
+//! the metric and the next step. None of them does I/O, so every rule is a
+//! plain unit test and the property tests below cover them all.
+//!
+//! # Which volumes are ours
+//! Only a PV whose `pv.kubernetes.io/provisioned-by` is one of our provisioner
+//! names ([`volume_is_ours`]). The deletion finalizer
+//! [`keys::VOLUME_FINALIZER`] is shared with every CSI external-provisioner
+//! and the Go library, so its presence says nothing about ownership: a PV
+//! that is not ours is never cached, written, deleted or handed to the backend.
+//!
+//! # Deleting
+//! A backend is deleted when its PV is ours, has the `Delete` policy, the
+//! provisioner's delete filter takes it, and either the PV is `Released`, or
+//! the PV is being deleted and is no longer bound to a claim that exists: a
+//! `kubectl delete pv` on a Bound volume leaves it Terminating until its claim
+//! is gone, so storage is never pulled from under running pods.
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::ResourceExt;
 
+use crate::events::EventType;
 use crate::keys;
-use crate::provisioner::Provisioner;
+use crate::memory::Memory;
+use crate::provisioner::{DataSource, DeleteError, ProvisionError, Provisioner};
 
 /// The objects that one decision looks at.
 #[derive(Clone, Copy, Debug, Default)]
@@ -28,6 +49,20 @@ pub struct Snapshot<'a> {
     pub cache_stale: bool,
 }
 
+/// What a decision knows of the engine: its names, its provisioner's hooks
+/// and its options.
+#[derive(Clone, Copy)]
+pub struct Rules<'a> {
+    /// The provisioner names the engine answers to.
+    pub names: &'a Names,
+    /// The provisioner, for its filters and capabilities (never called here).
+    pub provisioner: &'a dyn Provisioner,
+    /// Whether our Delete-policy volumes carry [`keys::VOLUME_FINALIZER`].
+    pub finalizer: bool,
+    /// Give up on a claim after this many failed attempts (`None`: never).
+    pub give_up_after: Option<u32>,
+}
+
 /// What the engine should do next for one volume.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -40,28 +75,29 @@ pub enum Decision {
     WaitForClass(String),
     /// Call [`Provisioner::provision`] and save the volume.
     Provision(ProvisionPlan),
-    /// The claim asks for a block volume that the provisioner cannot make:
-    /// one warning, no retry.
-    RejectBlock,
+    /// Save the volume the backend returned earlier, which the API server has
+    /// not taken yet, without asking the backend again.
+    SaveVolume,
+    /// The claim asks for something this provisioner cannot give: one
+    /// `ProvisioningFailed` warning, no volume, no retry.
+    Refuse(Refusal),
     /// The volume records the backend now, or nothing was ever created:
-    /// remove the engine's intent finalizer from the claim.
-    ReleaseClaim,
-    /// Delete the backend volume, then (if `delete_object`) the PV object,
-    /// then the PV's finalizer.
-    DeleteBackend {
-        /// Whether the PV object itself must still be deleted (it is not yet
-        /// being deleted).
-        delete_object: bool,
-    },
-    /// The PV is being deleted and its backend is not ours to delete (or is
-    /// kept): only remove the engine's finalizer.
+    /// remove the engine's intent record from the claim.
+    RemoveIntent,
+    /// Delete the backend volume and the PV object, as the plan says, then
+    /// remove the PV's finalizer.
+    Delete(DeletePlan),
+    /// Our Delete-policy volume lacks the deletion finalizer: add it.
+    AddVolumeFinalizer,
+    /// Remove our deletion finalizer and touch nothing else: the PV keeps its
+    /// backend (`Retain`).
     RemoveVolumeFinalizer,
 }
 
 /// Why [`Decision::Idle`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdleReason {
-    /// Neither claim nor volume exists.
+    /// Neither claim nor volume exists: the engine may forget the volume.
     Nothing,
     /// The claim is bound or pre-bound to a volume.
     ClaimBound,
@@ -69,10 +105,23 @@ pub enum IdleReason {
     ClaimDeleting,
     /// The claim is not annotated for one of this engine's provisioner names.
     NotOurs,
+    /// The volume was not provisioned under one of our names: never touched.
+    VolumeNotOurs,
     /// A `WaitForFirstConsumer` claim has no selected node yet.
     WaitingForNode,
-    /// The provisioner's `should_provision` filter declined the claim.
+    /// The provisioner's `should_provision` or `should_delete` filter declined.
     Filtered,
+    /// The claim asks for contents from a kind only a volume populator knows.
+    Populator,
+    /// The claim was refused and warned about already.
+    Refused,
+    /// The engine gave up on the claim; a change to it or its class retries.
+    GaveUp,
+    /// This process saved the volume; the cache has not shown it yet.
+    Saved,
+    /// The volume is being deleted but its claim still exists: its backend
+    /// waits until the claim is gone.
+    ClaimStillExists,
     /// The volume exists and needs nothing now.
     VolumeSettled,
 }
@@ -84,11 +133,53 @@ pub struct ProvisionPlan {
     pub pv_name: String,
     /// The node handed to the provisioner.
     pub selected_node: Option<String>,
+    /// The contents the claim asks for, handed to the provisioner.
+    pub data_source: Option<DataSource>,
     /// The claim has no intent record yet: write it before calling the backend.
     pub record_intent: bool,
     /// The claim is going away (or bound elsewhere): the call only finishes
     /// work that may have started, so the backend can then be cleaned up.
     pub finishing_only: bool,
+}
+
+/// The details of a [`Decision::Delete`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeletePlan {
+    /// Call [`Provisioner::delete`] (`false`: this process deleted the
+    /// backend already, a later write failed).
+    pub call_backend: bool,
+    /// Delete the PV object (`false`: it is being deleted already).
+    pub delete_object: bool,
+}
+
+/// Why a claim gets no volume, with one warning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `volumeMode: Block` from a provisioner without block support.
+    Block,
+    /// `spec.selector`: the claim asks for an existing volume.
+    Selector,
+    /// A clone or snapshot restore the provisioner cannot make.
+    DataSource(DataSource),
+}
+
+impl Refusal {
+    /// The `ProvisioningFailed` message, for a claim of provisioner name `provisioner`.
+    ///
+    /// ```
+    /// use provisioner_core::decision::Refusal;
+    /// assert_eq!(Refusal::Selector.message("example.com/x"), "claim Selector is not supported");
+    /// ```
+    pub fn message(&self, provisioner: &str) -> String {
+        match self {
+            Refusal::Block => format!("{provisioner} does not support block volume provisioning"),
+            Refusal::Selector => "claim Selector is not supported".to_string(),
+            Refusal::DataSource(ds) => format!(
+                "{provisioner} does not support provisioning from data source {ds}; \
+                 the claim gets no volume rather than an empty one"
+            ),
+        }
+    }
 }
 
 /// The provisioner names one engine answers to.
@@ -157,10 +248,38 @@ pub fn claim_is_relevant(claim: &PersistentVolumeClaim, names: &Names) -> bool {
     has_intent(claim, names) || claim_provisioner(claim).is_some_and(|p| names.contains(p))
 }
 
-/// Whether the engine has any business with this volume.
-pub fn volume_is_relevant(volume: &PersistentVolume, names: &Names) -> bool {
-    has_finalizer(volume, keys::VOLUME_FINALIZER)
-        || annotation(volume, keys::PROVISIONED_BY).is_some_and(|p| names.contains(p))
+/// Whether the volume is ours: provisioned under one of `names`. Only such
+/// volumes are cached, written or handed to the backend.
+///
+/// ```
+/// use provisioner_core::decision::{volume_is_ours, Names};
+/// use provisioner_core::fixtures::{claim, volume};
+/// let names = Names::new("example.com/x", Vec::<String>::new());
+/// let c = claim("ns", "data", "u1").build();
+/// assert!(volume_is_ours(&volume("pvc-u1", "example.com/x", &c).build(), &names));
+/// // Another provisioner's volume carries the same finalizer: still not ours.
+/// assert!(!volume_is_ours(&volume("pvc-u2", "csi.example.com", &c).build(), &names));
+/// ```
+pub fn volume_is_ours(volume: &PersistentVolume, names: &Names) -> bool {
+    annotation(volume, keys::PROVISIONED_BY).is_some_and(|p| names.contains(p))
+}
+
+/// Whether the volume is bound to a claim that exists: its phase says
+/// `Bound`, or `claim` (the claim its key names, if cached) is the one its
+/// `claimRef` names and is not bound to another volume (the binder releases
+/// a volume whose claim went to another).
+pub fn bound_to_existing_claim(volume: &PersistentVolume, claim: Option<&PersistentVolumeClaim>) -> bool {
+    let phase_bound = volume.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    let claims_it = |c: &PersistentVolumeClaim| {
+        let bound_to = c.spec.as_ref().and_then(|s| s.volume_name.as_deref()).unwrap_or_default();
+        refers_to(volume, c) && (bound_to.is_empty() || Some(bound_to) == volume.metadata.name.as_deref())
+    };
+    phase_bound || claim.is_some_and(claims_it)
+}
+
+fn refers_to(volume: &PersistentVolume, claim: &PersistentVolumeClaim) -> bool {
+    let uid = volume.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.uid.as_deref());
+    uid.is_some() && uid == claim.metadata.uid.as_deref()
 }
 
 fn annotation<'a, K: ResourceExt>(obj: &'a K, key: &str) -> Option<&'a str> {
@@ -175,11 +294,23 @@ fn deleting<K: ResourceExt>(obj: &K) -> bool {
     obj.meta().deletion_timestamp.is_some()
 }
 
+fn bound(claim: &PersistentVolumeClaim) -> bool {
+    claim.spec.as_ref().and_then(|s| s.volume_name.as_deref()).is_some_and(|v| !v.is_empty())
+}
+
+fn has_selector(claim: &PersistentVolumeClaim) -> bool {
+    claim.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some_and(|sel| {
+        sel.match_labels.as_ref().is_some_and(|m| !m.is_empty())
+            || sel.match_expressions.as_ref().is_some_and(|e| !e.is_empty())
+    })
+}
+
 /// Decides what to do about the volume named `pv_name`.
 ///
 /// ```
-/// use provisioner_core::decision::{decide, Decision, Names, Snapshot};
+/// use provisioner_core::decision::{decide, Decision, Names, Rules, Snapshot};
 /// use provisioner_core::fixtures::{claim, class};
+/// use provisioner_core::memory::Memory;
 /// # use provisioner_core::{DeleteError, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
 /// # use k8s_openapi::api::core::v1::PersistentVolume;
 /// # struct P;
@@ -189,27 +320,52 @@ fn deleting<K: ResourceExt>(obj: &K) -> bool {
 /// #     async fn delete(&self, _: &PersistentVolume) -> Result<(), DeleteError> { unimplemented!() }
 /// # }
 /// let names = Names::new("example.com/x", Vec::<String>::new());
+/// let rules = Rules { names: &names, provisioner: &P, finalizer: true, give_up_after: None };
 /// let c = claim("ns", "data", "u1").class("fast").provisioner("example.com/x").build();
 /// let k = class("fast", "example.com/x").build();
 /// let snap = Snapshot { claim: Some(&c), class: Some(&k), ..Default::default() };
-/// assert!(matches!(decide("pvc-u1", &snap, &names, &P), Decision::Provision(p) if p.record_intent));
+/// assert!(matches!(decide("pvc-u1", &snap, &Memory::default(), &rules), Decision::Provision(p) if p.record_intent));
 /// ```
-pub fn decide(pv_name: &str, snap: &Snapshot<'_>, names: &Names, provisioner: &dyn Provisioner) -> Decision {
+pub fn decide(pv_name: &str, snap: &Snapshot<'_>, memory: &Memory, rules: &Rules<'_>) -> Decision {
+    // A volume the backend returned and the API server has not taken yet is
+    // saved whatever the cache shows: saving is idempotent, and waiting could
+    // outlast this process (then the next one asks the backend again).
+    if memory.unsaved.is_some() && snap.claim.is_some() && snap.class.is_some() {
+        return Decision::SaveVolume;
+    }
     if snap.cache_stale {
         return Decision::WaitForCache;
     }
     if let Some(volume) = snap.volume {
-        return decide_existing_volume(volume, snap.claim, names, provisioner);
+        return decide_existing_volume(volume, snap.claim, memory, rules);
     }
     let Some(claim) = snap.claim else {
         return Decision::Idle(IdleReason::Nothing);
     };
+    let names = rules.names;
+    let provisioner = rules.provisioner;
+    let intent = has_intent(claim, names);
+    if memory.saved {
+        // The cache has not shown the saved volume yet, or it was deleted
+        // since; either way the backend has done its part.
+        if intent && deleting(claim) {
+            return Decision::RemoveIntent;
+        }
+        return Decision::Idle(IdleReason::Saved);
+    }
+    if let (Some((claim_rv, class_rv)), Some(class)) = (&memory.given_up, snap.class)
+        && !intent
+        && claim.resource_version().as_ref() == Some(claim_rv)
+        && class.resource_version().as_ref() == Some(class_rv)
+    {
+        return Decision::Idle(IdleReason::GaveUp);
+    }
     let node = selected_node(claim).map(str::to_string);
 
-    if has_intent(claim, names) {
+    if intent {
         // A backend volume may exist and no PV records it: finish the work
         // whatever happened to the claim, so it can be saved and then cleaned
-        // up through the normal release path.
+        // up through the normal delete path.
         let Some(class) = snap.class else {
             return Decision::WaitForClass(claim_class(claim).unwrap_or_default().to_string());
         };
@@ -219,12 +375,13 @@ pub fn decide(pv_name: &str, snap: &Snapshot<'_>, names: &Names, provisioner: &d
         if !provisioner.should_provision(claim, class) {
             return Decision::Idle(IdleReason::Filtered);
         }
-        let finishing_only = deleting(claim) || bound(claim);
         return Decision::Provision(ProvisionPlan {
             pv_name: pv_name.into(),
             selected_node: node,
+            // The record was written for a source the provisioner took.
+            data_source: DataSource::of_claim(claim),
             record_intent: false,
-            finishing_only,
+            finishing_only: deleting(claim) || bound(claim),
         });
     }
     if deleting(claim) {
@@ -242,417 +399,224 @@ pub fn decide(pv_name: &str, snap: &Snapshot<'_>, names: &Names, provisioner: &d
     if class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer") && node.is_none() {
         return Decision::Idle(IdleReason::WaitingForNode);
     }
-    if claim.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block") && !provisioner.supports_block(class)
-    {
-        return Decision::RejectBlock;
-    }
+    // The filter first: where several instances share a name, only the
+    // claim's own instance refuses it.
     if !provisioner.should_provision(claim, class) {
         return Decision::Idle(IdleReason::Filtered);
+    }
+    let data_source = DataSource::of_claim(claim);
+    let refusal = if has_selector(claim) {
+        Some(Refusal::Selector)
+    } else if let Some(ds) = data_source.as_ref().filter(|ds| !provisioner.supports_data_source(ds, class)) {
+        if !ds.is_provisioner_business() {
+            // A volume populator fills this claim; it is not ours to answer.
+            return Decision::Idle(IdleReason::Populator);
+        }
+        Some(Refusal::DataSource(ds.clone()))
+    } else if claim.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block")
+        && !provisioner.supports_block(class)
+    {
+        Some(Refusal::Block)
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
+        if memory.warned.is_some() && memory.warned.as_deref() == claim.metadata.uid.as_deref() {
+            return Decision::Idle(IdleReason::Refused);
+        }
+        return Decision::Refuse(refusal);
     }
     Decision::Provision(ProvisionPlan {
         pv_name: pv_name.into(),
         selected_node: node,
+        data_source,
         record_intent: true,
         finishing_only: false,
     })
 }
 
-fn bound(claim: &PersistentVolumeClaim) -> bool {
-    claim.spec.as_ref().and_then(|s| s.volume_name.as_deref()).is_some_and(|v| !v.is_empty())
-}
-
 fn decide_existing_volume(
     volume: &PersistentVolume,
     claim: Option<&PersistentVolumeClaim>,
-    names: &Names,
-    provisioner: &dyn Provisioner,
+    memory: &Memory,
+    rules: &Rules<'_>,
 ) -> Decision {
-    let ours = annotation(volume, keys::PROVISIONED_BY).is_some_and(|p| names.contains(p));
-    let spec = volume.spec.as_ref();
+    if !volume_is_ours(volume, rules.names) {
+        return Decision::Idle(IdleReason::VolumeNotOurs);
+    }
     let policy_delete =
-        spec.and_then(|s| s.persistent_volume_reclaim_policy.as_deref()).unwrap_or("Delete") == "Delete";
+        volume.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.as_deref()).unwrap_or("Delete")
+            == "Delete";
+    let finalizer = has_finalizer(volume, keys::VOLUME_FINALIZER);
 
     // The PV now records the backend, so the claim's intent record has done
     // its job. It is removed lazily, once the claim is going away, which
     // keeps the normal path at one claim write.
-    if let Some(claim) = claim {
-        let refers_to_claim =
-            spec.and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.uid.as_deref()) == claim.uid().as_deref();
-        if has_intent(claim, names) && refers_to_claim && deleting(claim) {
-            return Decision::ReleaseClaim;
-        }
+    if let Some(claim) = claim
+        && has_intent(claim, rules.names)
+        && refers_to(volume, claim)
+        && deleting(claim)
+    {
+        return Decision::RemoveIntent;
     }
-
+    if !policy_delete {
+        // The backend is kept: our finalizer has no work to guard.
+        return if finalizer { Decision::RemoveVolumeFinalizer } else { Decision::Idle(IdleReason::VolumeSettled) };
+    }
+    // From here on the backend goes with the volume; only the instance whose
+    // delete filter takes the volume acts on it.
+    if !rules.provisioner.should_delete(volume) {
+        return Decision::Idle(IdleReason::Filtered);
+    }
+    let call_backend = !memory.backend_deleted_for(volume.metadata.uid.as_deref());
     if deleting(volume) {
-        if !has_finalizer(volume, keys::VOLUME_FINALIZER) {
+        if !finalizer {
             return Decision::Idle(IdleReason::VolumeSettled);
         }
-        if ours && policy_delete && provisioner.should_delete(volume) {
-            return Decision::DeleteBackend { delete_object: false };
+        if bound_to_existing_claim(volume, claim) {
+            return Decision::Idle(IdleReason::ClaimStillExists);
         }
-        return Decision::RemoveVolumeFinalizer;
+        return Decision::Delete(DeletePlan { call_backend, delete_object: false });
     }
     let released = volume.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
-    if released && ours && policy_delete && provisioner.should_delete(volume) {
-        return Decision::DeleteBackend { delete_object: true };
+    if released {
+        // The binder releases a volume once its claim is gone; a cache that
+        // still shows the claim is behind, and its deletion event requeues.
+        if bound_to_existing_claim(volume, claim) {
+            return Decision::Idle(IdleReason::ClaimStillExists);
+        }
+        return Decision::Delete(DeletePlan { call_backend, delete_object: true });
+    }
+    if rules.finalizer && !finalizer {
+        return Decision::AddVolumeFinalizer;
     }
     Decision::Idle(IdleReason::VolumeSettled)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fixtures::{claim, class, volume};
-    use crate::provisioner::{DeleteError, ProvisionError, ProvisionRequest, ProvisionedVolume};
-    use proptest::prelude::*;
+/// An event the engine should publish about the claim or volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// Normal or Warning.
+    pub type_: EventType,
+    /// The event reason (`ProvisioningFailed`, ...).
+    pub reason: &'static str,
+    /// The message.
+    pub message: String,
+}
 
-    const NAME: &str = "example.com/x";
-
-    #[derive(Default)]
-    struct Hooks {
-        block: bool,
-        refuse_claims: bool,
-        refuse_deletes: bool,
+impl Note {
+    fn warning(reason: &'static str, message: String) -> Note {
+        Note { type_: EventType::Warning, reason, message }
     }
+}
 
-    #[async_trait::async_trait]
-    impl Provisioner for Hooks {
-        async fn provision(&self, _: &ProvisionRequest) -> Result<ProvisionedVolume, ProvisionError> {
-            Err(ProvisionError::Final("not called by decide".into()))
+/// What happens to the volume's key after a failed or unfinished call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    /// Retry with backoff, counting a failure.
+    Retry,
+    /// Retry after the slow infeasible delay (a class change retries at once).
+    RetryInfeasible,
+    /// Nothing more until something changes.
+    Done,
+    /// Remove the claim's intent record (and with `reschedule`, its selected
+    /// node, so the scheduler picks another).
+    RemoveIntent {
+        /// Also remove the selected node.
+        reschedule: bool,
+    },
+    /// Stop retrying until the claim or its class changes.
+    GiveUp,
+}
+
+/// The consequences of a provisioner's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FollowUp {
+    /// The event to publish, if any.
+    pub note: Option<Note>,
+    /// Whether the failure counts in the `..._failed_total` metric.
+    pub counts_as_failure: bool,
+    /// What the key does next.
+    pub then: Then,
+}
+
+/// What follows `provision()` answering `err` for `plan`, the claim `claim`
+/// (`namespace/name`) having failed `failures` times before.
+///
+/// ```
+/// use provisioner_core::decision::{after_provision_error, ProvisionPlan, Then};
+/// use provisioner_core::ProvisionError;
+/// let plan = ProvisionPlan { pv_name: "pvc-1".into(), selected_node: None, data_source: None, record_intent: true, finishing_only: false };
+/// let f = after_provision_error(&ProvisionError::Final("no space".into()), &plan, "ns/data", 2, Some(3));
+/// assert_eq!(f.then, Then::GiveUp);
+/// ```
+pub fn after_provision_error(
+    err: &ProvisionError,
+    plan: &ProvisionPlan,
+    claim: &str,
+    failures: u32,
+    give_up_after: Option<u32>,
+) -> FollowUp {
+    let quiet = |then| FollowUp { note: None, counts_as_failure: false, then };
+    let failed = |note, then| FollowUp { note: Some(note), counts_as_failure: true, then };
+    match err {
+        ProvisionError::InProgress(_) => FollowUp {
+            note: (failures == 0).then(|| Note {
+                type_: EventType::Normal,
+                reason: "Provisioning",
+                message: format!("External provisioner is provisioning volume for claim \"{claim}\""),
+            }),
+            counts_as_failure: false,
+            then: Then::Retry,
+        },
+        // Not this instance's claim: its record, if any, belongs to the
+        // instance that wrote it (another node's, another shard's).
+        ProvisionError::Ignored => quiet(Then::Done),
+        // Nothing was created and the claim is going away: let it go.
+        _ if plan.finishing_only => quiet(Then::RemoveIntent { reschedule: false }),
+        ProvisionError::Reschedule(msg) if plan.selected_node.is_some() => failed(
+            Note::warning("ProvisioningFailed", format!("{msg}; asking the scheduler for another node")),
+            Then::RemoveIntent { reschedule: true },
+        ),
+        ProvisionError::Infeasible(msg) => {
+            failed(Note::warning("ProvisioningFailed", msg.clone()), Then::RetryInfeasible)
         }
-        async fn delete(&self, _: &PersistentVolume) -> Result<(), DeleteError> {
-            Err(DeleteError::Failed("not called by decide".into()))
-        }
-        fn supports_block(&self, _: &StorageClass) -> bool {
-            self.block
-        }
-        fn should_provision(&self, _: &PersistentVolumeClaim, _: &StorageClass) -> bool {
-            !self.refuse_claims
-        }
-        fn should_delete(&self, _: &PersistentVolume) -> bool {
-            !self.refuse_deletes
-        }
-    }
-
-    fn names() -> Names {
-        Names::new(NAME, ["example.com/second"])
-    }
-
-    fn ours() -> crate::fixtures::ClaimBuilder {
-        claim("ns", "data", "u1").class("fast").provisioner(NAME)
-    }
-
-    fn run(c: Option<&PersistentVolumeClaim>, v: Option<&PersistentVolume>, k: Option<&StorageClass>) -> Decision {
-        decide("pvc-u1", &Snapshot { claim: c, volume: v, class: k, cache_stale: false }, &names(), &Hooks::default())
-    }
-
-    fn plan(record_intent: bool, finishing_only: bool, node: Option<&str>) -> Decision {
-        Decision::Provision(ProvisionPlan {
-            pv_name: "pvc-u1".into(),
-            selected_node: node.map(Into::into),
-            record_intent,
-            finishing_only,
-        })
-    }
-
-    #[test]
-    fn annotated_claim_with_immediate_class_is_provisioned_with_an_intent_record() {
-        let k = class("fast", NAME).build();
-        assert_eq!(run(Some(&ours().build()), None, Some(&k)), plan(true, false, None));
-    }
-
-    #[test]
-    fn additional_provisioner_names_are_ours_too() {
-        let c = claim("ns", "data", "u1").class("fast").provisioner("example.com/second").build();
-        let k = class("fast", "example.com/second").build();
-        assert_eq!(run(Some(&c), None, Some(&k)), plan(true, false, None));
-    }
-
-    #[test]
-    fn beta_provisioner_annotation_is_a_fallback() {
-        let c = claim("ns", "data", "u1").class("fast").annotation(keys::BETA_STORAGE_PROVISIONER, NAME).build();
-        let k = class("fast", NAME).build();
-        assert_eq!(run(Some(&c), None, Some(&k)), plan(true, false, None));
-    }
-
-    #[test]
-    fn claims_of_other_provisioners_are_not_ours() {
-        let c = claim("ns", "data", "u1").class("fast").provisioner("other.io/x").build();
-        let k = class("fast", "other.io/x").build();
-        assert_eq!(run(Some(&c), None, Some(&k)), Decision::Idle(IdleReason::NotOurs));
-    }
-
-    #[test]
-    fn legacy_class_annotation_wins_over_the_spec_field() {
-        let c = claim("ns", "data", "u1").class("spec-class").legacy_class("general").build();
-        assert_eq!(claim_class(&c), Some("general"));
-    }
-
-    #[test]
-    fn claim_whose_class_is_missing_waits_for_the_class() {
-        assert_eq!(run(Some(&ours().build()), None, None), Decision::WaitForClass("fast".into()));
-    }
-
-    #[test]
-    fn wait_for_first_consumer_claim_waits_for_a_selected_node() {
-        let k = class("fast", NAME).wait_for_first_consumer().build();
-        assert_eq!(run(Some(&ours().build()), None, Some(&k)), Decision::Idle(IdleReason::WaitingForNode));
-        let c = ours().selected_node("node-a").build();
-        assert_eq!(run(Some(&c), None, Some(&k)), plan(true, false, Some("node-a")));
-        let alpha = ours().annotation(keys::ALPHA_SELECTED_NODE, "node-b").build();
-        assert_eq!(run(Some(&alpha), None, Some(&k)), plan(true, false, Some("node-b")));
-    }
-
-    #[test]
-    fn block_claim_is_rejected_unless_the_provisioner_supports_block() {
-        let k = class("fast", NAME).build();
-        let c = ours().block().build();
-        assert_eq!(run(Some(&c), None, Some(&k)), Decision::RejectBlock);
-        let snap = Snapshot { claim: Some(&c), class: Some(&k), ..Default::default() };
-        let d = decide("pvc-u1", &snap, &names(), &Hooks { block: true, ..Default::default() });
-        assert_eq!(d, plan(true, false, None));
-    }
-
-    #[test]
-    fn provisioner_filter_can_decline_a_claim() {
-        let k = class("fast", NAME).build();
-        let c = ours().build();
-        let snap = Snapshot { claim: Some(&c), class: Some(&k), ..Default::default() };
-        let d = decide("pvc-u1", &snap, &names(), &Hooks { refuse_claims: true, ..Default::default() });
-        assert_eq!(d, Decision::Idle(IdleReason::Filtered));
-    }
-
-    #[test]
-    fn bound_and_deleting_claims_without_intent_are_left_alone() {
-        let k = class("fast", NAME).build();
-        assert_eq!(
-            run(Some(&ours().volume_name("pv-x").build()), None, Some(&k)),
-            Decision::Idle(IdleReason::ClaimBound)
-        );
-        assert_eq!(run(Some(&ours().deleting().build()), None, Some(&k)), Decision::Idle(IdleReason::ClaimDeleting));
-    }
-
-    #[test]
-    fn claim_deleted_after_intent_is_finished_so_the_backend_can_be_cleaned_up() {
-        let k = class("fast", NAME).build();
-        let c = ours().intent_of(NAME, "pvc-u1").deleting().build();
-        assert_eq!(run(Some(&c), None, Some(&k)), plan(false, true, None));
-    }
-
-    #[test]
-    fn claim_with_intent_is_provisioned_without_a_second_record() {
-        let k = class("fast", NAME).build();
-        assert_eq!(run(Some(&ours().intent_of(NAME, "pvc-u1").build()), None, Some(&k)), plan(false, false, None));
-    }
-
-    #[test]
-    fn intent_recorded_by_another_provisioners_engine_is_not_ours() {
-        let k = class("fast", "other.io/x").build();
-        let c =
-            claim("ns", "data", "u1").class("fast").provisioner("other.io/x").intent_of("other.io/x", "pvc-u1").build();
-        assert!(!claim_is_relevant(&c, &names()));
-        assert_eq!(run(Some(&c.clone()), None, Some(&k)), Decision::Idle(IdleReason::NotOurs));
-        let deleting = claim("ns", "data", "u1").class("fast").intent_of("other.io/x", "pvc-u1").deleting().build();
-        assert_eq!(run(Some(&deleting), None, Some(&k)), Decision::Idle(IdleReason::ClaimDeleting));
-    }
-
-    #[test]
-    fn intent_of_a_claim_another_instance_owns_is_left_alone() {
-        let k = class("fast", NAME).build();
-        let c = ours().intent_of(NAME, "pvc-u1").deleting().build();
-        let snap = Snapshot { claim: Some(&c), class: Some(&k), ..Default::default() };
-        let d = decide("pvc-u1", &snap, &names(), &Hooks { refuse_claims: true, ..Default::default() });
-        assert_eq!(d, Decision::Idle(IdleReason::Filtered));
-    }
-
-    #[test]
-    fn existing_volume_is_never_provisioned_again() {
-        let k = class("fast", NAME).build();
-        let c = ours().intent_of(NAME, "pvc-u1").build();
-        let v = volume("pvc-u1", NAME, &c).phase("Pending").build();
-        assert_eq!(run(Some(&c), Some(&v), Some(&k)), Decision::Idle(IdleReason::VolumeSettled));
-    }
-
-    #[test]
-    fn deleting_claim_with_a_saved_volume_releases_its_intent() {
-        let c = ours().intent_of(NAME, "pvc-u1").deleting().build();
-        let v = volume("pvc-u1", NAME, &c).build();
-        assert_eq!(run(Some(&c), Some(&v), None), Decision::ReleaseClaim);
-    }
-
-    #[test]
-    fn released_volume_with_delete_policy_is_deleted() {
-        let c = ours().build();
-        let v = volume("pvc-u1", NAME, &c).phase("Released").build();
-        assert_eq!(run(None, Some(&v), None), Decision::DeleteBackend { delete_object: true });
-    }
-
-    #[test]
-    fn released_volume_with_retain_policy_is_kept() {
-        let c = ours().build();
-        let v = volume("pvc-u1", NAME, &c).phase("Released").reclaim_policy("Retain").build();
-        assert_eq!(run(None, Some(&v), None), Decision::Idle(IdleReason::VolumeSettled));
-    }
-
-    #[test]
-    fn released_volume_of_another_provisioner_is_not_deleted() {
-        let c = ours().build();
-        let v = volume("pvc-u1", "other.io/x", &c).phase("Released").build();
-        assert_eq!(run(None, Some(&v), None), Decision::Idle(IdleReason::VolumeSettled));
-    }
-
-    #[test]
-    fn delete_filter_can_keep_a_released_volume() {
-        let c = ours().build();
-        let v = volume("pvc-u1", NAME, &c).phase("Released").build();
-        let snap = Snapshot { volume: Some(&v), ..Default::default() };
-        let d = decide("pvc-u1", &snap, &names(), &Hooks { refuse_deletes: true, ..Default::default() });
-        assert_eq!(d, Decision::Idle(IdleReason::VolumeSettled));
-    }
-
-    #[test]
-    fn volume_deleted_before_its_claim_has_its_backend_deleted() {
-        let c = ours().build();
-        let v = volume("pvc-u1", NAME, &c).deleting().build();
-        assert_eq!(run(Some(&c), Some(&v), None), Decision::DeleteBackend { delete_object: false });
-    }
-
-    #[test]
-    fn deleted_retain_volume_only_loses_the_finalizer() {
-        let c = ours().build();
-        let v = volume("pvc-u1", NAME, &c).deleting().reclaim_policy("Retain").build();
-        assert_eq!(run(Some(&c), Some(&v), None), Decision::RemoveVolumeFinalizer);
-    }
-
-    #[test]
-    fn stale_cache_waits() {
-        let k = class("fast", NAME).build();
-        let c = ours().build();
-        let snap = Snapshot { claim: Some(&c), class: Some(&k), cache_stale: true, ..Default::default() };
-        assert_eq!(decide("pvc-u1", &snap, &names(), &Hooks::default()), Decision::WaitForCache);
-    }
-
-    fn arb_claim() -> impl Strategy<Value = Option<PersistentVolumeClaim>> {
-        (
-            any::<bool>(),
-            prop_oneof![Just(None), Just(Some(NAME)), Just(Some("other.io/x"))],
-            any::<bool>(),
-            any::<bool>(),
-            any::<bool>(),
-            prop_oneof![Just(None), Just(Some(NAME)), Just(Some("other.io/x"))],
-            any::<bool>(),
-            any::<bool>(),
-        )
-            .prop_map(|(exists, prov, node, bound, deleting, intent, block, legacy)| {
-                exists.then(|| {
-                    let mut b = claim("ns", "data", "u1");
-                    b = if legacy { b.legacy_class("fast") } else { b.class("fast") };
-                    if let Some(p) = prov {
-                        b = b.provisioner(p);
-                    }
-                    if node {
-                        b = b.selected_node("n1");
-                    }
-                    if bound {
-                        b = b.volume_name("pv-other");
-                    }
-                    if deleting {
-                        b = b.deleting();
-                    }
-                    if let Some(owner) = intent {
-                        b = b.intent_of(owner, "pvc-u1");
-                    }
-                    if block {
-                        b = b.block();
-                    }
-                    b.build()
-                })
-            })
-    }
-
-    fn arb_volume() -> impl Strategy<Value = Option<PersistentVolume>> {
-        (
-            any::<bool>(),
-            prop_oneof![Just("Pending"), Just("Bound"), Just("Released"), Just("Failed")],
-            prop_oneof![Just("Delete"), Just("Retain")],
-            prop_oneof![Just(NAME), Just("other.io/x")],
-            any::<bool>(),
-            any::<bool>(),
-        )
-            .prop_map(|(exists, phase, policy, by, deleting, finalizer)| {
-                exists.then(|| {
-                    let c = claim("ns", "data", "u1").build();
-                    let mut b = volume("pvc-u1", by, &c).phase(phase).reclaim_policy(policy);
-                    if deleting {
-                        b = b.deleting();
-                    }
-                    if !finalizer {
-                        b = b.without_finalizers();
-                    }
-                    b.build()
-                })
-            })
-    }
-
-    fn arb_class() -> impl Strategy<Value = Option<StorageClass>> {
-        (any::<bool>(), any::<bool>()).prop_map(|(exists, wffc)| {
-            exists.then(|| {
-                let b = class("fast", NAME);
-                if wffc { b.wait_for_first_consumer().build() } else { b.build() }
-            })
-        })
-    }
-
-    proptest! {
-        #[test]
-        fn an_existing_volume_is_never_provisioned_again(c in arb_claim(), v in arb_volume(), k in arb_class(), block in any::<bool>()) {
-            let d = decide("pvc-u1", &Snapshot { claim: c.as_ref(), volume: v.as_ref(), class: k.as_ref(), cache_stale: false }, &names(), &Hooks { block, ..Default::default() });
-            if v.is_some() {
-                prop_assert!(!matches!(d, Decision::Provision(_)), "provisioned over an existing volume: {d:?}");
-            }
-        }
-
-        #[test]
-        fn provisioning_starts_only_for_live_unbound_claims_of_ours(c in arb_claim(), k in arb_class(), block in any::<bool>()) {
-            let d = decide("pvc-u1", &Snapshot { claim: c.as_ref(), volume: None, class: k.as_ref(), cache_stale: false }, &names(), &Hooks { block, ..Default::default() });
-            if let Decision::Provision(plan) = &d {
-                let c = c.as_ref().expect("a plan needs a claim");
-                if plan.record_intent {
-                    prop_assert!(c.metadata.deletion_timestamp.is_none());
-                    prop_assert!(!bound(c));
-                    prop_assert_eq!(claim_provisioner(c), Some(NAME));
-                    let k = k.as_ref().expect("a plan needs a class");
-                    if k.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer") {
-                        prop_assert!(plan.selected_node.is_some());
-                    }
-                    if c.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block") {
-                        prop_assert!(block);
-                    }
-                } else {
-                    prop_assert!(has_intent(c, &names()), "a call without a new record needs an old one");
-                }
-            }
-        }
-
-        #[test]
-        fn a_claim_with_intent_and_no_volume_is_always_finished(c in arb_claim(), k in arb_class()) {
-            let d = decide("pvc-u1", &Snapshot { claim: c.as_ref(), volume: None, class: k.as_ref(), cache_stale: false }, &names(), &Hooks::default());
-            if let (Some(c), Some(_)) = (c.as_ref(), k.as_ref())
-                && has_intent(c, &names()) {
-                    prop_assert!(matches!(d, Decision::Provision(_)), "intent without volume must be finished: {d:?}");
-                }
-        }
-
-        #[test]
-        fn backends_are_deleted_only_for_our_delete_policy_volumes(c in arb_claim(), v in arb_volume()) {
-            let d = decide("pvc-u1", &Snapshot { claim: c.as_ref(), volume: v.as_ref(), class: None, cache_stale: false }, &names(), &Hooks::default());
-            if let Decision::DeleteBackend { .. } = d {
-                let v = v.as_ref().expect("a delete needs a volume");
-                prop_assert_eq!(annotation(v, keys::PROVISIONED_BY), Some(NAME));
-                prop_assert_eq!(v.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.as_deref()), Some("Delete"));
-                let released = v.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
-                prop_assert!(released || (deleting(v) && has_finalizer(v, keys::VOLUME_FINALIZER)));
+        ProvisionError::Final(msg) | ProvisionError::Reschedule(msg) => {
+            let attempts = failures.saturating_add(1);
+            if give_up_after.is_some_and(|limit| attempts >= limit) {
+                failed(
+                    Note::warning(
+                        "ProvisioningFailed",
+                        format!("{msg}; giving up after {attempts} attempts: edit the claim or its class to try again"),
+                    ),
+                    Then::GiveUp,
+                )
+            } else {
+                failed(Note::warning("ProvisioningFailed", msg.clone()), Then::Retry)
             }
         }
     }
 }
+
+/// What follows `delete()` answering `err`.
+///
+/// ```
+/// use provisioner_core::decision::{after_delete_error, Then};
+/// use provisioner_core::DeleteError;
+/// assert_eq!(after_delete_error(&DeleteError::Ignored).then, Then::Done);
+/// assert!(after_delete_error(&DeleteError::Failed("denied".into())).note.is_some());
+/// ```
+pub fn after_delete_error(err: &DeleteError) -> FollowUp {
+    match err {
+        DeleteError::Ignored => FollowUp { note: None, counts_as_failure: false, then: Then::Done },
+        DeleteError::InUse(_) => FollowUp { note: None, counts_as_failure: false, then: Then::Retry },
+        DeleteError::Failed(msg) => FollowUp {
+            note: Some(Note::warning("VolumeFailedDelete", msg.clone())),
+            counts_as_failure: true,
+            then: Then::Retry,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

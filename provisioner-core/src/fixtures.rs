@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
     ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeSpec,
-    PersistentVolumeStatus, VolumeResourceRequirements,
+    PersistentVolumeStatus, TypedLocalObjectReference, TypedObjectReference, VolumeResourceRequirements,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -112,6 +112,30 @@ impl ClaimBuilder {
         self.0.metadata.resource_version = Some(rv.into());
         self
     }
+    /// Asks for an existing volume with these labels (`spec.selector`).
+    pub fn selector(mut self, label: &str, value: &str) -> Self {
+        let sel = self.spec().selector.get_or_insert_with(Default::default);
+        sel.match_labels.get_or_insert_with(BTreeMap::new).insert(label.into(), value.into());
+        self
+    }
+    /// Asks for a clone of claim `source` (`spec.dataSource` and the
+    /// `spec.dataSourceRef` the API server mirrors it to).
+    pub fn clone_of(self, source: &str) -> Self {
+        self.data_source(None, "PersistentVolumeClaim", source)
+    }
+    /// Asks for a restore of `VolumeSnapshot` `snapshot`.
+    pub fn from_snapshot(self, snapshot: &str) -> Self {
+        self.data_source(Some(crate::provisioner::SNAPSHOT_GROUP), "VolumeSnapshot", snapshot)
+    }
+    /// Asks for contents from any source (`spec.dataSource` and `spec.dataSourceRef`).
+    pub fn data_source(mut self, api_group: Option<&str>, kind: &str, name: &str) -> Self {
+        let api_group = api_group.map(str::to_string);
+        self.spec().data_source =
+            Some(TypedLocalObjectReference { api_group: api_group.clone(), kind: kind.into(), name: name.into() });
+        self.spec().data_source_ref =
+            Some(TypedObjectReference { api_group, kind: kind.into(), name: name.into(), namespace: None });
+        self
+    }
     /// The claim.
     pub fn build(self) -> PersistentVolumeClaim {
         self.0
@@ -150,6 +174,11 @@ impl ClassBuilder {
     /// Sets the mount options.
     pub fn mount_options(mut self, options: &[&str]) -> Self {
         self.0.mount_options = Some(options.iter().map(|m| m.to_string()).collect());
+        self
+    }
+    /// Sets the resourceVersion (as a stored object has).
+    pub fn resource_version(mut self, rv: &str) -> Self {
+        self.0.metadata.resource_version = Some(rv.into());
         self
     }
     /// The class.
@@ -208,6 +237,18 @@ impl VolumeBuilder {
         self.0.metadata.finalizers = None;
         self
     }
+    /// Removes the `pv.kubernetes.io/provisioned-by` annotation (a statically provisioned volume).
+    pub fn static_volume(mut self) -> Self {
+        if let Some(a) = self.0.metadata.annotations.as_mut() {
+            a.remove(keys::PROVISIONED_BY);
+        }
+        self
+    }
+    /// Binds the volume to no claim (`spec.claimRef` unset), phase `Available`.
+    pub fn unclaimed(mut self) -> Self {
+        self.0.spec.get_or_insert_with(Default::default).claim_ref = None;
+        self.phase("Available")
+    }
     /// The volume.
     pub fn build(self) -> PersistentVolume {
         self.0
@@ -229,5 +270,6 @@ pub fn request<'a>(
         claim: Arc::new(claim("default", "data", "uid-1").class(class_name).build()),
         class: Arc::new(k.build()),
         selected_node: None,
+        data_source: None,
     }
 }

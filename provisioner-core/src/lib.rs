@@ -28,6 +28,7 @@ pub mod events;
 pub mod fixtures;
 pub mod keys;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 mod own_writes;
 pub mod provisioner;

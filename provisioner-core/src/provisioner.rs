@@ -32,6 +32,81 @@ pub struct ProvisionRequest {
     /// The node the scheduler picked (`volume.kubernetes.io/selected-node`), for
     /// `WaitForFirstConsumer` classes.
     pub selected_node: Option<String>,
+    /// What the new volume must be filled from (a clone, a snapshot), when
+    /// the claim asks for it. Only ever set to a source
+    /// [`Provisioner::supports_data_source`] accepted: an empty volume
+    /// handed to such a claim would be data loss.
+    pub data_source: Option<DataSource>,
+}
+
+/// Where a claim asks its volume's contents to come from: its
+/// `spec.dataSourceRef`, or else its `spec.dataSource`.
+///
+/// ```
+/// use provisioner_core::provisioner::DataSource;
+/// let clone = DataSource { api_group: None, kind: "PersistentVolumeClaim".into(), name: "db".into(), namespace: None };
+/// assert!(clone.is_clone());
+/// assert!(!clone.is_snapshot());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataSource {
+    /// The API group of the source (`None` or empty: the core group).
+    pub api_group: Option<String>,
+    /// The kind: `PersistentVolumeClaim`, `VolumeSnapshot`, or a populator's kind.
+    pub kind: String,
+    /// The source object's name.
+    pub name: String,
+    /// The source's namespace when it differs from the claim's (`dataSourceRef` only).
+    pub namespace: Option<String>,
+}
+
+/// The API group of `VolumeSnapshot`.
+pub const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
+
+impl DataSource {
+    /// The claim's data source, if it asks for one (`dataSourceRef` wins over `dataSource`).
+    pub fn of_claim(claim: &PersistentVolumeClaim) -> Option<DataSource> {
+        let spec = claim.spec.as_ref()?;
+        if let Some(r) = &spec.data_source_ref {
+            return Some(DataSource {
+                api_group: r.api_group.clone().filter(|g| !g.is_empty()),
+                kind: r.kind.clone(),
+                name: r.name.clone(),
+                namespace: r.namespace.clone().filter(|n| !n.is_empty()),
+            });
+        }
+        spec.data_source.as_ref().map(|r| DataSource {
+            api_group: r.api_group.clone().filter(|g| !g.is_empty()),
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+            namespace: None,
+        })
+    }
+
+    /// A clone of another claim.
+    pub fn is_clone(&self) -> bool {
+        self.api_group.is_none() && self.kind == "PersistentVolumeClaim"
+    }
+
+    /// A restore from a `VolumeSnapshot`.
+    pub fn is_snapshot(&self) -> bool {
+        self.api_group.as_deref() == Some(SNAPSHOT_GROUP) && self.kind == "VolumeSnapshot"
+    }
+
+    /// A kind the engine knows (clone or snapshot); any other kind belongs
+    /// to a volume populator, which fills the volume itself.
+    pub fn is_provisioner_business(&self) -> bool {
+        self.is_clone() || self.is_snapshot()
+    }
+}
+
+impl fmt::Display for DataSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.api_group {
+            Some(g) => write!(f, "{}.{g} {}", self.kind, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
 }
 
 impl ProvisionRequest {
@@ -230,6 +305,17 @@ pub trait Provisioner: Send + Sync + 'static {
 
     /// Whether claims with `volumeMode: Block` can be served from this class. Default: no.
     fn supports_block(&self, _class: &StorageClass) -> bool {
+        false
+    }
+
+    /// Whether this provisioner can fill a new volume of `class` from
+    /// `source` (a clone of a claim, a snapshot restore). Default: no. A claim
+    /// asking for a clone or a snapshot this answers `false` for gets one
+    /// `ProvisioningFailed` warning and no volume; a claim naming any other
+    /// kind is left to that kind's volume populator. When `true`, the request
+    /// carries the source in [`ProvisionRequest::data_source`], and the
+    /// provisioner must fill the volume from it (or fail).
+    fn supports_data_source(&self, _source: &DataSource, _class: &StorageClass) -> bool {
         false
     }
 

@@ -94,12 +94,15 @@ pub fn build_volume(
         spec.capacity = Some(BTreeMap::from([("storage".into(), Quantity("1".into()))]));
     }
 
+    // Only a volume whose backend goes with it needs the finalizer that
+    // guards the backend delete; a kept (`Retain`) backend has nothing to guard.
+    let finalizer = options.finalizer && spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete");
     PersistentVolume {
         metadata: ObjectMeta {
             name: Some(pv_name.to_string()),
             labels: (!labels.is_empty()).then_some(labels),
             annotations: Some(annotations),
-            finalizers: options.finalizer.then(|| vec![keys::VOLUME_FINALIZER.to_string()]),
+            finalizers: finalizer.then(|| vec![keys::VOLUME_FINALIZER.to_string()]),
             ..Default::default()
         },
         spec: Some(spec),
@@ -130,7 +133,19 @@ mod tests {
         assert_eq!(spec.access_modes.as_deref(), Some(&["ReadWriteMany".to_string()][..]));
         assert_eq!(spec.volume_mode.as_deref(), Some("Filesystem"));
         assert_eq!(pv.annotations().get(keys::PROVISIONED_BY).map(String::as_str), Some("example.com/x"));
+        // A Retain volume keeps its backend: no finalizer to guard a delete.
+        assert!(pv.finalizers().is_empty());
+        let deleting = class("fast", "example.com/x").build();
+        let pv = build_volume("pvc-u1", ProvisionedVolume::default(), &c, &deleting, &VolumeOptions::default());
         assert_eq!(pv.finalizers(), &[keys::VOLUME_FINALIZER.to_string()]);
+    }
+
+    #[test]
+    fn retain_volumes_are_saved_without_the_finalizer() {
+        let c = claim("ns", "data", "u1").class("fast").build();
+        let k = class("fast", "example.com/x").reclaim_policy("Retain").build();
+        let pv = build_volume("pvc-u1", ProvisionedVolume::default(), &c, &k, &VolumeOptions::default());
+        assert!(pv.finalizers().is_empty());
     }
 
     #[test]
@@ -201,6 +216,8 @@ mod tests {
             prop_assert!(out.claim_ref.as_ref().and_then(|r| r.uid.as_deref()) == Some("u1"));
             prop_assert!(out.capacity.as_ref().is_some_and(|c| c.contains_key("storage")));
             prop_assert!(pv.annotations().contains_key(keys::PROVISIONED_BY));
+            let delete = out.persistent_volume_reclaim_policy.as_deref() == Some("Delete");
+            prop_assert_eq!(pv.finalizers().contains(&keys::VOLUME_FINALIZER.to_string()), finalizer && delete);
         }
     }
 }

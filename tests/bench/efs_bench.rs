@@ -34,6 +34,7 @@ fn request(pv: &str, params: &[(&str, String)]) -> ProvisionRequest {
         claim: Arc::new(claim("bench", pv, pv).access_modes(&["ReadWriteMany"]).build()),
         class: Arc::new(k),
         selected_node: None,
+        data_source: None,
     }
 }
 

@@ -174,7 +174,10 @@ async fn released_volume_with_delete_policy_is_deleted_with_its_backend() {
 }
 
 #[tokio::test]
-async fn volume_deleted_before_its_claim_still_has_its_backend_deleted() {
+async fn volume_deleted_while_its_claim_exists_keeps_its_backend_until_the_claim_is_gone() {
+    // This test asserted the opposite until the rule was corrected: a
+    // `kubectl delete pv` on a Bound volume deleted its backend at once,
+    // under the pods still using it.
     let env = TestEnv::new("engine-pv-first").await;
     let class = env.name("pvfirst");
     env.create(&env.cluster_api(), class_for(&env, &class, "Delete", false)).await;
@@ -187,15 +190,21 @@ async fn volume_deleted_before_its_claim_still_has_its_backend_deleted() {
     let pv = pv_name(&created);
     let volumes = env.cluster_api::<PersistentVolume>();
     volumes.delete(&pv, &DeleteParams::default()).await.expect("delete volume");
-    backend.wait_until("the backend volume is deleted", |b| !b.has(&pv)).await;
-    // Once our finalizer is gone only the binder's protection remains; the
-    // volume goes with its claim.
-    env.wait_for(&volumes, &pv, "our finalizer to be removed", |v| {
-        v.is_none_or(|v| !v.finalizers().contains(&keys::VOLUME_FINALIZER.to_string()))
+    // The volume's deletion event and several of the engine's retries pass.
+    env.wait_for(&volumes, &pv, "the volume to be Terminating", |v| {
+        v.is_some_and(|v| v.metadata.deletion_timestamp.is_some())
     })
     .await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let held = volumes.get(&pv).await.expect("the volume is still there");
+    assert!(held.finalizers().contains(&keys::VOLUME_FINALIZER.to_string()), "our finalizer holds it");
+    assert!(backend.has(&pv), "the backend volume is kept while its claim exists");
+    assert!(backend.delete_calls().is_empty(), "{:?}", backend.delete_calls());
+
     claims.delete("data", &DeleteParams::default()).await.expect("delete claim");
     gone(&env, &volumes, &pv, "the volume to be gone").await;
+    assert!(!backend.has(&pv));
+    assert_eq!(backend.delete_calls(), vec![pv.clone()]);
     assert_eq!(backend.deleted(), 1);
     engine.stop().await.expect("clean shutdown");
     env.cleanup().await;

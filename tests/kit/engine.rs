@@ -321,7 +321,10 @@ async fn released_volume_with_retain_policy_is_kept() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn volume_deleted_before_its_claim_still_has_its_backend_deleted() {
+async fn volume_deleted_while_its_claim_exists_keeps_its_backend_until_the_claim_is_gone() {
+    // This test asserted the opposite until the rule was corrected: a
+    // `kubectl delete pv` on a Bound volume deleted its backend at once,
+    // under the pods still using it.
     let kit = Kit::new();
     kit.class("pvfirst", "Delete", false).await;
     let backend = FakeBackend::new();
@@ -331,16 +334,22 @@ async fn volume_deleted_before_its_claim_still_has_its_backend_deleted() {
     kit.bound("data").await;
     let pv = pv_name(&created);
     kit.volumes().delete(&pv, &DeleteParams::default()).await.expect("delete volume");
-    backend.wait_until("the backend volume is deleted", |b| !b.has(&pv)).await;
-    // Once our finalizer is gone only the binder's protection remains; the
-    // volume goes with its claim.
-    wait_for(&kit.volumes(), &pv, "our finalizer to be removed", default_timeout(), |v| {
-        v.is_none_or(|v| !v.finalizers().contains(&keys::VOLUME_FINALIZER.to_string()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    // Minutes of retries and resyncs pass (paused time): the claim still
+    // exists, so the volume stays Terminating with its backend and our finalizer.
+    tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+    let held = kit.volumes().get(&pv).await.expect("the volume is still there");
+    assert!(held.metadata.deletion_timestamp.is_some(), "Terminating");
+    assert!(held.finalizers().contains(&keys::VOLUME_FINALIZER.to_string()), "our finalizer holds it");
+    assert!(backend.has(&pv), "the backend volume is kept while its claim exists");
+    assert!(backend.delete_calls().is_empty(), "{:?}", backend.delete_calls());
+    let c = kit.claims().get("data").await.expect("the claim");
+    assert_eq!(c.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
+
+    // The claim goes: backend delete once, then the volume goes.
     kit.claims().delete("data", &DeleteParams::default()).await.expect("delete claim");
     kit.volume_gone(&pv).await;
+    assert!(!backend.has(&pv));
+    assert_eq!(backend.delete_calls(), vec![pv.clone()]);
     assert_eq!(backend.deleted(), 1);
     engine.stop().await.expect("clean shutdown");
 }
