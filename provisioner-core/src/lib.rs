@@ -8,8 +8,10 @@
 //! the claim goes, the binder marks the volume `Released`, and the engine
 //! deletes the backend volume and then the PersistentVolume.
 //!
-//! The engine's rules live in a few pure modules: [`decision`] (what to do
-//! about one volume), [`volume`] (the PersistentVolume it saves), [`backoff`];
+//! The engine's rules live in a few pure modules: [`decision`] (the claim
+//! lifecycle: what to do about one volume, and what follows each answer of
+//! the provisioner), [`memory`] (what the engine remembers of each volume),
+//! [`volume`] (the PersistentVolume it saves), [`backoff`];
 //! the I/O shell is [`engine`]. How it stays crash-safe is described in
 //! [`engine`]'s documentation.
 //!

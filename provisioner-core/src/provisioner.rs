@@ -298,7 +298,10 @@ pub trait Provisioner: Send + Sync + 'static {
         true
     }
 
-    /// Whether this provisioner should delete the backend of `volume`. Default: yes.
+    /// Whether this instance deletes the backend of `volume` (one of ours,
+    /// `Delete` policy). Where several instances serve one provisioner name,
+    /// answer `false` for another instance's volumes: the engine then leaves
+    /// the volume entirely to that instance, finalizer included. Default: yes.
     fn should_delete(&self, _volume: &PersistentVolume) -> bool {
         true
     }

@@ -2,7 +2,7 @@
 //! [`Provisioner`] through the decisions of [`crate::decision`].
 //!
 //! Crash safety comes first below; then the files, each answering one
-//! question: [`config`] (how an engine is built and set up), `watches` (what
+//! question: `config` (how an engine is built and set up), `watches` (what
 //! the caches hold and which keys a change queues), `runner` (which worker
 //! runs a key, and what the queue does after), `reconcile` (what the cluster
 //! and the engine's memory say about one volume, and the decision taken on
