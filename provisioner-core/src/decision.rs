@@ -618,5 +618,54 @@ pub fn after_delete_error(err: &DeleteError) -> FollowUp {
     }
 }
 
+/// Why the API server did not take a volume the backend returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SaveFailure<'a> {
+    /// A PV of that name exists and names another claim.
+    TakenByAnotherClaim,
+    /// The API server will never take it (invalid, 400/422) with this
+    /// message; the backend volume was then deleted (`Ok`) or not (`Err`,
+    /// with the delete's message).
+    Rejected {
+        /// The API server's message.
+        message: &'a str,
+        /// How undoing the backend volume went.
+        cleanup: Result<(), String>,
+    },
+    /// Anything else (the API server unavailable, a timeout): the volume is
+    /// kept in memory and saved on retry without asking the backend again.
+    Unavailable,
+}
+
+/// What follows a failed save of volume `pv_name`.
+///
+/// ```
+/// use provisioner_core::decision::{after_save_failure, SaveFailure, Then};
+/// let f = after_save_failure("pvc-1", &SaveFailure::Rejected { message: "invalid", cleanup: Err("denied".into()) });
+/// assert_eq!(f.note.map(|n| n.reason), Some("ProvisioningCleanupFailed"));
+/// assert_eq!(f.then, Then::Retry);
+/// ```
+pub fn after_save_failure(pv_name: &str, failure: &SaveFailure<'_>) -> FollowUp {
+    let failed = |note| FollowUp { note, counts_as_failure: true, then: Then::Retry };
+    match failure {
+        SaveFailure::TakenByAnotherClaim => failed(Some(Note::warning(
+            "ProvisioningFailed",
+            format!("volume {pv_name} already exists and belongs to another claim"),
+        ))),
+        SaveFailure::Rejected { message, cleanup: Ok(()) } => failed(Some(Note::warning(
+            "ProvisioningFailed",
+            format!("the API server rejected volume {pv_name}: {message}; its backend volume was removed"),
+        ))),
+        SaveFailure::Rejected { message, cleanup: Err(why) } => failed(Some(Note::warning(
+            "ProvisioningCleanupFailed",
+            format!(
+                "the API server rejected volume {pv_name} ({message}) and deleting its backend volume failed \
+                 ({why}); delete the backend volume for {pv_name} by hand"
+            ),
+        ))),
+        SaveFailure::Unavailable => failed(None),
+    }
+}
+
 #[cfg(test)]
 mod tests;

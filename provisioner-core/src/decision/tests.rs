@@ -688,3 +688,23 @@ fn a_released_volume_whose_claim_the_cache_still_shows_waits_for_the_claim_to_go
     let v = volume("pvc-u1", NAME, &c).phase("Released").build();
     assert_eq!(run(Some(&c), Some(&v), None), Decision::Idle(IdleReason::ClaimStillExists));
 }
+
+#[test]
+fn a_volume_the_api_server_rejects_says_whether_its_backend_was_removed() {
+    let removed = after_save_failure("pvc-u1", &SaveFailure::Rejected { message: "bad", cleanup: Ok(()) });
+    let note = removed.note.expect("a warning");
+    assert_eq!(note.reason, "ProvisioningFailed");
+    assert!(note.message.contains("its backend volume was removed"));
+    let left = after_save_failure("pvc-u1", &SaveFailure::Rejected { message: "bad", cleanup: Err("denied".into()) });
+    let note = left.note.expect("a warning");
+    assert_eq!(note.reason, "ProvisioningCleanupFailed");
+    assert!(note.message.contains("by hand"), "{}", note.message);
+}
+
+#[test]
+fn an_unavailable_api_server_retries_quietly_and_a_taken_name_warns() {
+    let down = after_save_failure("pvc-u1", &SaveFailure::Unavailable);
+    assert_eq!((down.note, down.then, down.counts_as_failure), (None, Then::Retry, true));
+    let taken = after_save_failure("pvc-u1", &SaveFailure::TakenByAnotherClaim);
+    assert!(taken.note.is_some_and(|n| n.message.contains("belongs to another claim")));
+}

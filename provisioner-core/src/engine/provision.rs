@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use super::context::Ctx;
 use super::intent::{record_intent, remove_intent};
 use super::runner::Next;
-use crate::decision::{self, ProvisionPlan, Then, after_provision_error};
+use crate::decision::{self, FollowUp, ProvisionPlan, SaveFailure, Then, after_provision_error, after_save_failure};
 use crate::events::EventType;
 use crate::own_writes::{Expect, Side};
 use crate::provisioner::{DeleteError, ProvisionError, ProvisionRequest};
@@ -102,10 +102,10 @@ pub(super) async fn save_volume(
 ) -> Next {
     let label = class_label(class);
     ctx.writing(key, Side::Volume);
-    let saved = match ctx.volume_api().create(&PostParams::default(), &pv).await {
+    let failure = match ctx.volume_api().create(&PostParams::default(), &pv).await {
         Ok(saved) => {
             ctx.expect_echo(&saved);
-            Some(saved)
+            return saved_volume(ctx, key, claim, &label, Some(&saved), took);
         }
         Err(kube::Error::Api(e)) if e.code == 409 => {
             // Ours from an earlier attempt (same claim uid) is success.
@@ -113,17 +113,9 @@ pub(super) async fn save_volume(
                 Ok(Some(existing)) => {
                     let uid = existing.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.uid.clone());
                     if uid == claim.uid() {
-                        Some(existing)
-                    } else {
-                        ctx.metrics.provision_failed(&label);
-                        ctx.claim_event(
-                            claim,
-                            EventType::Warning,
-                            "ProvisioningFailed",
-                            format!("volume {key} already exists and belongs to another claim"),
-                        );
-                        return Next::Failed;
+                        return saved_volume(ctx, key, claim, &label, Some(&existing), took);
                     }
+                    SaveFailure::TakenByAnotherClaim
                 }
                 _ => {
                     ctx.state().memory.update(key, |m| m.unsaved = Some(Box::new(pv)));
@@ -133,48 +125,54 @@ pub(super) async fn save_volume(
         }
         Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
             // The API server will never take this volume: undo the backend.
-            ctx.metrics.provision_failed(&label);
             ctx.state().memory.update(key, |m| m.unsaved = None);
-            return match ctx.provisioner.delete(&pv).await {
-                Ok(()) | Err(DeleteError::Ignored) => {
-                    ctx.claim_event(
-                        claim,
-                        EventType::Warning,
-                        "ProvisioningFailed",
-                        format!("the API server rejected volume {key}: {}; its backend volume was removed", e.message),
-                    );
-                    Next::Failed
-                }
-                Err(de) => {
-                    ctx.claim_event(
-                        claim,
-                        EventType::Warning,
-                        "ProvisioningCleanupFailed",
-                        format!(
-                            "the API server rejected volume {key} ({}) and deleting its backend volume failed ({de}); \
-                             delete the backend volume for {key} by hand",
-                            e.message
-                        ),
-                    );
-                    Next::Failed
-                }
+            let cleanup = match ctx.provisioner.delete(&pv).await {
+                Ok(()) | Err(DeleteError::Ignored) => Ok(()),
+                Err(de) => Err(de.to_string()),
             };
+            let follow = after_save_failure(key, &SaveFailure::Rejected { message: &e.message, cleanup });
+            return carry_out(ctx, claim, &label, follow);
         }
         Err(e) => {
             warn!(volume = key, error = %e, "saving the volume failed; will retry");
-            ctx.metrics.provision_failed(&label);
             ctx.state().memory.update(key, |m| m.unsaved = Some(Box::new(pv)));
-            return Next::Failed;
+            SaveFailure::Unavailable
         }
     };
+    carry_out(ctx, claim, &label, after_save_failure(key, &failure))
+}
+
+/// Publishes and counts what the rules say follows a failed save.
+fn carry_out(ctx: &Ctx, claim: &PersistentVolumeClaim, label: &str, follow: FollowUp) -> Next {
+    if follow.counts_as_failure {
+        ctx.metrics.provision_failed(label);
+    }
+    if let Some(note) = follow.note {
+        ctx.claim_note(claim, note);
+    }
+    match follow.then {
+        Then::Done => Next::Done,
+        _ => Next::Failed,
+    }
+}
+
+/// The API server took the volume (`saved`: as it returned it).
+fn saved_volume(
+    ctx: &Ctx,
+    key: &str,
+    claim: &PersistentVolumeClaim,
+    label: &str,
+    saved: Option<&PersistentVolume>,
+    took: Duration,
+) -> Next {
     ctx.state().memory.update(key, |m| {
         m.unsaved = None;
         m.saved = true;
     });
-    if let Some(saved) = &saved {
+    if let Some(saved) = saved {
         ctx.wrote_state(key, Side::Volume, Expect::of_write(saved));
     }
-    ctx.metrics.provision_succeeded(&label, took);
+    ctx.metrics.provision_succeeded(label, took);
     ctx.claim_event(
         claim,
         EventType::Normal,
