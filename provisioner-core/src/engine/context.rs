@@ -101,6 +101,23 @@ impl Ctx {
         }
     }
 
+    /// Runs a backend call, counted as in flight, within `deadline` if
+    /// one is set; past it, `late(deadline)` is the answer.
+    pub(super) async fn backend_call<T>(
+        &self,
+        deadline: Option<std::time::Duration>,
+        call: impl std::future::Future<Output = T>,
+        late: impl FnOnce(std::time::Duration) -> T,
+    ) -> T {
+        self.metrics.in_flight.inc();
+        let result = match deadline {
+            Some(t) => tokio::time::timeout(t, call).await.unwrap_or_else(|_| late(t)),
+            None => call.await,
+        };
+        self.metrics.in_flight.dec();
+        result
+    }
+
     pub(super) fn wrote(&self) {
         self.metrics.api_writes.inc();
     }

@@ -66,15 +66,11 @@ pub(super) async fn delete(ctx: &Ctx, key: &str, volume: &PersistentVolume, plan
 pub(super) async fn delete_backend(ctx: &Ctx, key: &str, volume: &PersistentVolume) -> Result<(), Next> {
     let label = volume.spec.as_ref().and_then(|s| s.storage_class_name.clone()).unwrap_or_default();
     let started = Instant::now();
-    ctx.metrics.in_flight.inc();
-    let call = ctx.provisioner.delete(volume);
-    let result = match ctx.config.delete_timeout {
-        Some(t) => tokio::time::timeout(t, call)
-            .await
-            .unwrap_or_else(|_| Err(DeleteError::Failed(format!("delete call timed out after {t:?}")))),
-        None => call.await,
-    };
-    ctx.metrics.in_flight.dec();
+    let result = ctx
+        .backend_call(ctx.config.delete_timeout, ctx.provisioner.delete(volume), |t| {
+            Err(DeleteError::Failed(format!("delete call timed out after {t:?}")))
+        })
+        .await;
     if let Err(err) = result {
         let follow = after_delete_error(&err);
         tracing::debug!(volume = key, %err, ?follow, "the backend volume was not deleted");

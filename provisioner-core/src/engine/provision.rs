@@ -50,15 +50,11 @@ pub(super) async fn provision(
         data_source: plan.data_source.clone(),
     };
     let started = Instant::now();
-    ctx.metrics.in_flight.inc();
-    let call = ctx.provisioner.provision(&request);
-    let result = match ctx.config.provision_timeout {
-        Some(t) => tokio::time::timeout(t, call)
-            .await
-            .unwrap_or_else(|_| Err(ProvisionError::InProgress(format!("provision call timed out after {t:?}")))),
-        None => call.await,
-    };
-    ctx.metrics.in_flight.dec();
+    let result = ctx
+        .backend_call(ctx.config.provision_timeout, ctx.provisioner.provision(&request), |t| {
+            Err(ProvisionError::InProgress(format!("provision call timed out after {t:?}")))
+        })
+        .await;
 
     let err = match result {
         Ok(provisioned) => {
