@@ -1,5 +1,9 @@
 //! Builders for claims, classes and volumes, for unit tests of provisioners
-//! and of the engine's decisions.
+//! and of the engine's decisions, and for tests that create them on an API
+//! server: what they build, a real kube-apiserver accepts on create (no
+//! `resourceVersion`; a volume has a capacity, access modes and a volume
+//! source). The server replaces the uids they set and drops their status
+//! and `deletionTimestamp`.
 //!
 //! ```
 //! use provisioner_core::fixtures::{claim, class};
@@ -13,8 +17,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeSpec,
-    PersistentVolumeStatus, TypedLocalObjectReference, TypedObjectReference, VolumeResourceRequirements,
+    HostPathVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeSpec, PersistentVolumeStatus, TypedLocalObjectReference, TypedObjectReference,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -24,14 +29,13 @@ use kube::api::ObjectMeta;
 use crate::keys;
 use crate::provisioner::ProvisionRequest;
 
-/// Starts a claim `namespace/name` with uid `uid`, `ReadWriteOnce`, 1Gi, resourceVersion "1".
+/// Starts a claim `namespace/name` with uid `uid`, `ReadWriteOnce`, 1Gi, no resourceVersion.
 pub fn claim(namespace: &str, name: &str, uid: &str) -> ClaimBuilder {
     ClaimBuilder(PersistentVolumeClaim {
         metadata: ObjectMeta {
             namespace: Some(namespace.into()),
             name: Some(name.into()),
             uid: Some(uid.into()),
-            resource_version: Some("1".into()),
             ..Default::default()
         },
         spec: Some(PersistentVolumeClaimSpec {
@@ -107,7 +111,8 @@ impl ClaimBuilder {
         self.0.metadata.finalizers.get_or_insert_with(Vec::new).push(keys::INTENT_FINALIZER.into());
         self.annotation(keys::INTENT_VOLUME, pv).annotation(keys::INTENT_PROVISIONER, provisioner)
     }
-    /// Sets the resourceVersion.
+    /// Sets the resourceVersion, as a claim read from a server has (a
+    /// create carrying one is refused).
     pub fn resource_version(mut self, rv: &str) -> Self {
         self.0.metadata.resource_version = Some(rv.into());
         self
@@ -142,10 +147,10 @@ impl ClaimBuilder {
     }
 }
 
-/// Starts a class `name` for `provisioner`, `Immediate` binding, no reclaim policy set.
+/// Starts a class `name` for `provisioner`, `Immediate` binding, no reclaim policy set, no resourceVersion.
 pub fn class(name: &str, provisioner: &str) -> ClassBuilder {
     ClassBuilder(StorageClass {
-        metadata: ObjectMeta { name: Some(name.into()), resource_version: Some("1".into()), ..Default::default() },
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
         provisioner: provisioner.into(),
         ..Default::default()
     })
@@ -176,7 +181,13 @@ impl ClassBuilder {
         self.0.mount_options = Some(options.iter().map(|m| m.to_string()).collect());
         self
     }
-    /// Sets the resourceVersion (as a stored object has).
+    /// `allowVolumeExpansion: true`: bound claims of the class may grow.
+    pub fn allow_volume_expansion(mut self) -> Self {
+        self.0.allow_volume_expansion = Some(true);
+        self
+    }
+    /// Sets the resourceVersion, as a class read from a server has (a
+    /// create carrying one is refused).
     pub fn resource_version(mut self, rv: &str) -> Self {
         self.0.metadata.resource_version = Some(rv.into());
         self
@@ -187,18 +198,27 @@ impl ClassBuilder {
     }
 }
 
-/// Starts a volume `name` provisioned by `provisioner` for `claim`, policy `Delete`, phase `Bound`.
+/// Starts a volume `name` provisioned by `provisioner` for `claim`, policy
+/// `Delete`, phase `Bound`, uid `uid-of-<name>`, no resourceVersion: with the
+/// claim's request as its capacity (1Gi without one), the claim's access
+/// modes (`ReadWriteOnce` without them) and a `hostPath` source
+/// `/srv/volumes/<name>`.
 pub fn volume(name: &str, provisioner: &str, claim: &PersistentVolumeClaim) -> VolumeBuilder {
+    let claim_spec = claim.spec.as_ref();
+    let request = claim_spec.and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage").cloned());
+    let access_modes = claim_spec.and_then(|s| s.access_modes.clone()).filter(|m| !m.is_empty());
     VolumeBuilder(PersistentVolume {
         metadata: ObjectMeta {
             name: Some(name.into()),
             uid: Some(format!("uid-of-{name}")),
-            resource_version: Some("1".into()),
             annotations: Some(BTreeMap::from([(keys::PROVISIONED_BY.into(), provisioner.into())])),
             finalizers: Some(vec![keys::VOLUME_FINALIZER.into()]),
             ..Default::default()
         },
         spec: Some(PersistentVolumeSpec {
+            capacity: Some(BTreeMap::from([("storage".into(), request.unwrap_or_else(|| Quantity("1Gi".into())))])),
+            access_modes: Some(access_modes.unwrap_or_else(|| vec!["ReadWriteOnce".into()])),
+            host_path: Some(HostPathVolumeSource { path: format!("/srv/volumes/{name}"), type_: None }),
             persistent_volume_reclaim_policy: Some("Delete".into()),
             claim_ref: Some(ObjectReference {
                 namespace: claim.metadata.namespace.clone(),
@@ -248,6 +268,12 @@ impl VolumeBuilder {
     pub fn unclaimed(mut self) -> Self {
         self.0.spec.get_or_insert_with(Default::default).claim_ref = None;
         self.phase("Available")
+    }
+    /// Sets the resourceVersion, as a volume read from a server has (a
+    /// create carrying one is refused).
+    pub fn resource_version(mut self, rv: &str) -> Self {
+        self.0.metadata.resource_version = Some(rv.into());
+        self
     }
     /// The volume.
     pub fn build(self) -> PersistentVolume {

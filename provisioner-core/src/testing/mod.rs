@@ -73,6 +73,30 @@
 //! same cluster with `spawn_engine` again, with a provisioner that shares
 //! the old one's backend state, to test recovery.
 //!
+//! # What the fake refuses, as the real API server does
+//! Writes a real kube-apiserver refuses fail here too, with its status code,
+//! reason and message wording, so that a test cannot pass on the kit and
+//! fail on a cluster (`tests/e2e/contract.rs` runs the same requests against
+//! both):
+//! - a create carrying a `resourceVersion`: `500` with no reason ("resourceVersion
+//!   should not be set on objects to be created");
+//! - a write whose `resourceVersion` is not the object's (an update, or a
+//!   patch carrying one), a PUT whose `uid` is not the object's, a delete
+//!   whose preconditions do not hold: `409 Conflict`;
+//! - adding a finalizer to an object that is being deleted, changing
+//!   `metadata.uid` in a patch: `422 Invalid`;
+//! - invalid objects, `422 Invalid`: names (RFC 1123 subdomains, labels for
+//!   namespaces); claims without access modes or a positive storage request;
+//!   volumes without access modes, a `storage` capacity or exactly one
+//!   volume source (with its required fields); classes without a
+//!   provisioner, or with an unknown reclaim policy or binding mode;
+//! - immutable fields, `422 Invalid`: a claim's spec (except setting
+//!   `volumeName` or `storageClassName` once, and the request of a bound
+//!   claim), a volume's source and volume mode, a class's provisioner,
+//!   parameters, reclaim policy and binding mode;
+//! - growing a bound claim whose class does not exist or does not allow
+//!   volume expansion: `403 Forbidden` (the real server's resize admission).
+//!
 //! # Where the fake differs from a real API server
 //! - Strategic merge patch is applied as a JSON merge patch: lists are
 //!   replaced, not merged by key. For the core kinds served here that
@@ -80,9 +104,9 @@
 //!   `spec.accessModes`, `spec.mountOptions`, `status.conditions` (merged by
 //!   `type`) and `metadata.ownerReferences` (merged by `uid`). Server-side
 //!   apply is not supported (`415`).
-//! - No schema validation beyond names, kind/apiVersion, namespaces and
-//!   resourceVersions; immutable spec fields can be changed; namespaces need
-//!   not exist and deleting one deletes nothing else.
+//! - No schema validation beyond the refusals above: other fields (labels,
+//!   annotations, events, leases, most of a volume source) are taken as
+//!   written; namespaces need not exist and deleting one deletes nothing else.
 //! - Lists ignore `limit` and `continue` (one page) and any `resourceVersion`
 //!   (always the latest state); watches from `resourceVersion` `""`/`"0"`
 //!   start with the current state as `ADDED` events.
@@ -97,10 +121,13 @@
 //!   and reason, not aggregated with counts.
 
 mod binder;
+#[cfg(test)]
+mod refusals;
 mod server;
 mod store;
 #[cfg(test)]
 mod tests;
+mod validation;
 
 use std::convert::Infallible;
 use std::fmt::Debug;

@@ -254,7 +254,7 @@ impl Inner {
                 ))
             }
             Verb::Create => store.create(kind, &ns, parse_body()?).map(|o| (201, o)),
-            Verb::Update => store.update(kind, &ns, &name, parse_body()?, part).map(|o| (200, o)),
+            Verb::Update => store.replace(kind, &ns, &name, parse_body()?, part).map(|o| (200, o)),
             Verb::Patch => {
                 patch_media(content_type)?;
                 let current = store.get(kind, &ns, &name)?;

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, VecDeque};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
+use super::validation::{self, FieldError};
+
 /// One kind of object the fake serves.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct KindInfo {
@@ -87,7 +89,10 @@ impl ApiError {
         ApiError { code, reason: reason_for(code), message: message.into(), details: json!({}) }
     }
     pub fn about(mut self, kind: &KindInfo, name: &str) -> Self {
-        self.details = json!({ "name": name, "group": kind.group, "kind": kind.plural });
+        self.details = json!({ "name": name, "kind": kind.plural });
+        if !kind.group.is_empty() {
+            self.details["group"] = json!(kind.group);
+        }
         self
     }
     pub fn not_found(kind: &KindInfo, name: &str) -> Self {
@@ -107,11 +112,52 @@ impl ApiError {
     pub fn invalid(kind: &KindInfo, name: &str, message: impl Into<String>) -> Self {
         Self::new(422, message).about(kind, name)
     }
+    /// `422 Invalid` for `errors` in the object `name`, with one cause per error.
+    pub fn invalid_fields(kind: &KindInfo, name: &str, errors: &[FieldError]) -> Self {
+        let causes: Vec<Value> =
+            errors.iter().map(|e| json!({ "reason": e.reason(), "message": e.body(), "field": e.field })).collect();
+        let mut details = json!({ "name": name, "kind": kind.kind, "causes": causes });
+        if !kind.group.is_empty() {
+            details["group"] = json!(kind.group);
+        }
+        ApiError { code: 422, reason: "Invalid", message: validation::invalid_message(kind, name, errors), details }
+    }
+    /// `409 Conflict` for a delete whose precondition does not hold.
+    pub fn precondition_failed(kind: &KindInfo, name: &str, why: String) -> Self {
+        let mut details = json!({ "name": name, "kind": kind.kind });
+        if !kind.group.is_empty() {
+            details["group"] = json!(kind.group);
+        }
+        let message = format!("Operation cannot be fulfilled on {} \"{name}\": {why}", kind.kind);
+        ApiError { code: 409, reason: "Conflict", message, details }
+    }
+    /// `403 Forbidden` from an admission plugin of the real server.
+    pub fn forbidden(kind: &KindInfo, name: &str, why: &str) -> Self {
+        Self::new(403, format!("{} \"{name}\" is forbidden: {why}", kind.qualified())).about(kind, name)
+    }
+    /// What the real server answers to a create that carries a resourceVersion:
+    /// its storage refuses the write, and the error reaches the client as a
+    /// `500` without a reason.
+    pub fn resource_version_on_create() -> Self {
+        ApiError {
+            code: 500,
+            reason: "",
+            message: "resourceVersion should not be set on objects to be created".into(),
+            details: Value::Null,
+        }
+    }
     pub fn to_status(&self) -> Value {
-        json!({
+        let mut status = json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": self.message, "reason": self.reason, "details": self.details, "code": self.code,
-        })
+            "message": self.message, "code": self.code,
+        });
+        if !self.reason.is_empty() {
+            status["reason"] = json!(self.reason);
+        }
+        if !self.details.is_null() {
+            status["details"] = self.details.clone();
+        }
+        status
     }
 }
 
@@ -281,37 +327,47 @@ impl Store {
         self.compacted = self.rv;
     }
 
+    /// Creates `body` in `ns`, checked as the real server checks a create:
+    /// the namespace (`400`), validation (`422`), a resourceVersion set by
+    /// the client (`500`), then a name already taken (`409 AlreadyExists`).
     pub fn create(&mut self, kind: &KindInfo, ns: &str, body: Value) -> Result<Value, ApiError> {
         let mut obj = from_view(kind, check_shape(kind, body)?);
         let meta = obj["metadata"].as_object_mut().ok_or_else(|| ApiError::new(400, "metadata must be an object"))?;
-        let mut name = meta.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-        if name.is_empty() {
-            let prefix = meta.get("generateName").and_then(Value::as_str).unwrap_or_default().to_string();
-            if prefix.is_empty() {
-                return Err(ApiError::invalid(
-                    kind,
-                    "",
-                    format!(
-                        "{} \"\" is invalid: metadata.name: Required value: name or generateName is required",
-                        kind.kind
-                    ),
-                ));
-            }
-            name = format!("{prefix}{}", suffix(self.counter + 1));
-        }
-        if let Err(why) = validate_name(&name) {
-            return Err(ApiError::invalid(
-                kind,
-                &name,
-                format!("{} \"{name}\" is invalid: metadata.name: {why}", kind.kind),
-            ));
-        }
         let body_ns = meta.get("namespace").and_then(Value::as_str).unwrap_or_default();
         if kind.namespaced && !body_ns.is_empty() && body_ns != ns {
             return Err(ApiError::new(
                 400,
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
+        }
+        // Only a positive number counts as set: the real storage ignores
+        // "0" and text that is not a number.
+        let client_rv = meta.get("resourceVersion").and_then(Value::as_str).and_then(|rv| rv.parse::<u64>().ok());
+        let mut name = meta.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        if name.is_empty() {
+            let prefix = meta.get("generateName").and_then(Value::as_str).unwrap_or_default().to_string();
+            if !prefix.is_empty() {
+                name = format!("{prefix}{}", suffix(self.counter + 1));
+            }
+        }
+        let meta = obj["metadata"].as_object_mut().ok_or_else(|| ApiError::new(400, "metadata must be an object"))?;
+        meta.insert("name".into(), json!(name));
+        if kind.namespaced {
+            meta.insert("namespace".into(), json!(ns));
+        } else {
+            meta.remove("namespace");
+        }
+        // What the server sets, whatever the client sent.
+        for k in ["uid", "deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion", "managedFields"] {
+            meta.remove(k);
+        }
+        defaults(kind, &mut obj);
+        let errors = validation::validate(kind, &obj);
+        if !errors.is_empty() {
+            return Err(ApiError::invalid_fields(kind, &name, &errors));
+        }
+        if client_rv.is_some_and(|rv| rv != 0) {
+            return Err(ApiError::resource_version_on_create());
         }
         let key = (kind.storage, ns.to_string(), name.clone());
         if self.objects.contains_key(&key) {
@@ -321,20 +377,45 @@ impl Store {
         }
         let id = self.next_id();
         let now = self.now();
-        let meta = obj["metadata"].as_object_mut().ok_or_else(|| ApiError::new(400, "metadata must be an object"))?;
-        meta.insert("name".into(), json!(name));
-        if kind.namespaced {
-            meta.insert("namespace".into(), json!(ns));
-        } else {
-            meta.remove("namespace");
-        }
-        meta.insert("uid".into(), json!(format!("00000000-0000-4000-8000-{id:012x}")));
-        meta.insert("creationTimestamp".into(), json!(now));
-        for k in ["deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion", "managedFields"] {
-            meta.remove(k);
-        }
+        obj["metadata"]["uid"] = json!(format!("00000000-0000-4000-8000-{id:012x}"));
+        obj["metadata"]["creationTimestamp"] = json!(now);
         defaults_on_create(kind, &mut obj, self.protection);
         self.commit(kind, ns, &name, Some(obj), None)
+    }
+
+    /// A PUT of `new` over the current object: as [`Store::update`], after
+    /// the precondition a PUT carries, the uid in its body (`409` when it is
+    /// not the object's).
+    pub fn replace(
+        &mut self,
+        kind: &KindInfo,
+        ns: &str,
+        name: &str,
+        new: Value,
+        part: Part,
+    ) -> Result<Value, ApiError> {
+        let key = (kind.storage, ns.to_string(), name.to_string());
+        let current = self.objects.get(&key).ok_or_else(|| ApiError::not_found(kind, name))?;
+        let uid = new["metadata"]["uid"].as_str().unwrap_or_default();
+        let current_uid = current["metadata"]["uid"].as_str().unwrap_or_default();
+        if !uid.is_empty() && uid != current_uid {
+            let path = if kind.namespaced {
+                format!("{}/{ns}/{name}", kind.storage)
+            } else {
+                format!("{}/{name}", kind.storage)
+            };
+            return Err(ApiError::new(
+                409,
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": StorageError: invalid object, Code: 4, Key: \
+                     /registry/{path}, ResourceVersion: 0, AdditionalErrorMsg: Precondition failed: UID in \
+                     precondition: {uid}, UID in object meta: {current_uid}",
+                    kind.qualified()
+                ),
+            )
+            .about(kind, name));
+        }
+        self.update(kind, ns, name, new, part)
     }
 
     /// Writes `new` over the current object (an update, or the result of a patch).
@@ -371,18 +452,31 @@ impl Store {
                 if kind.status {
                     set_or_remove(&mut next, "status", current.get("status").cloned());
                 }
-                // What clients cannot change.
-                for k in
-                    ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "name", "namespace"]
-                {
+                // What clients cannot change; a uid other than the object's
+                // is refused below, an empty one means the object's.
+                if next["metadata"]["uid"].as_str().is_none_or(str::is_empty) {
+                    set_or_remove_meta(&mut next, "uid", current["metadata"].get("uid").cloned());
+                }
+                for k in ["creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "name", "namespace"] {
                     set_or_remove_meta(&mut next, k, current["metadata"].get(k).cloned());
                 }
+                defaults(kind, &mut next);
                 next
             }
         };
         set_or_remove_meta(&mut next, "resourceVersion", current["metadata"].get("resourceVersion").cloned());
         if let Some(m) = next["metadata"].as_object_mut() {
             m.remove("managedFields");
+        }
+        let errors = validation::validate_update(kind, &current, &next);
+        if !errors.is_empty() {
+            return Err(ApiError::invalid_fields(kind, name, &errors));
+        }
+        if part == Part::Main
+            && *kind == PVC
+            && let Err(why) = validation::admit_resize(&current, &next, |class| self.get(&CLASS, "", class).ok())
+        {
+            return Err(ApiError::forbidden(kind, name, why));
         }
         if next == current {
             // A no-op write changes nothing, not even the resourceVersion.
@@ -411,26 +505,28 @@ impl Store {
         if let Some(uid) = uid.filter(|u| !u.is_empty())
             && meta["uid"].as_str() != Some(uid)
         {
-            return Err(ApiError::new(
-                409,
+            return Err(ApiError::precondition_failed(
+                kind,
+                name,
                 format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    "the UID in the precondition ({uid}) does not match the UID in record ({}). The object might \
+                     have been deleted and then recreated",
                     meta["uid"].as_str().unwrap_or_default()
                 ),
-            )
-            .about(kind, name));
+            ));
         }
         if let Some(rv) = rv.filter(|r| !r.is_empty())
             && meta["resourceVersion"].as_str() != Some(rv)
         {
-            return Err(ApiError::new(
-                409,
+            return Err(ApiError::precondition_failed(
+                kind,
+                name,
                 format!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record \
+                     ({}). The object might have been modified",
                     meta["resourceVersion"].as_str().unwrap_or_default()
                 ),
-            )
-            .about(kind, name));
+            ));
         }
         if finalizers(&current).is_empty() {
             self.remove(kind, ns, name, current.clone());
@@ -533,23 +629,6 @@ fn suffix(n: u64) -> String {
         .collect()
 }
 
-/// The DNS subdomain rule most kinds use for names.
-fn validate_name(name: &str) -> Result<(), String> {
-    let ok_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
-    let ends_ok =
-        name.starts_with(|c: char| c.is_ascii_alphanumeric()) && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if name.len() > 253 {
-        Err("Invalid value: must be no more than 253 characters".into())
-    } else if !ok_chars || !ends_ok {
-        Err(format!(
-            "Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric \
-             characters, '-' or '.', and must start and end with an alphanumeric character"
-        ))
-    } else {
-        Ok(())
-    }
-}
-
 /// Checks `kind`/`apiVersion` and gives the object its type and a metadata map.
 fn check_shape(kind: &KindInfo, mut body: Value) -> Result<Value, ApiError> {
     let Some(map) = body.as_object_mut() else { return Err(ApiError::new(400, "the body must be a JSON object")) };
@@ -599,6 +678,32 @@ pub(crate) fn finalizers(obj: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The defaults the real server fills in whenever it decodes an object (on
+/// creates, updates and the results of patches alike).
+fn defaults(kind: &KindInfo, obj: &mut Value) {
+    if *kind == PVC || *kind == PV {
+        if !obj["spec"].is_object() {
+            obj["spec"] = json!({});
+        }
+        if obj["spec"]["volumeMode"].is_null() {
+            obj["spec"]["volumeMode"] = json!("Filesystem");
+        }
+    }
+    if *kind == PV && obj["spec"]["persistentVolumeReclaimPolicy"].is_null() {
+        obj["spec"]["persistentVolumeReclaimPolicy"] = json!("Retain");
+    }
+    if *kind == CLASS {
+        if obj["reclaimPolicy"].is_null() {
+            obj["reclaimPolicy"] = json!("Delete");
+        }
+        if obj["volumeBindingMode"].is_null() {
+            obj["volumeBindingMode"] = json!("Immediate");
+        }
+    }
+}
+
+/// What only a create sets: the first status, and the protection finalizers
+/// the real server's admission adds.
 fn defaults_on_create(kind: &KindInfo, obj: &mut Value, protection: bool) {
     let add_finalizer = |obj: &mut Value, f: &str| {
         let mut list = finalizers(obj);
@@ -608,36 +713,14 @@ fn defaults_on_create(kind: &KindInfo, obj: &mut Value, protection: bool) {
         }
     };
     if *kind == PVC {
-        if !obj["spec"].is_object() {
-            obj["spec"] = json!({});
-        }
-        if obj["spec"]["volumeMode"].is_null() {
-            obj["spec"]["volumeMode"] = json!("Filesystem");
-        }
         obj["status"] = json!({ "phase": "Pending" });
         if protection {
             add_finalizer(obj, PVC_PROTECTION);
         }
     } else if *kind == PV {
-        if !obj["spec"].is_object() {
-            obj["spec"] = json!({});
-        }
-        if obj["spec"]["volumeMode"].is_null() {
-            obj["spec"]["volumeMode"] = json!("Filesystem");
-        }
-        if obj["spec"]["persistentVolumeReclaimPolicy"].is_null() {
-            obj["spec"]["persistentVolumeReclaimPolicy"] = json!("Retain");
-        }
         obj["status"] = json!({ "phase": "Pending" });
         if protection {
             add_finalizer(obj, PV_PROTECTION);
-        }
-    } else if *kind == CLASS {
-        if obj["reclaimPolicy"].is_null() {
-            obj["reclaimPolicy"] = json!("Delete");
-        }
-        if obj["volumeBindingMode"].is_null() {
-            obj["volumeBindingMode"] = json!("Immediate");
         }
     } else if *kind == NAMESPACE {
         obj["spec"] = json!({ "finalizers": ["kubernetes"] });

@@ -142,7 +142,11 @@ async fn delete_preconditions_are_checked() {
     };
     let e = api_error(claims(&client).delete("data", &dp).await.expect_err("precondition"));
     assert_eq!(e.code, 409);
-    assert!(e.message.contains("Precondition failed"), "{}", e.message);
+    assert!(
+        e.message.contains("the UID in the precondition (not-it) does not match the UID in record"),
+        "{}",
+        e.message
+    );
     let gone = claims(&client).delete("data", &DeleteParams::default()).await.expect("delete");
     assert!(gone.is_right(), "an object without finalizers is deleted at once and a Status returned");
 }
