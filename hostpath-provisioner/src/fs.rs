@@ -22,13 +22,16 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::fs::{AtFlags, CWD, Dir, FileType, Gid, Mode, OFlags, Uid};
 use rustix::io::Errno;
 
 use crate::layout::RelPath;
+
+mod tree;
+
+pub use tree::{Leftovers, MAX_OPEN_LEVELS, TreeError, remove_tree_at};
 
 /// Bytes available to unprivileged users on the filesystem holding `dir`.
 pub fn free_bytes(dir: &Path) -> io::Result<u64> {
@@ -161,9 +164,15 @@ pub fn create_volume_dir(base: &Path, rel: &RelPath, access: DirAccess) -> io::R
 /// and without opening anything but directories; then removes intermediate
 /// directories of the pattern that became empty. A symlink or special file in
 /// place of the volume directory is unlinked. Missing: [`Removed::Missing`].
-pub fn remove_volume_dir(base: &Path, rel: &RelPath) -> io::Result<Removed> {
-    let Some(parent) = open_parent(base, rel)? else { return Ok(Removed::Missing) };
-    let removed = remove_tree_at(parent.as_fd(), OsStr::new(last(rel)))?;
+pub fn remove_volume_dir(base: &Path, rel: &RelPath) -> Result<Removed, TreeError> {
+    let shown = rel.under(base);
+    let parent = open_parent(base, rel).map_err(|source| TreeError::Io {
+        op: "opening the directory holding",
+        path: shown.clone(),
+        source,
+    })?;
+    let Some(parent) = parent else { return Ok(Removed::Missing) };
+    let removed = remove_tree_at(parent.as_fd(), OsStr::new(last(rel)), &shown)?;
     drop(parent);
     prune_parents(base, rel);
     Ok(removed)
@@ -203,50 +212,6 @@ fn prune_parents(base: &Path, rel: &RelPath) {
 fn sub(rel: &RelPath, depth: usize) -> RelPath {
     // A prefix of a valid path is valid.
     RelPath::parse(&rel.components()[..depth].join("/")).unwrap_or_else(|_| rel.clone())
-}
-
-/// Removes the entry `name` in the directory `parent`: a directory is emptied
-/// recursively and removed; anything else (file, symlink, FIFO, socket,
-/// device) is unlinked without being opened. Missing: [`Removed::Missing`].
-pub fn remove_tree_at(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<Removed> {
-    let st = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => st,
-        Err(Errno::NOENT) => return Ok(Removed::Missing),
-        Err(e) => return Err(e.into()),
-    };
-    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-        return unlink(parent, name, AtFlags::empty());
-    }
-    let dir = match rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(Errno::NOENT) => return Ok(Removed::Missing),
-        // Replaced by a symlink or a file since the stat: unlink that instead.
-        Err(Errno::LOOP) | Err(Errno::NOTDIR) => return unlink(parent, name, AtFlags::empty()),
-        Err(e) => return Err(e.into()),
-    };
-    // Owner-only permissions on a directory would stop us listing it as a non-root user.
-    let _ = rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o700));
-    let mut names = Vec::new();
-    for entry in Dir::read_from(&dir)? {
-        let entry = entry?;
-        let n = entry.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(n.to_vec());
-        }
-    }
-    for n in names {
-        remove_tree_at(dir.as_fd(), OsStr::from_bytes(&n))?;
-    }
-    drop(dir);
-    unlink(parent, name, AtFlags::REMOVEDIR)
-}
-
-fn unlink(parent: BorrowedFd<'_>, name: &OsStr, flags: AtFlags) -> io::Result<Removed> {
-    match rustix::fs::unlinkat(parent, name, flags) {
-        Ok(()) => Ok(Removed::Done),
-        Err(Errno::NOENT) => Ok(Removed::Missing),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// A UTC timestamp like `20260102T030405Z` for archive names.

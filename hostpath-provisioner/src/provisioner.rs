@@ -308,8 +308,8 @@ impl Provisioner for HostPathProvisioner {
         let archive = format!("{ARCHIVE_PREFIX}{pv}-{}", fs::timestamp(stamp));
         let (b, r) = (base.clone(), rel.clone());
         let done = blocking(move || match on_delete {
-            OnDelete::Delete => fs::remove_volume_dir(&b, &r),
-            OnDelete::Archive => fs::archive_volume_dir(&b, &r, &archive),
+            OnDelete::Delete => fs::remove_volume_dir(&b, &r).map_err(|e| e.to_string()),
+            OnDelete::Archive => fs::archive_volume_dir(&b, &r, &archive).map_err(|e| e.to_string()),
         })
         .await
         .map_err(DeleteError::Failed)?
