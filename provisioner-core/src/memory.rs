@@ -10,6 +10,9 @@
 use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::PersistentVolume;
+use tokio::time::Instant;
+
+use crate::own_writes::{Side, Writes};
 
 /// The engine's memory of one volume.
 #[derive(Clone, Debug, Default)]
@@ -34,6 +37,9 @@ pub struct Memory {
     /// The uid of the claim last refused with a warning (block, selector,
     /// data source): warned once, never again for the same claim.
     pub warned: Option<String>,
+    /// The engine's own writes to the claim and the volume that the cache
+    /// has not shown yet (read through the snapshot's `cache_stale`).
+    pub(crate) writes: Writes,
 }
 
 impl Memory {
@@ -41,7 +47,8 @@ impl Memory {
     ///
     /// ```
     /// use provisioner_core::memory::Memory;
-    /// let m = Memory { backend_deleted: Some("u1".into()), ..Default::default() };
+    /// let mut m = Memory::default();
+    /// m.backend_deleted = Some("u1".into());
     /// assert!(m.backend_deleted_for(Some("u1")));
     /// assert!(!m.backend_deleted_for(Some("u2")));
     /// assert!(!m.backend_deleted_for(None));
@@ -52,7 +59,7 @@ impl Memory {
 
     /// Whether the record holds nothing worth keeping.
     pub fn is_empty(&self) -> bool {
-        let Memory { claim, failures, unsaved, saved, backend_deleted, given_up, warned } = self;
+        let Memory { claim, failures, unsaved, saved, backend_deleted, given_up, warned, writes } = self;
         claim.is_none()
             && *failures == 0
             && unsaved.is_none()
@@ -60,6 +67,7 @@ impl Memory {
             && backend_deleted.is_none()
             && given_up.is_none()
             && warned.is_none()
+            && writes.is_idle()
     }
 }
 
@@ -93,6 +101,35 @@ impl Memories {
     /// Forgets `key` entirely.
     pub(crate) fn forget(&mut self, key: &str) {
         self.volumes.remove(key);
+    }
+
+    /// Works on `key`'s own writes; an emptied record is dropped.
+    pub(crate) fn writes<T>(&mut self, key: &str, f: impl FnOnce(&mut Writes) -> T) -> T {
+        self.update(key, |m| f(&mut m.writes))
+    }
+
+    /// Works on `key`'s own writes if it has a record (`None` otherwise:
+    /// nothing written, nothing awaited); an emptied record is dropped.
+    pub(crate) fn existing_writes<T>(&mut self, key: &str, f: impl FnOnce(&mut Writes) -> T) -> Option<T> {
+        let record = self.volumes.get_mut(key)?;
+        let out = f(&mut record.writes);
+        if record.is_empty() {
+            self.volumes.remove(key);
+        }
+        Some(out)
+    }
+
+    /// A re-list that started at `started` replaced the `side` cache: the
+    /// keys whose held-back pass may now run.
+    pub(crate) fn relisted(&mut self, side: Side, started: Instant) -> Vec<String> {
+        let mut requeue = Vec::new();
+        self.volumes.retain(|key, m| {
+            if m.writes.relisted(side, started) {
+                requeue.push(key.clone());
+            }
+            !m.is_empty()
+        });
+        requeue
     }
 
     /// Keys whose record holds a volume the API server has not taken yet.

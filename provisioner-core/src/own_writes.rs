@@ -15,7 +15,6 @@
 //! arrive while a write is on its way are kept and checked when the response
 //! comes.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use kube::Resource;
@@ -76,7 +75,7 @@ impl Expect {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 enum Slot {
     #[default]
     Free,
@@ -86,8 +85,11 @@ enum Slot {
     Awaiting(Expect),
 }
 
-#[derive(Debug, Default)]
-struct KeyWrites {
+/// The engine's own writes to one volume's claim and volume, kept in the
+/// volume's memory record ([`crate::memory::Memory`]). Methods that answer
+/// `true` mean: queue the key again, a pass was held back and may now run.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Writes {
     claim: Slot,
     volume: Slot,
     since: Option<Instant>,
@@ -97,7 +99,7 @@ struct KeyWrites {
     deferred: bool,
 }
 
-impl KeyWrites {
+impl Writes {
     fn slot(&mut self, side: Side) -> &mut Slot {
         match side {
             Side::Claim => &mut self.claim,
@@ -108,43 +110,37 @@ impl KeyWrites {
     fn settled(&self) -> bool {
         matches!((&self.claim, &self.volume), (Slot::Free, Slot::Free))
     }
-}
 
-/// The engine's own writes, by key. Methods that answer `true` mean: queue
-/// the key again, a pass was held back and may now run.
-#[derive(Debug, Default)]
-pub(crate) struct OwnWrites {
-    keys: HashMap<String, KeyWrites>,
-}
-
-impl OwnWrites {
-    /// A write to the claim or volume of `key` is about to be sent.
-    pub(crate) fn writing(&mut self, key: &str, side: Side) {
-        *self.keys.entry(key.to_string()).or_default().slot(side) = Slot::Writing(Vec::new());
+    /// Nothing written, nothing awaited, nothing held back.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.settled() && self.since.is_none() && !self.deferred
     }
 
-    /// The write announced by [`writing`](OwnWrites::writing) produced
+    /// A write to the claim or volume is about to be sent.
+    pub(crate) fn writing(&mut self, side: Side) {
+        *self.slot(side) = Slot::Writing(Vec::new());
+    }
+
+    /// The write announced by [`writing`](Writes::writing) produced
     /// `expect` (`None`: nothing to wait for, as after a failed write).
-    pub(crate) fn wrote(&mut self, key: &str, side: Side, expect: Option<Expect>, now: Instant) -> bool {
-        let writes = self.keys.entry(key.to_string()).or_default();
-        let seen = match std::mem::take(writes.slot(side)) {
+    pub(crate) fn wrote(&mut self, side: Side, expect: Option<Expect>, now: Instant) -> bool {
+        let seen = match std::mem::take(self.slot(side)) {
             Slot::Writing(seen) => seen,
             _ => Vec::new(),
         };
         if let Some(expect) = expect
             && !seen.iter().any(|rv| expect.reached_by(rv.as_deref()))
         {
-            *writes.slot(side) = Slot::Awaiting(expect);
-            writes.since = Some(now);
+            *self.slot(side) = Slot::Awaiting(expect);
+            self.since = Some(now);
         }
-        self.settle(key)
+        self.settle()
     }
 
-    /// The watch delivered a state of the claim or volume of `key`: its
+    /// The watch delivered a state of the claim or volume: its
     /// resourceVersion, or `None` for a deletion.
-    pub(crate) fn observed(&mut self, key: &str, side: Side, rv: Option<&str>) -> bool {
-        let Some(writes) = self.keys.get_mut(key) else { return false };
-        let slot = writes.slot(side);
+    pub(crate) fn observed(&mut self, side: Side, rv: Option<&str>) -> bool {
+        let slot = self.slot(side);
         match slot {
             Slot::Free => false,
             Slot::Writing(seen) => {
@@ -154,7 +150,7 @@ impl OwnWrites {
             Slot::Awaiting(expect) => {
                 if expect.reached_by(rv) {
                     *slot = Slot::Free;
-                    self.settle(key)
+                    self.settle()
                 } else {
                     false
                 }
@@ -164,69 +160,51 @@ impl OwnWrites {
 
     /// A re-list that started at `started` replaced the `side` cache: it
     /// shows every write that had finished by then, and the individual
-    /// events of those writes may never come. Returns the keys to queue.
-    pub(crate) fn relisted(&mut self, side: Side, started: Instant) -> Vec<String> {
-        let mut requeue = Vec::new();
-        let keys: Vec<String> = self.keys.keys().cloned().collect();
-        for key in keys {
-            let Some(writes) = self.keys.get_mut(&key) else { continue };
-            if writes.since.is_some_and(|t| t <= started) && matches!(writes.slot(side), Slot::Awaiting(_)) {
-                *writes.slot(side) = Slot::Free;
-                if self.settle(&key) {
-                    requeue.push(key);
-                }
-            }
-        }
-        requeue
-    }
-
-    /// A pass over `key` ended: a write whose result it did not record failed.
-    pub(crate) fn pass_ended(&mut self, key: &str) -> bool {
-        let Some(writes) = self.keys.get_mut(key) else { return false };
-        for side in [Side::Claim, Side::Volume] {
-            if matches!(writes.slot(side), Slot::Writing(_)) {
-                *writes.slot(side) = Slot::Free;
-            }
-        }
-        self.settle(key)
-    }
-
-    /// Whether a pass over `key` must wait because the cache (holding the
-    /// claim and the volume at these resourceVersions, `None`: absent) has
-    /// not shown the engine's last writes yet; then for how long at most.
-    pub(crate) fn behind(
-        &mut self,
-        key: &str,
-        claim: Option<&str>,
-        volume: Option<&str>,
-        now: Instant,
-    ) -> Option<Duration> {
-        let writes = self.keys.get_mut(key)?;
-        let waited = writes.since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-        let shown = |slot: &Slot, cached: Option<&str>| match slot {
-            Slot::Awaiting(expect) => expect.shown_by(cached),
-            _ => true,
-        };
-        if waited >= AWAIT_LIMIT || (shown(&writes.claim, claim) && shown(&writes.volume, volume)) {
-            self.keys.remove(key);
-            return None;
-        }
-        writes.deferred = true;
-        Some(AWAIT_LIMIT - waited)
-    }
-
-    /// Forgets `key` once nothing is awaited; whether a held-back pass must run.
-    fn settle(&mut self, key: &str) -> bool {
-        if self.keys.get(key).is_some_and(KeyWrites::settled) {
-            return self.keys.remove(key).is_some_and(|w| w.deferred);
+    /// events of those writes may never come.
+    pub(crate) fn relisted(&mut self, side: Side, started: Instant) -> bool {
+        if self.since.is_some_and(|t| t <= started) && matches!(self.slot(side), Slot::Awaiting(_)) {
+            *self.slot(side) = Slot::Free;
+            return self.settle();
         }
         false
     }
 
-    /// Keys with something awaited (for tests and debugging).
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.keys.len()
+    /// A pass ended: a write whose result it did not record failed.
+    pub(crate) fn pass_ended(&mut self) -> bool {
+        for side in [Side::Claim, Side::Volume] {
+            if matches!(self.slot(side), Slot::Writing(_)) {
+                *self.slot(side) = Slot::Free;
+            }
+        }
+        self.settle()
+    }
+
+    /// Whether a pass must wait because the cache (holding the claim and the
+    /// volume at these resourceVersions, `None`: absent) has not shown the
+    /// engine's last writes yet; then for how long at most.
+    pub(crate) fn behind(&mut self, claim: Option<&str>, volume: Option<&str>, now: Instant) -> Option<Duration> {
+        if self.is_idle() {
+            return None;
+        }
+        let waited = self.since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let shown = |slot: &Slot, cached: Option<&str>| match slot {
+            Slot::Awaiting(expect) => expect.shown_by(cached),
+            _ => true,
+        };
+        if waited >= AWAIT_LIMIT || (shown(&self.claim, claim) && shown(&self.volume, volume)) {
+            *self = Writes::default();
+            return None;
+        }
+        self.deferred = true;
+        Some(AWAIT_LIMIT - waited)
+    }
+
+    /// Forgets everything once nothing is awaited; whether a held-back pass must run.
+    fn settle(&mut self) -> bool {
+        if self.settled() {
+            return std::mem::take(self).deferred;
+        }
+        false
     }
 }
 
@@ -236,8 +214,6 @@ mod tests {
     use k8s_openapi::api::core::v1::PersistentVolume;
     use kube::api::ObjectMeta;
 
-    const KEY: &str = "pvc-1";
-
     fn v(rv: &str) -> Option<Expect> {
         Some(Expect::Version(rv.to_string()))
     }
@@ -245,13 +221,13 @@ mod tests {
     #[test]
     fn a_pass_waits_until_the_cache_shows_the_write_and_then_runs_again() {
         let now = Instant::now();
-        let mut w = OwnWrites::default();
-        w.writing(KEY, Side::Volume);
-        assert!(!w.wrote(KEY, Side::Volume, v("10"), now));
-        assert!(w.behind(KEY, None, None, now).is_some(), "the created volume is not in the cache yet");
-        assert!(w.observed(KEY, Side::Volume, Some("10")), "the held-back pass runs again");
-        assert_eq!(w.behind(KEY, None, Some("10"), now), None);
-        assert_eq!(w.len(), 0);
+        let mut w = Writes::default();
+        w.writing(Side::Volume);
+        assert!(!w.wrote(Side::Volume, v("10"), now));
+        assert!(w.behind(None, None, now).is_some(), "the created volume is not in the cache yet");
+        assert!(w.observed(Side::Volume, Some("10")), "the held-back pass runs again");
+        assert_eq!(w.behind(None, Some("10"), now), None);
+        assert!(w.is_idle());
     }
 
     #[test]
@@ -259,68 +235,68 @@ mod tests {
         // The engine deletes a PV (10 -> 11), the PV protection controller
         // drops its finalizer (12), the engine drops its own and the PV goes.
         let now = Instant::now();
-        let mut w = OwnWrites::default();
-        w.writing(KEY, Side::Volume);
-        w.wrote(KEY, Side::Volume, v("11"), now);
-        w.writing(KEY, Side::Volume);
-        w.wrote(KEY, Side::Volume, Some(Expect::Gone), now);
-        w.observed(KEY, Side::Volume, Some("11"));
-        w.observed(KEY, Side::Volume, Some("12"));
-        assert!(w.behind(KEY, None, Some("12"), now).is_some(), "12 still shows the engine's finalizer");
-        assert!(w.observed(KEY, Side::Volume, None));
-        assert_eq!(w.behind(KEY, None, None, now), None);
+        let mut w = Writes::default();
+        w.writing(Side::Volume);
+        w.wrote(Side::Volume, v("11"), now);
+        w.writing(Side::Volume);
+        w.wrote(Side::Volume, Some(Expect::Gone), now);
+        w.observed(Side::Volume, Some("11"));
+        w.observed(Side::Volume, Some("12"));
+        assert!(w.behind(None, Some("12"), now).is_some(), "12 still shows the engine's finalizer");
+        assert!(w.observed(Side::Volume, None));
+        assert_eq!(w.behind(None, None, now), None);
     }
 
     #[test]
     fn an_event_that_overtakes_the_response_of_its_write_counts() {
         let now = Instant::now();
-        let mut w = OwnWrites::default();
-        w.writing(KEY, Side::Claim);
-        w.observed(KEY, Side::Claim, Some("7"));
-        assert!(!w.wrote(KEY, Side::Claim, v("7"), now));
-        assert_eq!(w.behind(KEY, Some("8"), None, now), None, "7 passed already: 8 is newer");
+        let mut w = Writes::default();
+        w.writing(Side::Claim);
+        w.observed(Side::Claim, Some("7"));
+        assert!(!w.wrote(Side::Claim, v("7"), now));
+        assert_eq!(w.behind(Some("8"), None, now), None, "7 passed already: 8 is newer");
     }
 
     #[test]
     fn a_deletion_that_overtakes_the_response_counts_for_any_write() {
         let now = Instant::now();
-        let mut w = OwnWrites::default();
-        w.writing(KEY, Side::Claim);
-        w.observed(KEY, Side::Claim, None);
-        w.wrote(KEY, Side::Claim, v("7"), now);
-        assert_eq!(w.behind(KEY, None, None, now), None);
+        let mut w = Writes::default();
+        w.writing(Side::Claim);
+        w.observed(Side::Claim, None);
+        w.wrote(Side::Claim, v("7"), now);
+        assert_eq!(w.behind(None, None, now), None);
     }
 
     #[test]
     fn a_failed_write_awaits_nothing() {
         let now = Instant::now();
-        let mut w = OwnWrites::default();
-        w.writing(KEY, Side::Claim);
-        assert!(!w.pass_ended(KEY));
-        assert_eq!(w.behind(KEY, Some("1"), None, now), None);
-        assert_eq!(w.len(), 0);
+        let mut w = Writes::default();
+        w.writing(Side::Claim);
+        assert!(!w.pass_ended());
+        assert_eq!(w.behind(Some("1"), None, now), None);
+        assert!(w.is_idle());
     }
 
     #[test]
     fn a_relist_shows_writes_that_finished_before_it() {
         let now = Instant::now();
-        let mut w = OwnWrites::default();
-        w.writing(KEY, Side::Volume);
-        w.wrote(KEY, Side::Volume, v("5"), now);
-        assert!(w.behind(KEY, None, None, now).is_some());
-        assert!(w.relisted(Side::Claim, now + Duration::from_secs(1)).is_empty(), "another kind's re-list");
-        assert_eq!(w.relisted(Side::Volume, now + Duration::from_secs(1)), vec![KEY.to_string()]);
-        assert_eq!(w.behind(KEY, None, Some("9"), now), None);
+        let mut w = Writes::default();
+        w.writing(Side::Volume);
+        w.wrote(Side::Volume, v("5"), now);
+        assert!(w.behind(None, None, now).is_some());
+        assert!(!w.relisted(Side::Claim, now + Duration::from_secs(1)), "another kind's re-list");
+        assert!(w.relisted(Side::Volume, now + Duration::from_secs(1)));
+        assert_eq!(w.behind(None, Some("9"), now), None);
     }
 
     #[test]
     fn a_cache_that_never_catches_up_holds_a_key_back_for_a_limited_time() {
         let now = Instant::now();
-        let mut w = OwnWrites::default();
-        w.writing(KEY, Side::Volume);
-        w.wrote(KEY, Side::Volume, v("5"), now);
-        assert_eq!(w.behind(KEY, None, Some("4"), now + Duration::from_secs(20)), Some(Duration::from_secs(40)));
-        assert_eq!(w.behind(KEY, None, Some("4"), now + AWAIT_LIMIT), None);
+        let mut w = Writes::default();
+        w.writing(Side::Volume);
+        w.wrote(Side::Volume, v("5"), now);
+        assert_eq!(w.behind(None, Some("4"), now + Duration::from_secs(20)), Some(Duration::from_secs(40)));
+        assert_eq!(w.behind(None, Some("4"), now + AWAIT_LIMIT), None);
     }
 
     #[test]

@@ -554,6 +554,7 @@ fn arb_memory() -> impl Strategy<Value = Memory> {
             backend_deleted: deleted.then(|| "uid-of-pvc-u1".to_string()),
             given_up: given_up.then(|| ("1".to_string(), "1".to_string())),
             warned: warned.then(|| "u1".to_string()),
+            writes: Default::default(),
         },
     )
 }

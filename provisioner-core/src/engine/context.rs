@@ -18,17 +18,15 @@ use crate::events::{EventRecorder, EventType};
 use crate::keys;
 use crate::memory::Memories;
 use crate::metrics::Metrics;
-use crate::own_writes::{Expect, OwnWrites, Side};
+use crate::own_writes::{Expect, Side};
 use crate::provisioner::Provisioner;
 use crate::queue::WorkQueue;
 
 /// The engine's memory, all in one lock.
 #[derive(Default)]
 pub(super) struct State {
-    /// One record per volume ([`crate::memory::Memory`]).
+    /// One record per volume ([`crate::memory::Memory`]), its own writes included.
     pub(super) memory: Memories,
-    /// The engine's own writes the cache has not shown yet, by volume.
-    pub(super) own_writes: OwnWrites,
     /// resourceVersions produced by the engine's own writes, whose watch
     /// events must not trigger another pass (the writer already knows).
     pub(super) echoes: HashSet<String>,
@@ -73,13 +71,13 @@ impl Ctx {
     /// The engine is about to write the claim or volume of `key`.
     pub(super) fn writing(&self, key: &str, side: Side) {
         self.wrote();
-        self.state().own_writes.writing(key, side);
+        self.state().memory.writes(key, |w| w.writing(side));
     }
 
     /// The write announced by [`writing`](Ctx::writing) produced `expect`;
     /// passes over `key` wait until the cache shows it.
     pub(super) fn wrote_state(&self, key: &str, side: Side, expect: Option<Expect>) {
-        let requeue = self.state().own_writes.wrote(key, side, expect, Instant::now());
+        let requeue = self.state().memory.writes(key, |w| w.wrote(side, expect, Instant::now()));
         if requeue {
             self.queue.add(key);
         }
@@ -87,7 +85,7 @@ impl Ctx {
 
     /// The watch delivered a state (`None`: the deletion) of the claim or volume of `key`.
     pub(super) fn observed(&self, key: &str, side: Side, rv: Option<&str>) {
-        let requeue = self.state().own_writes.observed(key, side, rv);
+        let requeue = self.state().memory.existing_writes(key, |w| w.observed(side, rv)).unwrap_or(false);
         if requeue {
             self.queue.add(key);
         }
@@ -95,7 +93,7 @@ impl Ctx {
 
     /// A re-list that started at `started` replaced the `side` cache.
     pub(super) fn relisted(&self, side: Side, started: Instant) {
-        let requeue = self.state().own_writes.relisted(side, started);
+        let requeue = self.state().memory.relisted(side, started);
         for key in requeue {
             self.queue.add(&key);
         }

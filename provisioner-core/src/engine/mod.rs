@@ -72,7 +72,8 @@
 //!
 //! After each of its own writes the engine remembers the state the write
 //! produced (the object's new resourceVersion, or its deletion) and does not
-//! act on that volume until the watch has delivered it (`own_writes.rs`).
+//! act on that volume until the watch has delivered it (`own_writes.rs`,
+//! kept in the volume's memory record).
 //! Every state the cache shows before then is older than the write, whoever
 //! else wrote in between (the PV protection controller does, during every
 //! delete), so a lagging watch cannot cause a second provision or delete.

@@ -45,7 +45,8 @@ fn look(ctx: &Ctx, key: &str) -> Result<Seen, serde_json::Error> {
     let claim = claim.filter(|c| ctx.key_of_claim(c) == key);
     let claim_rv = claim.as_ref().and_then(|c| c.resource_version());
     let volume_rv = volume.as_ref().and_then(|v| v.resource_version());
-    let behind = st.own_writes.behind(key, claim_rv.as_deref(), volume_rv.as_deref(), Instant::now());
+    let now = Instant::now();
+    let behind = st.memory.existing_writes(key, |w| w.behind(claim_rv.as_deref(), volume_rv.as_deref(), now)).flatten();
     drop(st);
     if let Some(wait) = behind {
         debug!(volume = key, ?wait, ?claim_rv, ?volume_rv, "the cache has not shown the engine's last write yet");

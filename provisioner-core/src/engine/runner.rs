@@ -46,7 +46,7 @@ pub(super) enum Next {
 }
 
 fn finish(ctx: &Ctx, key: &str, next: Next) {
-    if ctx.state().own_writes.pass_ended(key) {
+    if ctx.state().memory.existing_writes(key, |w| w.pass_ended()).unwrap_or(false) {
         ctx.queue.add(key);
     }
     match next {
