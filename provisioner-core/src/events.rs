@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::{Event, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{ObjectMeta, Patch};
 use kube::{Api, Client};
 use tokio::time::Instant;
 
@@ -100,7 +100,7 @@ impl EventRecorder {
             let patch = serde_json::json!({
                 "series": EventSeries { count, last_observed_time: MicroTime(now) }
             });
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            api.patch(&name, &crate::keys::patch_params(), &Patch::Merge(&patch)).await?;
             return Ok(());
         }
         // Events about cluster-scoped objects (volumes) live in `default`.
@@ -122,7 +122,7 @@ impl EventRecorder {
             ..Default::default()
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        api.create(&PostParams::default(), &event).await?;
+        api.create(&crate::keys::post_params(), &event).await?;
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -29,5 +29,17 @@ pub const INTENT_VOLUME: &str = "provisioner.rs/volume-name";
 /// records yet, so the claim must not disappear unnoticed.
 pub const INTENT_FINALIZER: &str = "provisioner.rs/provisioning";
 
-/// The name of the field manager the engine writes with.
+/// The name of the field manager the engine writes with: every create,
+/// replace and patch it sends names it, so `managedFields` say which fields
+/// the engine wrote.
 pub const FIELD_MANAGER: &str = "provisioner-core";
+
+/// Parameters for a create or replace, naming [`FIELD_MANAGER`].
+pub(crate) fn post_params() -> kube::api::PostParams {
+    kube::api::PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+}
+
+/// Parameters for a patch, naming [`FIELD_MANAGER`].
+pub(crate) fn patch_params() -> kube::api::PatchParams {
+    kube::api::PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+}

@@ -47,7 +47,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::ObjectMeta;
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -424,7 +424,7 @@ impl LeaderElector {
                     spec: Some(claim_spec(None, &cfg.identity, self.lease_duration_seconds, Timestamp::now())),
                 };
                 state.may_hold = true;
-                self.api.create(&PostParams::default(), &lease).await
+                self.api.create(&crate::keys::post_params(), &lease).await
             }
             (LeaseAction::Acquire | LeaseAction::Renew, Some(mut lease)) => {
                 // The fetched metadata carries the resourceVersion, making this a compare-and-swap.
@@ -432,7 +432,7 @@ impl LeaderElector {
                     claim_spec(lease.spec.as_ref(), &cfg.identity, self.lease_duration_seconds, Timestamp::now());
                 lease.spec = Some(spec);
                 state.may_hold = true;
-                self.api.replace(&cfg.lease_name, &PostParams::default(), &lease).await
+                self.api.replace(&cfg.lease_name, &crate::keys::post_params(), &lease).await
             }
         };
         match written {
@@ -459,7 +459,7 @@ impl LeaderElector {
                     return Ok(false);
                 }
                 lease.spec = Some(release_spec(lease.spec.as_ref(), Timestamp::now()));
-                match self.api.replace(&cfg.lease_name, &PostParams::default(), &lease).await {
+                match self.api.replace(&cfg.lease_name, &crate::keys::post_params(), &lease).await {
                     Ok(_) => return Ok(true),
                     Err(e) if is_conflict(&e) => continue,
                     Err(e) => return Err(e),

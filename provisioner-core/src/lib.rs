@@ -41,5 +41,11 @@ pub mod serve;
 pub mod testing;
 pub mod volume;
 
-pub use engine::{Engine, EngineBuilder, EngineError};
+pub use engine::{Engine, EngineBuilder, EngineConfig, EngineError, EngineStatus};
+
+// The crates in the public API, so a provisioner needs no version of its own
+// that could disagree with the engine's.
+pub use async_trait::async_trait;
+pub use k8s_openapi;
+pub use kube;
 pub use provisioner::{DeleteError, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};

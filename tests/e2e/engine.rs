@@ -77,6 +77,9 @@ async fn immediate_claim_is_provisioned_bound_and_described() {
     let claim_ref = spec.claim_ref.clone().expect("claimRef");
     assert_eq!(claim_ref.uid, created.uid(), "the volume is bound by uid");
     assert_eq!(pv.annotations().get(keys::PROVISIONED_BY), Some(&provisioner_name(&env)));
+    // The engine's writes name it in managedFields.
+    let managers: Vec<_> = pv.metadata.managed_fields.iter().flatten().filter_map(|m| m.manager.as_deref()).collect();
+    assert!(managers.contains(&keys::FIELD_MANAGER), "{managers:?}");
     assert!(pv.finalizers().contains(&keys::VOLUME_FINALIZER.to_string()));
     assert_eq!(spec.storage_class_name.as_deref(), Some(class.as_str()));
     assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Delete"));

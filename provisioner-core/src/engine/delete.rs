@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::ResourceExt;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, Patch, Preconditions};
 use serde_json::json;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -112,7 +112,7 @@ pub(super) async fn add_volume_finalizer(ctx: &Ctx, key: &str, volume: &Persiste
         "metadata": { "resourceVersion": volume.resource_version(), "finalizers": finalizers }
     });
     ctx.writing(key, Side::Volume);
-    match ctx.volume_api().patch(key, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match ctx.volume_api().patch(key, &crate::keys::patch_params(), &Patch::Merge(&patch)).await {
         Ok(updated) => {
             ctx.wrote_state(key, Side::Volume, Expect::of_write(&updated));
             info!(volume = key, "added the deletion finalizer");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::ResourceExt;
-use kube::api::{Patch, PatchParams};
+use kube::api::Patch;
 use serde_json::json;
 use tracing::warn;
 
@@ -42,7 +42,7 @@ pub(super) async fn record_intent(
     });
     let ns = claim.namespace().unwrap_or_default();
     ctx.writing(key, Side::Claim);
-    match ctx.claim_api(&ns).patch(&claim.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match ctx.claim_api(&ns).patch(&claim.name_any(), &crate::keys::patch_params(), &Patch::Merge(&patch)).await {
         Ok(updated) => {
             ctx.wrote_state(key, Side::Claim, Expect::of_write(&updated));
             ctx.expect_echo(&updated);

@@ -7,7 +7,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::ResourceExt;
-use kube::api::PostParams;
 use kube::runtime::reflector::ObjectRef;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -98,7 +97,7 @@ pub(super) async fn save_volume(
 ) -> Next {
     let label = class_label(class);
     ctx.writing(key, Side::Volume);
-    let failure = match ctx.volume_api().create(&PostParams::default(), &pv).await {
+    let failure = match ctx.volume_api().create(&crate::keys::post_params(), &pv).await {
         Ok(saved) => {
             ctx.expect_echo(&saved);
             return saved_volume(ctx, key, claim, &label, Some(&saved), took);

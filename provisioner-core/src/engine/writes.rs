@@ -1,7 +1,7 @@
 //! The guarded JSON patch every removal the engine makes goes through (its
 //! intent record on a claim, its finalizer on a volume).
 
-use kube::api::{Patch, PatchParams};
+use kube::api::Patch;
 use kube::{Api, Resource};
 use serde_json::json;
 use tracing::warn;
@@ -38,7 +38,7 @@ where
         }
     };
     ctx.writing(key, side);
-    match api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+    match api.patch(name, &crate::keys::patch_params(), &Patch::<()>::Json(patch)).await {
         Ok(updated) => {
             ctx.wrote_state(key, side, Expect::of_write(&updated));
             Next::Succeeded
