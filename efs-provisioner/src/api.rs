@@ -35,6 +35,12 @@ pub enum Operation {
     DescribeAccessPoints,
     /// `DeleteAccessPoint`.
     DeleteAccessPoint,
+    /// `TagResource` (only to mark a file system being rolled back).
+    TagResource,
+    /// EC2 `DescribeSubnets` (the topology check before a file system is created).
+    DescribeSubnets,
+    /// EC2 `DescribeSecurityGroups` (the same check).
+    DescribeSecurityGroups,
 }
 
 impl Operation {
@@ -51,6 +57,9 @@ impl Operation {
             Operation::CreateAccessPoint => "CreateAccessPoint",
             Operation::DescribeAccessPoints => "DescribeAccessPoints",
             Operation::DeleteAccessPoint => "DeleteAccessPoint",
+            Operation::TagResource => "TagResource",
+            Operation::DescribeSubnets => "DescribeSubnets",
+            Operation::DescribeSecurityGroups => "DescribeSecurityGroups",
         }
     }
 
@@ -71,6 +80,9 @@ impl Operation {
             Operation::DeleteMountTarget => "elasticfilesystem:DeleteMountTarget (with ec2:DeleteNetworkInterface)",
             Operation::DescribeAccessPoints => "elasticfilesystem:DescribeAccessPoints",
             Operation::DeleteAccessPoint => "elasticfilesystem:DeleteAccessPoint",
+            Operation::TagResource => "elasticfilesystem:TagResource",
+            Operation::DescribeSubnets => "ec2:DescribeSubnets",
+            Operation::DescribeSecurityGroups => "ec2:DescribeSecurityGroups",
         }
     }
 }
@@ -260,7 +272,13 @@ pub enum ErrorKind {
     Throttled,
     /// The request is invalid as written (bad parameter, unknown subnet or security group).
     BadRequest,
-    /// Anything else (timeouts, connection errors, server errors): may succeed if tried again.
+    /// The SDK could not get credentials (IRSA, Pod Identity, instance
+    /// profile): no request was sent. Retrying will not help until the set-up is fixed.
+    Credentials,
+    /// EFS could not be reached (DNS, no route, connection refused): nothing
+    /// was answered, and the request may or may not have been carried out.
+    Unreachable,
+    /// Anything else (timeouts, server errors): may succeed if tried again.
     Transient,
 }
 
@@ -327,14 +345,54 @@ pub trait EfsApi: Send + Sync + 'static {
     async fn delete_mount_target(&self, mount_target_id: &str) -> Result<(), ApiError>;
     /// `CreateAccessPoint` with tags.
     async fn create_access_point(&self, spec: &NewAccessPoint) -> Result<AccessPoint, ApiError>;
-    /// One page of `DescribeAccessPoints` of a file system.
+    /// One page of `DescribeAccessPoints` of a file system, of at most
+    /// `page_size` items (EFS allows up to [`MAX_ACCESS_POINT_PAGE`]; 100 when not asked).
     async fn describe_access_points(
         &self,
         file_system_id: &str,
         next_token: Option<&str>,
+        page_size: u32,
     ) -> Result<AccessPointPage, ApiError>;
+    /// `DescribeAccessPoints` of one access point; `None` when it does not exist.
+    async fn describe_access_point(&self, access_point_id: &str) -> Result<Option<AccessPoint>, ApiError>;
     /// `DeleteAccessPoint`.
     async fn delete_access_point(&self, access_point_id: &str) -> Result<(), ApiError>;
+    /// `TagResource`: adds (or overwrites) `tags` on a file system or access point.
+    async fn tag_resource(&self, resource_id: &str, tags: &BTreeMap<String, String>) -> Result<(), ApiError>;
+}
+
+/// The largest page `DescribeAccessPoints` returns.
+pub const MAX_ACCESS_POINT_PAGE: u32 = 1000;
+
+/// A subnet, as EC2 describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subnet {
+    /// `subnet-...`.
+    pub id: String,
+    /// Its availability zone (`us-east-1a`).
+    pub availability_zone: String,
+    /// Its VPC.
+    pub vpc_id: String,
+}
+
+/// A security group, as EC2 describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecurityGroup {
+    /// `sg-...`.
+    pub id: String,
+    /// Its VPC.
+    pub vpc_id: String,
+}
+
+/// The EC2 lookups of the topology check made before a file system is
+/// created (see [`crate::provisioner::check_topology`]). Ids that do not
+/// exist are left out of the answer, not an error.
+#[async_trait]
+pub trait NetworkApi: Send + Sync + 'static {
+    /// `DescribeSubnets` of `ids`.
+    async fn describe_subnets(&self, ids: &[String]) -> Result<Vec<Subnet>, ApiError>;
+    /// `DescribeSecurityGroups` of `ids`.
+    async fn describe_security_groups(&self, ids: &[String]) -> Result<Vec<SecurityGroup>, ApiError>;
 }
 
 /// Counts the requests made through it, by operation: for benchmarks and tests.
@@ -404,13 +462,26 @@ impl<A: EfsApi> EfsApi for CountingApi<A> {
         self.count(Operation::CreateAccessPoint);
         self.inner.create_access_point(spec).await
     }
-    async fn describe_access_points(&self, id: &str, next: Option<&str>) -> Result<AccessPointPage, ApiError> {
+    async fn describe_access_points(
+        &self,
+        id: &str,
+        next: Option<&str>,
+        page_size: u32,
+    ) -> Result<AccessPointPage, ApiError> {
         self.count(Operation::DescribeAccessPoints);
-        self.inner.describe_access_points(id, next).await
+        self.inner.describe_access_points(id, next, page_size).await
+    }
+    async fn describe_access_point(&self, id: &str) -> Result<Option<AccessPoint>, ApiError> {
+        self.count(Operation::DescribeAccessPoints);
+        self.inner.describe_access_point(id).await
     }
     async fn delete_access_point(&self, id: &str) -> Result<(), ApiError> {
         self.count(Operation::DeleteAccessPoint);
         self.inner.delete_access_point(id).await
+    }
+    async fn tag_resource(&self, id: &str, tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
+        self.count(Operation::TagResource);
+        self.inner.tag_resource(id, tags).await
     }
 }
 
@@ -440,10 +511,31 @@ impl<A: EfsApi + ?Sized> EfsApi for std::sync::Arc<A> {
     async fn create_access_point(&self, spec: &NewAccessPoint) -> Result<AccessPoint, ApiError> {
         (**self).create_access_point(spec).await
     }
-    async fn describe_access_points(&self, id: &str, next: Option<&str>) -> Result<AccessPointPage, ApiError> {
-        (**self).describe_access_points(id, next).await
+    async fn describe_access_points(
+        &self,
+        id: &str,
+        next: Option<&str>,
+        page_size: u32,
+    ) -> Result<AccessPointPage, ApiError> {
+        (**self).describe_access_points(id, next, page_size).await
+    }
+    async fn describe_access_point(&self, id: &str) -> Result<Option<AccessPoint>, ApiError> {
+        (**self).describe_access_point(id).await
     }
     async fn delete_access_point(&self, id: &str) -> Result<(), ApiError> {
         (**self).delete_access_point(id).await
+    }
+    async fn tag_resource(&self, id: &str, tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
+        (**self).tag_resource(id, tags).await
+    }
+}
+
+#[async_trait]
+impl<N: NetworkApi + ?Sized> NetworkApi for std::sync::Arc<N> {
+    async fn describe_subnets(&self, ids: &[String]) -> Result<Vec<Subnet>, ApiError> {
+        (**self).describe_subnets(ids).await
+    }
+    async fn describe_security_groups(&self, ids: &[String]) -> Result<Vec<SecurityGroup>, ApiError> {
+        (**self).describe_security_groups(ids).await
     }
 }

@@ -108,6 +108,10 @@ pub struct AccessPointClass {
     pub base_path: String,
     /// The per-claim sub-path, with `${.PVC.namespace}`, `${.PVC.name}`, `${.PV.name}`.
     pub sub_path_pattern: String,
+    /// Whether a directory is unique to its access point even when the
+    /// pattern does not name the PV (default true): a re-created claim of
+    /// the same name must not land on the old one's data.
+    pub ensure_unique_directory: bool,
 }
 
 /// What a class asks for.
@@ -164,6 +168,7 @@ const KNOWN: &[&str] = &[
     "directoryPerms",
     "basePath",
     "subPathPattern",
+    "ensureUniqueDirectory",
     "deleteAccessPointRootDir",
 ];
 
@@ -286,6 +291,10 @@ pub fn parse_class(
         return Err(bad(format!("subnet {dup} is listed twice")));
     }
     let security_groups = get("securityGroups").map(split_list).unwrap_or_else(|| defaults.security_groups.clone());
+    if security_groups.is_empty() {
+        return Err(bad("no security groups for mount targets: set AWS_SECURITY_GROUP (--security-group) or the \
+             class parameter securityGroups (without one, EFS uses the VPC's default group and mounts hang)"));
+    }
     if security_groups.len() > 5 {
         return Err(bad("a mount target takes at most 5 security groups"));
     }
@@ -303,6 +312,7 @@ pub fn parse_class(
             &["AFTER_1_ACCESS"],
         )?));
     }
+    check_lifecycle(&lifecycle, performance_mode, throughput)?;
     Ok(ClassConfig::FileSystem(FileSystemClass {
         performance_mode,
         throughput,
@@ -313,6 +323,43 @@ pub fn parse_class(
         lifecycle,
         source: source.unwrap_or(VolumeSource::Nfs),
     }))
+}
+
+fn days(v: &str) -> u32 {
+    v.trim_start_matches("AFTER_").split('_').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// The lifecycle rules EFS accepts (`PutLifecycleConfiguration` rejects the
+/// others, after the file system exists): `transitionToArchive` needs
+/// throughput mode elastic and performance mode generalPurpose, and must
+/// come later than `transitionToIA`.
+pub fn check_lifecycle(
+    rules: &[LifecycleRule],
+    performance_mode: PerformanceMode,
+    throughput: Throughput,
+) -> Result<(), ConfigError> {
+    let ia = rules.iter().find_map(|r| match r {
+        LifecycleRule::TransitionToIa(v) => Some(v),
+        _ => None,
+    });
+    let Some(archive) = rules.iter().find_map(|r| match r {
+        LifecycleRule::TransitionToArchive(v) => Some(v),
+        _ => None,
+    }) else {
+        return Ok(());
+    };
+    if throughput != Throughput::Elastic {
+        return Err(bad("transitionToArchive needs throughputMode elastic"));
+    }
+    if performance_mode == PerformanceMode::MaxIo {
+        return Err(bad("transitionToArchive is not available with performanceMode maxIO"));
+    }
+    if let Some(ia) = ia
+        && days(archive) <= days(ia)
+    {
+        return Err(bad(format!("transitionToArchive {archive} must be later than transitionToIA {ia}")));
+    }
+    Ok(())
 }
 
 fn parse_access_point(
@@ -372,11 +419,32 @@ fn parse_access_point(
         return Err(bad(format!("basePath {base_path:?} must be absolute, without . or ..")));
     }
     let sub_path_pattern = get("subPathPattern").unwrap_or("${.PV.name}").to_string();
-    Ok(AccessPointClass { file_system_id, identity, directory_perms, base_path, sub_path_pattern })
+    let ensure_unique_directory =
+        get("ensureUniqueDirectory").map(|v| parse_bool("ensureUniqueDirectory", v)).transpose()?.unwrap_or(true);
+    Ok(AccessPointClass {
+        file_system_id,
+        identity,
+        directory_perms,
+        base_path,
+        sub_path_pattern,
+        ensure_unique_directory,
+    })
+}
+
+/// A short suffix unique to a PV name (FNV-1a, 64 bit, stable across versions).
+pub fn unique_suffix(pv_name: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in pv_name.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }
 
 /// The access point's root directory for a claim: `<basePath>/<subPathPattern>` with
-/// its variables filled in. EFS allows at most 100 characters and four levels.
+/// its variables filled in, and, when the pattern does not name the PV and
+/// the class does not turn it off, `-<suffix unique to the PV>` on the last
+/// part. EFS allows at most 100 characters and four levels.
 pub fn root_directory(
     class: &AccessPointClass,
     pv_name: &str,
@@ -394,9 +462,17 @@ pub fn root_directory(
             class.sub_path_pattern
         )));
     }
-    let parts: Vec<&str> = class.base_path.split('/').chain(sub.split('/')).filter(|p| !p.is_empty()).collect();
-    if parts.iter().any(|p| *p == ".." || *p == ".") {
+    let mut parts: Vec<String> =
+        class.base_path.split('/').chain(sub.split('/')).filter(|p| !p.is_empty()).map(str::to_string).collect();
+    if parts.iter().any(|p| p == ".." || p == ".") {
         return Err(bad(format!("the directory for this claim ({sub:?}) must stay inside basePath")));
+    }
+    if class.ensure_unique_directory && !class.sub_path_pattern.contains("${.PV.name}") {
+        let suffix = unique_suffix(pv_name);
+        match parts.last_mut() {
+            Some(last) => *last = format!("{last}-{suffix}"),
+            None => parts.push(suffix),
+        }
     }
     let path = format!("/{}", parts.join("/"));
     if path.len() > 100 || parts.len() > 4 {
@@ -512,7 +588,11 @@ mod tests {
         assert_eq!(ap.identity, Identity::Range { start: 50_000, end: 7_000_000, uid: None });
         assert_eq!(ap.directory_perms, "0700");
         assert_eq!(root_directory(&ap, "pvc-1", "ns", "data").unwrap(), "/dynamic/pvc-1");
-        let ap = AccessPointClass { sub_path_pattern: "${.PVC.namespace}/${.PVC.name}".into(), ..ap };
+        let ap = AccessPointClass {
+            sub_path_pattern: "${.PVC.namespace}/${.PVC.name}".into(),
+            ensure_unique_directory: false,
+            ..ap
+        };
         assert_eq!(root_directory(&ap, "pvc-1", "ns", "data").unwrap(), "/dynamic/ns/data");
         let ap = AccessPointClass { sub_path_pattern: "../x".into(), ..ap };
         assert!(root_directory(&ap, "pvc-1", "ns", "data").is_err());
@@ -548,5 +628,81 @@ mod tests {
             fixed,
             Ok(ClassConfig::AccessPoint(AccessPointClass { identity: Identity::Fixed { uid: 1000, gid: 2000 }, .. }))
         ));
+    }
+
+    #[test]
+    fn lifecycle_rules_efs_would_reject_are_infeasible_before_anything_is_created() {
+        let d = seed_defaults();
+        let n = "efs.aws.skpr.io/generalPurpose";
+        for (kv, needle) in [
+            (vec![("transitionToArchive", "AFTER_90_DAYS")], "needs throughputMode elastic"),
+            (
+                vec![
+                    ("transitionToArchive", "AFTER_90_DAYS"),
+                    ("performanceMode", "maxIO"),
+                    ("throughputMode", "bursting"),
+                ],
+                "needs throughputMode elastic",
+            ),
+            (
+                vec![
+                    ("throughputMode", "elastic"),
+                    ("transitionToIA", "AFTER_90_DAYS"),
+                    ("transitionToArchive", "AFTER_30_DAYS"),
+                ],
+                "later than transitionToIA",
+            ),
+            (
+                vec![
+                    ("throughputMode", "elastic"),
+                    ("transitionToIA", "AFTER_30_DAYS"),
+                    ("transitionToArchive", "AFTER_30_DAYS"),
+                ],
+                "later than transitionToIA",
+            ),
+        ] {
+            let err = parse_class(&d, n, &params(&kv)).unwrap_err();
+            assert!(err.0.contains(needle), "{kv:?}: {err}");
+        }
+        let ok = [
+            ("throughputMode", "elastic"),
+            ("transitionToIA", "AFTER_30_DAYS"),
+            ("transitionToArchive", "AFTER_90_DAYS"),
+        ];
+        assert!(parse_class(&d, n, &params(&ok)).is_ok());
+        assert!(
+            check_lifecycle(
+                &[LifecycleRule::TransitionToArchive("AFTER_90_DAYS".into())],
+                PerformanceMode::MaxIo,
+                Throughput::Elastic
+            )
+            .unwrap_err()
+            .0
+            .contains("maxIO")
+        );
+    }
+
+    #[test]
+    fn an_empty_security_group_list_is_refused() {
+        let d = Defaults { security_groups: vec![], ..seed_defaults() };
+        let err = parse_class(&d, "efs.aws.skpr.io/generalPurpose", &params(&[])).unwrap_err();
+        assert!(err.0.contains("AWS_SECURITY_GROUP") && err.0.contains("default group"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_is_unique_to_its_access_point_unless_turned_off() {
+        let d = seed_defaults();
+        let n = "efs.aws.skpr.io/generalPurpose";
+        let kv =
+            [("mode", "accessPoint"), ("fileSystemId", "fs-1"), ("subPathPattern", "${.PVC.namespace}/${.PVC.name}")];
+        let ClassConfig::AccessPoint(ap) = parse_class(&d, n, &params(&kv)).unwrap() else { panic!("class") };
+        let first = root_directory(&ap, "pvc-1", "ns", "data").unwrap();
+        let again = root_directory(&ap, "pvc-2", "ns", "data").unwrap();
+        assert!(first.starts_with("/ns/data-") && first != again, "{first} {again}");
+        assert_eq!(first, root_directory(&ap, "pvc-1", "ns", "data").unwrap(), "stable per PV");
+        let mut off = kv.to_vec();
+        off.push(("ensureUniqueDirectory", "false"));
+        let ClassConfig::AccessPoint(ap) = parse_class(&d, n, &params(&off)).unwrap() else { panic!("class") };
+        assert_eq!(root_directory(&ap, "pvc-1", "ns", "data").unwrap(), "/ns/data");
     }
 }

@@ -7,6 +7,7 @@
 //!   [`sdk`] implements it on the AWS SDK's client.
 //! - [`limiter`]: one adaptive rate limit for every request, so throttling slows
 //!   the whole process down.
+//! - [`deadline`]: a deadline on every request, so an answer that never comes holds nothing.
 //! - [`config`]: defaults (the seed's environment variables) merged with a class's parameters.
 //! - [`volume`]: the PersistentVolume for a file system or access point.
 //! - [`provisioner`]: the decisions, as a [`Provisioner`](provisioner_core::Provisioner).
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod deadline;
 pub mod limiter;
 pub mod moto;
 pub mod provisioner;

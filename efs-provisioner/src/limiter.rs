@@ -7,6 +7,7 @@
 //! rate recovers slowly (additive increase, multiplicative decrease).
 //! [`LimitedApi`] puts it in front of any [`EfsApi`].
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -162,11 +163,22 @@ impl<A: EfsApi> EfsApi for LimitedApi<A> {
     async fn create_access_point(&self, spec: &NewAccessPoint) -> Result<AccessPoint, ApiError> {
         self.call(self.inner.create_access_point(spec)).await
     }
-    async fn describe_access_points(&self, id: &str, next: Option<&str>) -> Result<AccessPointPage, ApiError> {
-        self.call(self.inner.describe_access_points(id, next)).await
+    async fn describe_access_points(
+        &self,
+        id: &str,
+        next: Option<&str>,
+        page_size: u32,
+    ) -> Result<AccessPointPage, ApiError> {
+        self.call(self.inner.describe_access_points(id, next, page_size)).await
+    }
+    async fn describe_access_point(&self, id: &str) -> Result<Option<AccessPoint>, ApiError> {
+        self.call(self.inner.describe_access_point(id)).await
     }
     async fn delete_access_point(&self, id: &str) -> Result<(), ApiError> {
         self.call(self.inner.delete_access_point(id)).await
+    }
+    async fn tag_resource(&self, id: &str, tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
+        self.call(self.inner.tag_resource(id, tags)).await
     }
 }
 

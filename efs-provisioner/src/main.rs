@@ -10,12 +10,14 @@ struct Args {
     engine: EngineArgs,
     #[command(flatten)]
     efs: efs_provisioner::cli::EfsArgs,
+    #[command(flatten)]
+    deadlines: efs_provisioner::cli::EfsDeadlineArgs,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), RunError> {
     efs_provisioner::cli::install_crypto_provider();
     let args = Args::parse();
-    let provisioner = efs_provisioner::cli::build(&args.efs).await.map_err(RunError::Flag)?;
+    let provisioner = efs_provisioner::cli::build(&args.efs, &args.deadlines).await.map_err(RunError::Flag)?;
     run(args.engine, &args.efs.provisioner_names, provisioner).await
 }

@@ -6,28 +6,49 @@
 //! working, so no worker sits in a poll loop; the engine calls again with
 //! backoff:
 //!
+//! 0. Before anything exists, the class's subnets and security groups are
+//!    checked against EC2 ([`check_topology`]: every subnet exists, all in
+//!    one VPC, one per zone; the security groups exist in that VPC). A class
+//!    that fails is `Infeasible`, and nothing is created.
 //! 1. `CreateFileSystem` with the creation token of the PV name (tags in the
 //!    same call). `FileSystemAlreadyExists` means an earlier round (or an
-//!    earlier process) created it: look it up and go on. Within one process
-//!    the id is remembered, so later rounds describe it directly instead
-//!    (the memo is only a shortcut; correctness rests on the token).
-//! 2. `creating` → in progress; `error` → roll back (delete it) and fail;
-//!    `deleting` → in progress until it is gone and a new one can be made.
+//!    earlier process) created it: look it up, check its tags say it is
+//!    this claim's, and go on. Within one process the id is remembered, so
+//!    later rounds describe it directly instead (the memo is only a
+//!    shortcut; correctness rests on the token).
+//! 2. `creating` → in progress; `error` → roll back; `deleting` → in
+//!    progress until it is gone and a new one can be made.
 //! 3. A mount target in each listed subnet (`MountTargetConflict` for an
-//!    existing one there is fine; for another subnet of the same zone it is
-//!    a clear error), and the lifecycle policy, if any, in the same round.
-//! 4. All mount targets `available` → the volume.
+//!    existing one there is fine), and the lifecycle policy, if any, in the
+//!    same round.
+//! 4. All mount targets `available` → the volume, pinned to their zones.
 //!
-//! Errors that no retry can fix once a file system exists (an unknown
-//! subnet, a missing permission) roll the file system back, so a failed claim
-//! never leaves one behind.
+//! # Rolling back
+//! An error no retry can fix once a file system exists (a permission, a
+//! mount target in `error`) rolls the file system back, and the rollback is
+//! sticky: the file system is tagged [`TAG_ROLLBACK`] with the reason, and
+//! every later round (in this process or the next) only tears down until it
+//! is gone, never creating a mount target again. Until then the claim gets
+//! one warning, the same text every round, so events aggregate; once it is
+//! gone, the answer is `Infeasible`, so the engine waits its slow retry (or
+//! an edit of the class) before a new file system is tried.
 //!
 //! # Access point per claim
-//! The file system's access points are listed (needed for the gid range, and
-//! the only reliable idempotency check where client tokens are ignored); the
-//! one tagged with the PV name is reused, or one is created with the lowest
-//! free gid. Allocation is serialised per file system inside the process, and
-//! derived from AWS's state, so it survives restarts.
+//! The file system's access points are listed, 1,000 per page (needed for
+//! the gid range, and the idempotency check where client tokens are
+//! ignored); the one tagged with the PV name is reused, or one is created
+//! with the lowest free gid. Allocation is serialised per file system inside
+//! the process, and derived from AWS's state, so it survives restarts.
+//!
+//! # Deleting
+//! Only what the tags prove this provisioner created for this PV in this
+//! cluster (`managed-by`, cluster id, PV name); an access-point volume never
+//! leads to a file-system delete.
+//!
+//! # Failures a user must see
+//! Credentials, permissions and an unreachable EFS are reported as a
+//! warning on the claim naming the cause (see [`EfsProvisioner`]'s
+//! `attention`), not as a silent "in progress".
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -39,11 +60,11 @@ use provisioner_core::{DeleteError, ProvisionError, ProvisionRequest, Provisione
 use tracing::{debug, info, warn};
 
 use crate::api::{
-    AccessPoint, ApiError, EfsApi, ErrorKind, FileSystem, FileSystemLookup, LifeCycle, MountTarget, NewAccessPoint,
-    NewFileSystem,
+    AccessPoint, ApiError, EfsApi, ErrorKind, FileSystem, FileSystemLookup, LifeCycle, MAX_ACCESS_POINT_PAGE,
+    MountTarget, NetworkApi, NewAccessPoint, NewFileSystem, SecurityGroup, Subnet,
 };
 use crate::config::{AccessPointClass, ClassConfig, Defaults, FileSystemClass, Identity, parse_class, root_directory};
-use crate::volume::{SavedVolume, access_point_volume, file_system_volume, saved_volume};
+use crate::volume::{SavedVolume, access_point_volume, file_system_volume, saved_volume_checked};
 
 /// Tag: the PersistentVolume's name.
 pub const TAG_PV_NAME: &str = "kubernetes.io/created-for/pv/name";
@@ -57,6 +78,27 @@ pub const TAG_CLUSTER: &str = "efs.aws.skpr.io/cluster";
 pub const TAG_MANAGED_BY: &str = "efs.aws.skpr.io/managed-by";
 /// Value of [`TAG_MANAGED_BY`].
 pub const MANAGED_BY: &str = "efs-provisioner";
+/// Tag: set on a file system being rolled back, with the reason; makes the
+/// rollback survive restarts.
+pub const TAG_ROLLBACK: &str = "efs.aws.skpr.io/rollback";
+/// EFS's limit on a tag key, in characters.
+pub const TAG_KEY_MAX: usize = 128;
+/// EFS's limit on a tag value, in characters.
+pub const TAG_VALUE_MAX: usize = 256;
+
+/// `value` cut to EFS's 256 characters.
+pub fn tag_value(value: &str) -> String {
+    value.chars().take(TAG_VALUE_MAX).collect()
+}
+
+/// `text` as a tag value: characters EFS does not allow in tags (outside
+/// letters, digits, spaces and `_.:/=+-@`) become spaces, runs of spaces
+/// one, at most 256 characters.
+pub fn tag_text(text: &str) -> String {
+    let mapped: String =
+        text.chars().map(|c| if c.is_alphanumeric() || " _.:/=+-@".contains(c) { c } else { ' ' }).collect();
+    tag_value(&mapped.split_whitespace().collect::<Vec<_>>().join(" "))
+}
 
 /// The creation token (or client token) for a PV name: the name itself when
 /// it fits EFS's 64 characters, else a prefix and a hash of the whole name.
@@ -87,7 +129,7 @@ pub fn tags(req: &ProvisionRequest, cluster_id: &str) -> BTreeMap<String, String
     let ns = req.claim.namespace().unwrap_or_default();
     let name = req.claim.name_any();
     BTreeMap::from([
-        ("Name".to_string(), format!("{ns}/{name}")),
+        ("Name".to_string(), tag_value(&format!("{ns}/{name}"))),
         (TAG_PV_NAME.to_string(), req.pv_name.clone()),
         (TAG_PVC_NAMESPACE.to_string(), ns),
         (TAG_PVC_NAME.to_string(), name),
@@ -170,29 +212,123 @@ fn retryable(e: &ApiError) -> bool {
     matches!(e.kind, ErrorKind::Throttled | ErrorKind::Transient)
 }
 
-fn in_progress(e: &ApiError, doing: &str) -> ProvisionError {
-    match e.kind {
-        ErrorKind::Throttled => {
-            ProvisionError::InProgress(format!("EFS is throttling {} while {doing}; slowing down", e.operation))
+/// Whether tags prove a resource was created by this provisioner for
+/// `pv_name` in cluster `cluster_id`; the mismatch, if not.
+pub fn owned(tags: &BTreeMap<String, String>, pv_name: &str, cluster_id: &str) -> Result<(), String> {
+    let want = [(TAG_MANAGED_BY, MANAGED_BY), (TAG_CLUSTER, cluster_id), (TAG_PV_NAME, pv_name)];
+    let wrong: Vec<String> = want
+        .iter()
+        .filter(|(k, v)| tags.get(*k).map(String::as_str) != Some(*v))
+        .map(|(k, v)| format!("{k}={v} (found {})", tags.get(*k).map_or("none", String::as_str)))
+        .collect();
+    if wrong.is_empty() { Ok(()) } else { Err(wrong.join(", ")) }
+}
+
+/// Checks the subnets and security groups a class names against what EC2
+/// reports, before any file system exists: every subnet exists, all are in
+/// one VPC, at most one per zone (EFS allows one mount target per zone, all
+/// in one VPC), and every security group exists in that VPC. The reason, if
+/// not.
+pub fn check_topology(
+    subnets: &[String],
+    security_groups: &[String],
+    found_subnets: &[Subnet],
+    found_groups: &[SecurityGroup],
+) -> Result<(), String> {
+    let missing: Vec<&str> =
+        subnets.iter().filter(|s| !found_subnets.iter().any(|f| &f.id == *s)).map(String::as_str).collect();
+    if !missing.is_empty() {
+        return Err(format!("subnet(s) {} do not exist", missing.join(", ")));
+    }
+    let listed: Vec<&Subnet> = subnets.iter().filter_map(|s| found_subnets.iter().find(|f| &f.id == s)).collect();
+    let vpcs: BTreeSet<&str> = listed.iter().map(|s| s.vpc_id.as_str()).collect();
+    if vpcs.len() > 1 {
+        let each: Vec<String> = listed.iter().map(|s| format!("{} in {}", s.id, s.vpc_id)).collect();
+        return Err(format!(
+            "the subnets are in {} VPCs ({}); all mount targets of an EFS file system must be in one VPC",
+            vpcs.len(),
+            each.join(", ")
+        ));
+    }
+    let mut by_zone: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for s in &listed {
+        by_zone.entry(s.availability_zone.as_str()).or_default().push(s.id.as_str());
+    }
+    if let Some((zone, ids)) = by_zone.iter().find(|(_, ids)| ids.len() > 1) {
+        return Err(format!(
+            "subnets {} are all in zone {zone}; EFS allows one mount target per availability zone: list one \
+             subnet per zone",
+            ids.join(", ")
+        ));
+    }
+    let vpc = vpcs.into_iter().next().unwrap_or_default();
+    for g in security_groups {
+        match found_groups.iter().find(|f| &f.id == g) {
+            None => return Err(format!("security group {g} does not exist")),
+            Some(f) if f.vpc_id != vpc => {
+                return Err(format!("security group {g} is in {}, the subnets in {vpc}", f.vpc_id));
+            }
+            Some(_) => {}
         }
-        _ => ProvisionError::InProgress(format!("{doing}: {e}; retrying")),
+    }
+    Ok(())
+}
+
+/// The hint for an error a user has to fix outside the cluster's objects.
+pub fn explain_setup(e: &ApiError, region: &str) -> Option<String> {
+    match e.kind {
+        ErrorKind::Credentials => Some(format!(
+            "could not get AWS credentials: {}; check the IRSA role annotation (eks.amazonaws.com/role-arn) on \
+             the provisioner's ServiceAccount, or its EKS Pod Identity association",
+            e.message
+        )),
+        ErrorKind::Unreachable => Some(format!(
+            "could not reach EFS in {region} ({}): {}; check the network path from the provisioner's pods \
+             (NAT or a VPC endpoint for elasticfilesystem) and AWS_ENDPOINT_URL_EFS",
+            e.operation, e.message
+        )),
+        ErrorKind::AccessDenied => Some(explain(e)),
+        _ => None,
     }
 }
 
 /// The EFS provisioner (see the module docs).
 pub struct EfsProvisioner<A> {
     api: A,
+    network: Option<Arc<dyn NetworkApi>>,
     defaults: Defaults,
     /// PV name → file system id, learnt in this process (a shortcut only).
     known: Mutex<HashMap<String, String>>,
+    /// PV name → why its file system is being rolled back, in case the
+    /// [`TAG_ROLLBACK`] tag could not be set.
+    rolling_back: Mutex<HashMap<String, String>>,
     /// Serialises gid allocation per shared file system.
     allocation: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl<A: EfsApi> EfsProvisioner<A> {
     /// A provisioner calling `api`, with `defaults` for every class.
     pub fn new(api: A, defaults: Defaults) -> Self {
-        EfsProvisioner { api, defaults, known: Mutex::default(), allocation: Mutex::default() }
+        EfsProvisioner {
+            api,
+            network: None,
+            defaults,
+            known: Mutex::default(),
+            rolling_back: Mutex::default(),
+            allocation: Mutex::default(),
+        }
+    }
+
+    /// Checks each class's subnets and security groups with `network`
+    /// before a file system is created (without it, a bad subnet shows only
+    /// once a file system exists, which is then rolled back).
+    pub fn with_network(mut self, network: Arc<dyn NetworkApi>) -> Self {
+        self.network = Some(network);
+        self
     }
 
     /// The API it calls.
@@ -206,7 +342,49 @@ impl<A: EfsApi> EfsProvisioner<A> {
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.known.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.known)
+    }
+
+    /// A failure the user must see while backend work may exist: a warning
+    /// on a live claim (`Final`, which for a claim that is not going away
+    /// keeps the engine's intent record and retries); `InProgress` once the
+    /// claim is being deleted or bound, so the engine keeps finishing the
+    /// work instead of forgetting it.
+    fn attention(&self, req: &ProvisionRequest, msg: String) -> ProvisionError {
+        let going = req.claim.metadata.deletion_timestamp.is_some()
+            || req.claim.spec.as_ref().and_then(|s| s.volume_name.as_deref()).is_some_and(|v| !v.is_empty());
+        if going { ProvisionError::InProgress(msg) } else { ProvisionError::Final(msg) }
+    }
+
+    /// What a failed call means for the claim, when no rollback follows.
+    fn after_error(&self, req: &ProvisionRequest, e: &ApiError, doing: &str) -> ProvisionError {
+        if let Some(msg) = explain_setup(e, &self.defaults.region) {
+            return self.attention(req, format!("{doing}: {msg}"));
+        }
+        match e.kind {
+            ErrorKind::Throttled => {
+                ProvisionError::InProgress(format!("EFS is throttling {} while {doing}; slowing down", e.operation))
+            }
+            _ => ProvisionError::InProgress(format!("{doing}: {e}; retrying")),
+        }
+    }
+
+    /// Checks the class's network before anything is created.
+    async fn check_network(&self, req: &ProvisionRequest, class: &FileSystemClass) -> Result<(), ProvisionError> {
+        let Some(network) = &self.network else { return Ok(()) };
+        let doing = "checking the class's subnets and security groups";
+        let subnets = network.describe_subnets(&class.subnets).await.map_err(|e| self.after_error(req, &e, doing))?;
+        let groups = network
+            .describe_security_groups(&class.security_groups)
+            .await
+            .map_err(|e| self.after_error(req, &e, doing))?;
+        check_topology(&class.subnets, &class.security_groups, &subnets, &groups).map_err(|reason| {
+            ProvisionError::Infeasible(format!(
+                "StorageClass {}: {reason} (region {}); nothing was created",
+                req.class.name_any(),
+                self.defaults.region
+            ))
+        })
     }
 
     async fn provision_file_system(
@@ -221,14 +399,34 @@ impl<A: EfsApi> EfsProvisioner<A> {
                 .api
                 .describe_file_system(&FileSystemLookup::Id(id))
                 .await
-                .map_err(|e| in_progress(&e, "looking up the file system"))?,
+                .map_err(|e| self.after_error(req, &e, "looking up the file system"))?,
             None => None,
         };
         let (fs, fresh) = match found {
             Some(fs) => (fs, false),
-            None => self.create_file_system(req, class, &token).await?,
+            None => {
+                if let Err(infeasible) = self.check_network(req, class).await {
+                    // A file system from an earlier round (before the class
+                    // changed) is rolled back rather than left behind.
+                    let earlier = self
+                        .api
+                        .describe_file_system(&FileSystemLookup::CreationToken(token.clone()))
+                        .await
+                        .map_err(|e| self.after_error(req, &e, "looking up the file system"))?;
+                    return match earlier {
+                        Some(fs) if owned(&fs.tags, &req.pv_name, &self.defaults.cluster_id).is_ok() => {
+                            Err(self.start_rollback(req, &fs, infeasible.message().to_string()).await)
+                        }
+                        _ => Err(infeasible),
+                    };
+                }
+                self.create_file_system(req, class, &token).await?
+            }
         };
         self.known().insert(req.pv_name.clone(), fs.id.clone());
+        if let Some(reason) = self.rollback_reason(req, &fs) {
+            return Err(self.continue_rollback(req, &fs.id, &reason).await);
+        }
         match fs.state {
             LifeCycle::Available | LifeCycle::Updating => {}
             LifeCycle::Creating => {
@@ -243,21 +441,24 @@ impl<A: EfsApi> EfsProvisioner<A> {
                 )));
             }
             LifeCycle::Error => {
-                let msg = format!("EFS file system {} failed (state error)", fs.id);
-                return Err(self.roll_back(req, &fs.id, msg).await);
+                let reason = format!("EFS file system {} failed (state error)", fs.id);
+                return Err(self.start_rollback(req, &fs, reason).await);
             }
         }
         let mut existing = if fresh {
             Vec::new()
         } else {
-            self.api.describe_mount_targets(&fs.id).await.map_err(|e| in_progress(&e, "listing mount targets"))?
+            self.api
+                .describe_mount_targets(&fs.id)
+                .await
+                .map_err(|e| self.after_error(req, &e, "listing mount targets"))?
         };
         let mut plan = plan_mount_targets(&class.subnets, &existing);
         if !plan.missing.is_empty() {
             if !class.lifecycle.is_empty()
                 && let Err(e) = self.api.put_lifecycle_configuration(&fs.id, &class.lifecycle).await
             {
-                return Err(self.fail_after_create(req, &fs.id, &e, "setting the lifecycle policy").await);
+                return Err(self.fail_after_create(req, &fs, &e, "setting the lifecycle policy").await);
             }
             let mut conflicts = Vec::new();
             for subnet in &plan.missing {
@@ -266,7 +467,7 @@ impl<A: EfsApi> EfsProvisioner<A> {
                     Err(e) if e.kind == ErrorKind::Conflict => conflicts.push((subnet.clone(), e)),
                     Err(e) => {
                         let doing = format!("creating a mount target in {subnet}");
-                        return Err(self.fail_after_create(req, &fs.id, &e, &doing).await);
+                        return Err(self.fail_after_create(req, &fs, &e, &doing).await);
                     }
                 }
             }
@@ -275,33 +476,30 @@ impl<A: EfsApi> EfsProvisioner<A> {
                     .api
                     .describe_mount_targets(&fs.id)
                     .await
-                    .map_err(|e| in_progress(&e, "listing mount targets"))?;
+                    .map_err(|e| self.after_error(req, &e, "listing mount targets"))?;
                 for (subnet, e) in conflicts {
                     if existing.iter().any(|m| m.subnet_id == subnet) {
                         continue; // Ours already: made by an earlier round.
                     }
                     let others: Vec<String> = existing
                         .iter()
-                        .map(|m| {
-                            format!("{} in {} ({})", m.id, m.subnet_id, m.availability_zone.as_deref().unwrap_or("?"))
-                        })
+                        .map(|m| format!("{} ({})", m.subnet_id, m.availability_zone.as_deref().unwrap_or("?")))
                         .collect();
-                    let msg = format!(
-                        "cannot create a mount target in subnet {subnet}: {} ({}). EFS allows one mount target per \
-                         availability zone, all in one VPC; existing: {}. List one subnet per zone",
+                    let reason = format!(
+                        "cannot create a mount target in subnet {subnet}: {}. EFS allows one mount target per \
+                         availability zone, all in one VPC; existing in: {}. List one subnet per zone",
                         e.code,
-                        e.message,
-                        if others.is_empty() { "none".to_string() } else { others.join(", ") }
+                        if others.is_empty() { "none".to_string() } else { others.join(" ") }
                     );
-                    return Err(self.roll_back(req, &fs.id, msg).await);
+                    return Err(self.start_rollback(req, &fs, reason).await);
                 }
             }
             plan = plan_mount_targets(&class.subnets, &existing);
         }
         if !plan.failed.is_empty() {
-            let msg =
-                format!("mount target(s) {} of EFS file system {} failed (state error)", plan.failed.join(", "), fs.id);
-            return Err(self.roll_back(req, &fs.id, msg).await);
+            let reason =
+                format!("mount target(s) {} of EFS file system {} failed (state error)", plan.failed.join(" "), fs.id);
+            return Err(self.start_rollback(req, &fs, reason).await);
         }
         if !plan.ready() {
             return Err(ProvisionError::InProgress(format!(
@@ -310,9 +508,14 @@ impl<A: EfsApi> EfsProvisioner<A> {
                 fs.id
             )));
         }
+        let zones: Vec<String> = existing
+            .iter()
+            .filter(|m| class.subnets.contains(&m.subnet_id))
+            .filter_map(|m| m.availability_zone.clone())
+            .collect();
         let class_mount_options = req.class.mount_options.as_ref().is_some_and(|m| !m.is_empty());
         info!(pv = req.pv_name, file_system = fs.id, "EFS file system ready");
-        Ok(file_system_volume(&fs.id, &self.defaults.region, class.source, class_mount_options))
+        Ok(file_system_volume(&fs.id, &self.defaults.region, class.source, class_mount_options, &zones))
     }
 
     /// Creates the file system, or finds the one an earlier attempt created.
@@ -341,15 +544,23 @@ impl<A: EfsApi> EfsProvisioner<A> {
                     None => FileSystemLookup::CreationToken(token.to_string()),
                 };
                 match self.api.describe_file_system(&lookup).await {
-                    Ok(Some(fs)) => Ok((fs, false)),
+                    Ok(Some(fs)) => match owned(&fs.tags, &req.pv_name, &self.defaults.cluster_id) {
+                        Ok(()) => Ok((fs, false)),
+                        // Not ours: nothing of ours exists under this token.
+                        Err(wrong) => Err(ProvisionError::Final(format!(
+                            "EFS file system {} already has creation token {token}, but its tags do not show this \
+                             provisioner created it for this volume ({wrong}); not using it",
+                            fs.id
+                        ))),
+                    },
                     Ok(None) => Err(ProvisionError::InProgress(format!(
                         "EFS reports a file system with creation token {token} that it does not list yet"
                     ))),
-                    Err(e) => Err(in_progress(&e, "looking up the existing file system")),
+                    Err(e) => Err(self.after_error(req, &e, "looking up the existing file system")),
                 }
             }
             // Nothing was created in these cases.
-            Err(e) if e.kind == ErrorKind::Throttled => Err(in_progress(&e, "creating the file system")),
+            Err(e) if e.kind == ErrorKind::Throttled => Err(self.after_error(req, &e, "creating the file system")),
             Err(e) if e.kind == ErrorKind::BadRequest => Err(ProvisionError::Infeasible(format!(
                 "EFS rejected the file system for StorageClass {}: {}: {}",
                 req.class.name_any(),
@@ -357,7 +568,9 @@ impl<A: EfsApi> EfsProvisioner<A> {
                 e.message
             ))),
             // The request may have been carried out before the answer was lost.
-            Err(e) if e.kind == ErrorKind::Transient => Err(in_progress(&e, "creating the file system")),
+            Err(e) if matches!(e.kind, ErrorKind::Transient | ErrorKind::Unreachable | ErrorKind::Credentials) => {
+                Err(self.after_error(req, &e, "creating the file system"))
+            }
             Err(e) => Err(ProvisionError::Final(explain(&e))),
         }
     }
@@ -365,28 +578,57 @@ impl<A: EfsApi> EfsProvisioner<A> {
     async fn fail_after_create(
         &self,
         req: &ProvisionRequest,
-        fs_id: &str,
+        fs: &FileSystem,
         e: &ApiError,
         doing: &str,
     ) -> ProvisionError {
-        if retryable(e) {
-            return in_progress(e, doing);
+        if retryable(e) || matches!(e.kind, ErrorKind::Credentials | ErrorKind::Unreachable) {
+            return self.after_error(req, e, doing);
         }
-        self.roll_back(req, fs_id, format!("{doing}: {}", explain(e))).await
+        self.start_rollback(req, fs, format!("{doing}: {}", explain(e))).await
     }
 
-    /// Deletes a file system that can never become usable, reporting `msg`.
-    async fn roll_back(&self, req: &ProvisionRequest, fs_id: &str, msg: String) -> ProvisionError {
-        warn!(pv = req.pv_name, file_system = fs_id, msg, "removing the file system");
+    /// Why `fs` is being rolled back, if it is: this process's memo (the
+    /// full text), else the tag (an earlier process's, in tag characters).
+    fn rollback_reason(&self, req: &ProvisionRequest, fs: &FileSystem) -> Option<String> {
+        lock(&self.rolling_back).get(&req.pv_name).cloned().or_else(|| fs.tags.get(TAG_ROLLBACK).cloned())
+    }
+
+    /// Starts rolling back a file system that can never become usable:
+    /// records why (the tag, so the next process knows too), then tears down.
+    async fn start_rollback(&self, req: &ProvisionRequest, fs: &FileSystem, reason: String) -> ProvisionError {
+        warn!(pv = req.pv_name, file_system = fs.id, reason, "rolling back the file system");
+        lock(&self.rolling_back).insert(req.pv_name.clone(), reason.clone());
+        let mark = BTreeMap::from([(TAG_ROLLBACK.to_string(), tag_text(&reason))]);
+        if let Err(e) = self.api.tag_resource(&fs.id, &mark).await {
+            warn!(file_system = fs.id, error = %e, "could not tag the file system as rolled back; a restart may retry it");
+        }
+        self.continue_rollback(req, &fs.id, &reason).await
+    }
+
+    /// One round of a rollback: tear down, nothing else.
+    async fn continue_rollback(&self, req: &ProvisionRequest, fs_id: &str, reason: &str) -> ProvisionError {
         match self.teardown(fs_id).await {
+            // Nothing is left, and the next attempt would most likely fail
+            // the same way: the engine's slow retry (or an edit of the
+            // class) paces new file systems, not every backoff step.
             Ok(Teardown::Gone) => {
                 self.known().remove(&req.pv_name);
-                ProvisionError::Final(format!(
-                    "{msg}; the file system {fs_id} was deleted, and a new one is tried on the next attempt"
+                lock(&self.rolling_back).remove(&req.pv_name);
+                ProvisionError::Infeasible(format!(
+                    "{reason}; the file system {fs_id} was deleted; a new one is tried after the retry delay or \
+                     when the StorageClass changes"
                 ))
             }
-            Ok(Teardown::Pending) => ProvisionError::InProgress(format!("{msg}; deleting the file system {fs_id}")),
-            Err(e) => ProvisionError::InProgress(format!("{msg}; deleting the file system {fs_id} failed: {e}")),
+            Ok(Teardown::Pending) => self.attention(req, rolling_back_message(reason, fs_id)),
+            Err(e) if retryable(&e) => {
+                debug!(file_system = fs_id, error = %e, "rollback round failed; retrying");
+                self.attention(req, rolling_back_message(reason, fs_id))
+            }
+            Err(e) => self.attention(
+                req,
+                format!("{}; removing it failed: {}", rolling_back_message(reason, fs_id), explain(&e)),
+            ),
         }
     }
 
@@ -413,7 +655,8 @@ impl<A: EfsApi> EfsProvisioner<A> {
         if still_deleting {
             return Ok(Teardown::Pending);
         }
-        // Mount targets just asked to go may still hold the file system: then try next round.
+        // Mount targets just asked to go may still hold the file system
+        // (FileSystemInUse while any exists, deleting ones included): then next round.
         match self.api.delete_file_system(fs_id).await {
             Ok(()) => {
                 info!(file_system = fs_id, "deleted EFS file system");
@@ -426,14 +669,14 @@ impl<A: EfsApi> EfsProvisioner<A> {
     }
 
     fn allocation_lock(&self, fs_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.allocation.lock().unwrap_or_else(|p| p.into_inner()).entry(fs_id.to_string()).or_default().clone()
+        lock(&self.allocation).entry(fs_id.to_string()).or_default().clone()
     }
 
     async fn list_access_points(&self, fs_id: &str) -> Result<Vec<AccessPoint>, ApiError> {
         let mut all = Vec::new();
         let mut next: Option<String> = None;
         loop {
-            let page = self.api.describe_access_points(fs_id, next.as_deref()).await?;
+            let page = self.api.describe_access_points(fs_id, next.as_deref(), MAX_ACCESS_POINT_PAGE).await?;
             all.extend(page.items);
             match page.next_token {
                 Some(t) => next = Some(t),
@@ -463,8 +706,7 @@ impl<A: EfsApi> EfsProvisioner<A> {
                     self.defaults.region
                 )));
             }
-            Err(e) if retryable(&e) => return Err(in_progress(&e, "listing access points")),
-            Err(e) => return Err(ProvisionError::Final(explain(&e))),
+            Err(e) => return Err(self.after_error(req, &e, "listing access points")),
         };
         let ours = existing.iter().find(|a| {
             a.tags.get(TAG_PV_NAME) == Some(&req.pv_name) || a.client_token.as_deref() == Some(token.as_str())
@@ -498,8 +740,8 @@ impl<A: EfsApi> EfsProvisioner<A> {
                         info!(pv = req.pv_name, access_point = ap.id, gid, path, "created EFS access point");
                         ap
                     }
-                    Err(e) if matches!(e.kind, ErrorKind::AlreadyExists(_)) || retryable(&e) => {
-                        return Err(in_progress(&e, "creating the access point"));
+                    Err(ApiError { kind: ErrorKind::AlreadyExists(id), .. }) => {
+                        self.existing_access_point(req, id.as_deref(), &token).await?
                     }
                     Err(e) if e.kind == ErrorKind::BadRequest => {
                         return Err(ProvisionError::Infeasible(format!(
@@ -508,6 +750,9 @@ impl<A: EfsApi> EfsProvisioner<A> {
                             e.code,
                             e.message
                         )));
+                    }
+                    Err(e) if retryable(&e) || explain_setup(&e, &self.defaults.region).is_some() => {
+                        return Err(self.after_error(req, &e, "creating the access point"));
                     }
                     Err(e) => return Err(ProvisionError::Final(explain(&e))),
                 }
@@ -528,13 +773,101 @@ impl<A: EfsApi> EfsProvisioner<A> {
             }
         }
     }
+
+    /// The access point an `AccessPointAlreadyExists` answer points at,
+    /// once its token or tags show it is this claim's.
+    async fn existing_access_point(
+        &self,
+        req: &ProvisionRequest,
+        id: Option<&str>,
+        token: &str,
+    ) -> Result<AccessPoint, ProvisionError> {
+        let Some(id) = id else {
+            return Err(ProvisionError::InProgress(format!(
+                "EFS reports an access point with client token {token} that it does not list yet"
+            )));
+        };
+        match self.api.describe_access_point(id).await {
+            Ok(Some(ap))
+                if ap.client_token.as_deref() == Some(token)
+                    || owned(&ap.tags, &req.pv_name, &self.defaults.cluster_id).is_ok() =>
+            {
+                info!(pv = req.pv_name, access_point = ap.id, "found the access point an earlier attempt created");
+                Ok(ap)
+            }
+            Ok(Some(ap)) => Err(ProvisionError::Final(format!(
+                "EFS says access point {} already has client token {token}, but neither its token nor its tags \
+                 show it was created for this volume; not using it",
+                ap.id
+            ))),
+            Ok(None) => Err(ProvisionError::InProgress(format!(
+                "EFS reports access point {id} with client token {token}, which it does not list yet"
+            ))),
+            Err(e) => Err(self.after_error(req, &e, "looking up the existing access point")),
+        }
+    }
+
+    async fn delete_file_system_volume(&self, volume: &PersistentVolume, fs_id: &str) -> Result<(), DeleteError> {
+        let pv_name = volume.name_any();
+        let fs = match self.api.describe_file_system(&FileSystemLookup::Id(fs_id.to_string())).await {
+            Ok(Some(fs)) => fs,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(delete_error(e)),
+        };
+        if let Err(wrong) = owned(&fs.tags, &pv_name, &self.defaults.cluster_id) {
+            return Err(DeleteError::Failed(format!(
+                "not deleting EFS file system {fs_id} for volume {pv_name}: its tags do not show this provisioner \
+                 created it for this volume in cluster {} ({wrong}); delete it by hand if it should go",
+                self.defaults.cluster_id
+            )));
+        }
+        match self.teardown(fs_id).await {
+            Ok(Teardown::Gone) => {
+                self.known().retain(|_, id| id != fs_id);
+                Ok(())
+            }
+            Ok(Teardown::Pending) => Err(DeleteError::InUse(format!(
+                "waiting for the mount targets of EFS file system {fs_id} to be deleted"
+            ))),
+            Err(e) => Err(delete_error(e)),
+        }
+    }
+
+    async fn delete_access_point_volume(&self, volume: &PersistentVolume, ap_id: &str) -> Result<(), DeleteError> {
+        let pv_name = volume.name_any();
+        let ap = match self.api.describe_access_point(ap_id).await {
+            Ok(Some(ap)) => ap,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(delete_error(e)),
+        };
+        if let Err(wrong) = owned(&ap.tags, &pv_name, &self.defaults.cluster_id) {
+            return Err(DeleteError::Failed(format!(
+                "not deleting EFS access point {ap_id} for volume {pv_name}: its tags do not show this provisioner \
+                 created it for this volume in cluster {} ({wrong})",
+                self.defaults.cluster_id
+            )));
+        }
+        match self.api.delete_access_point(ap_id).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(delete_error(e)),
+        }
+    }
+}
+
+fn rolling_back_message(reason: &str, fs_id: &str) -> String {
+    format!(
+        "{reason}; removing the EFS file system {fs_id} created for this claim (its mount targets first), and \
+         creating nothing new for it until it is gone"
+    )
 }
 
 fn delete_error(e: ApiError) -> DeleteError {
     match e.kind {
         ErrorKind::Throttled => DeleteError::InUse(format!("EFS is throttling {}; slowing down", e.operation)),
         ErrorKind::InUse => DeleteError::InUse(e.to_string()),
-        _ => DeleteError::Failed(explain(&e)),
+        ErrorKind::Transient => DeleteError::InUse(format!("{e}; retrying")),
+        _ => DeleteError::Failed(explain_setup(&e, "").unwrap_or_else(|| explain(&e))),
     }
 }
 
@@ -550,13 +883,7 @@ impl<A: EfsApi> Provisioner for EfsProvisioner<A> {
     }
 
     async fn delete(&self, volume: &PersistentVolume) -> Result<(), DeleteError> {
-        let saved = saved_volume(volume).ok_or_else(|| {
-            DeleteError::Failed(format!(
-                "volume {} names no EFS file system (annotation efs.aws.skpr.io/file-system-id); delete its \
-                 backend by hand",
-                volume.name_any()
-            ))
-        })?;
+        let saved = saved_volume_checked(volume).map_err(|e| DeleteError::Failed(format!("{e}; delete it by hand")))?;
         let region = match &saved {
             SavedVolume::FileSystem { region, .. } | SavedVolume::AccessPoint { region, .. } => region.clone(),
         };
@@ -568,25 +895,11 @@ impl<A: EfsApi> Provisioner for EfsProvisioner<A> {
             )));
         }
         match saved {
-            SavedVolume::FileSystem { file_system_id, .. } => match self.teardown(&file_system_id).await {
-                Ok(Teardown::Gone) => {
-                    if let Some(claim) = volume.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) {
-                        debug!(claim = ?claim.name, "file system deleted");
-                    }
-                    self.known().retain(|_, id| *id != file_system_id);
-                    Ok(())
-                }
-                Ok(Teardown::Pending) => Err(DeleteError::InUse(format!(
-                    "waiting for the mount targets of EFS file system {file_system_id} to be deleted"
-                ))),
-                Err(e) => Err(delete_error(e)),
-            },
+            SavedVolume::FileSystem { file_system_id, .. } => {
+                self.delete_file_system_volume(volume, &file_system_id).await
+            }
             SavedVolume::AccessPoint { access_point_id, .. } => {
-                match self.api.delete_access_point(&access_point_id).await {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(delete_error(e)),
-                }
+                self.delete_access_point_volume(volume, &access_point_id).await
             }
         }
     }

@@ -56,6 +56,43 @@ pub fn classify_code(code: &str, status: Option<u16>, message: &str) -> ErrorKin
     }
 }
 
+/// What a request that got no answer from EFS means, from the error and its
+/// sources' messages (outermost first). The SDK reports a credential
+/// failure (no request sent) and a connection failure alike, as a dispatch
+/// failure; only the chain tells them apart.
+pub fn classify_no_answer(chain: &[String], io: bool, timeout: bool) -> ErrorKind {
+    const CREDENTIALS: [&str; 5] = [
+        "the credential provider was not enabled",
+        "the credentials provider was not properly configured",
+        "an error occurred while loading credentials",
+        "unexpected credentials error",
+        "no identity resolver",
+    ];
+    if chain.iter().any(|m| CREDENTIALS.iter().any(|c| m.contains(c))) {
+        return ErrorKind::Credentials;
+    }
+    if chain.iter().any(|m| m.to_ascii_lowercase().contains("retry quota exceeded")) {
+        return ErrorKind::Throttled;
+    }
+    if timeout {
+        return ErrorKind::Transient;
+    }
+    if io {
+        return ErrorKind::Unreachable;
+    }
+    ErrorKind::Transient
+}
+
+fn source_chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        out.push(e.to_string());
+        next = e.source();
+    }
+    out
+}
+
 fn to_api_error<E>(op: Operation, err: SdkError<E, HttpResponse>) -> ApiError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -71,6 +108,16 @@ where
         }
         SdkError::TimeoutError(_) => ApiError::new(op, ErrorKind::Transient, "Timeout", text),
         SdkError::ConstructionFailure(_) => ApiError::new(op, ErrorKind::BadRequest, "ConstructionFailure", text),
+        SdkError::DispatchFailure(d) => {
+            let chain = source_chain(&err);
+            let kind = classify_no_answer(&chain, d.is_io(), d.is_timeout());
+            let code = match kind {
+                ErrorKind::Credentials => "CredentialsError",
+                ErrorKind::Unreachable => "ConnectionError",
+                _ => "DispatchFailure",
+            };
+            ApiError::new(op, kind, code, text)
+        }
         _ => {
             let kind = classify_code("", None, &text);
             ApiError::new(op, kind, "RequestFailed", text)
@@ -314,10 +361,12 @@ impl EfsApi for Client {
         &self,
         file_system_id: &str,
         next_token: Option<&str>,
+        page_size: u32,
     ) -> Result<AccessPointPage, ApiError> {
         let out = self
             .describe_access_points()
             .file_system_id(file_system_id)
+            .max_results(page_size.clamp(1, crate::api::MAX_ACCESS_POINT_PAGE) as i32)
             .set_next_token(next_token.map(str::to_string))
             .send()
             .await
@@ -328,6 +377,16 @@ impl EfsApi for Client {
         })
     }
 
+    async fn describe_access_point(&self, access_point_id: &str) -> Result<Option<AccessPoint>, ApiError> {
+        match self.describe_access_points().access_point_id(access_point_id).send().await {
+            Ok(out) => Ok(out.access_points.unwrap_or_default().into_iter().next().map(access_point)),
+            Err(err) => {
+                let e = to_api_error(Operation::DescribeAccessPoints, err);
+                if e.kind == ErrorKind::NotFound { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+
     async fn delete_access_point(&self, access_point_id: &str) -> Result<(), ApiError> {
         self.delete_access_point()
             .access_point_id(access_point_id)
@@ -335,6 +394,17 @@ impl EfsApi for Client {
             .await
             .map(|_| ())
             .map_err(|e| to_api_error(Operation::DeleteAccessPoint, e))
+    }
+
+    async fn tag_resource(&self, resource_id: &str, tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
+        let op = Operation::TagResource;
+        self.tag_resource()
+            .resource_id(resource_id)
+            .set_tags(Some(sdk_tags(tags, op)?))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| to_api_error(op, e))
     }
 }
 
@@ -357,5 +427,52 @@ mod tests {
         assert_eq!(classify_code("FileSystemLimitExceeded", Some(403), ""), ErrorKind::LimitExceeded);
         assert_eq!(classify_code("FileSystemInUse", Some(409), ""), ErrorKind::InUse);
         assert_eq!(classify_code("InternalServerError", Some(500), ""), ErrorKind::Transient);
+    }
+
+    fn client_at(endpoint: &str, credentials: Option<aws_sdk_efs::config::SharedCredentialsProvider>) -> Client {
+        let mut b = aws_sdk_efs::Config::builder()
+            .behavior_version(aws_sdk_efs::config::BehaviorVersion::latest())
+            .region(aws_sdk_efs::config::Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .retry_config(aws_sdk_efs::config::retry::RetryConfig::disabled());
+        b = match credentials {
+            Some(c) => b.credentials_provider(c),
+            None => b.credentials_provider(aws_sdk_efs::config::Credentials::new("a", "b", None, None, "test")),
+        };
+        Client::from_conf(b.build())
+    }
+
+    /// A port on loopback that nothing listens on.
+    fn closed_port() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("http://127.0.0.1:{port}")
+    }
+
+    #[tokio::test]
+    async fn a_missing_irsa_token_is_a_credentials_error_not_a_transient_one() {
+        // IRSA as EKS sets it up, with the token file missing: what a broken
+        // ServiceAccount annotation or projected volume looks like.
+        let provider = aws_config::web_identity_token::WebIdentityTokenCredentialsProvider::builder()
+            .static_configuration(aws_config::web_identity_token::StaticConfiguration {
+                web_identity_token_file: "/nonexistent/eks.amazonaws.com/serviceaccount/token".into(),
+                role_arn: "arn:aws:iam::123456789012:role/efs-provisioner".into(),
+                session_name: "efs-provisioner".into(),
+            })
+            .build();
+        let shared = aws_sdk_efs::config::SharedCredentialsProvider::new(provider);
+        let client = client_at(&closed_port(), Some(shared));
+        let e = EfsApi::delete_file_system(&client, "fs-1").await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Credentials, "{e}");
+        assert_eq!(e.code, "CredentialsError");
+    }
+
+    #[tokio::test]
+    async fn no_route_to_efs_is_unreachable_not_transient() {
+        let client = client_at(&closed_port(), None);
+        let e = EfsApi::delete_file_system(&client, "fs-1").await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unreachable, "{e}");
+        assert_eq!(e.code, "ConnectionError");
     }
 }

@@ -1,217 +1,68 @@
-//! The provisioner's decisions against an in-process fake EFS: lifecycle
-//! timing, failure states, throttling, quotas and permissions. Timing runs
-//! under paused tokio time.
+//! The provisioner's decisions against the in-process EFS stand-in
+//! ([`stand_in`]), which follows AWS's documented rules where moto is
+//! lenient: lifecycle timing, zones and VPCs, tag and lifecycle-rule
+//! validity, quotas, permissions, throttling, credential and network
+//! failures, answers that never come. Timing runs under paused tokio time.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+mod stand_in;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use efs_provisioner::api::{
-    AccessPoint, AccessPointPage, ApiError, EfsApi, ErrorKind, FileSystem, FileSystemLookup, LifeCycle, LifecycleRule,
-    MountTarget, NewAccessPoint, NewFileSystem, Operation,
-};
+use efs_provisioner::api::{EfsApi, ErrorKind, FileSystemLookup, LifeCycle, NetworkApi, Operation};
+use efs_provisioner::deadline::{DeadlineApi, Deadlines};
 use efs_provisioner::limiter::{AdaptiveLimiter, LimitedApi, LimiterConfig};
-use efs_provisioner::volume::FILE_SYSTEM_ID;
+use efs_provisioner::provisioner::{TAG_MANAGED_BY, TAG_ROLLBACK};
+use efs_provisioner::volume::{ACCESS_POINT_ID, FILE_SYSTEM_ID, ZONE_LABEL};
 use efs_provisioner::{Defaults, EfsProvisioner};
 use k8s_openapi::api::core::v1::PersistentVolume;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
-use provisioner_core::fixtures::request;
-use provisioner_core::{DeleteError, ProvisionError, Provisioner};
+use provisioner_core::fixtures::{claim, request};
+use provisioner_core::{DeleteError, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
+use stand_in::{Aws, Timing};
 use tokio::time::Instant;
 
-/// A fake EFS: file systems become `available` after `creating_polls`
-/// describes, mount targets after `mt_polls`; scripted errors per operation.
-#[derive(Default)]
-struct Fake {
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    file_systems: BTreeMap<String, (FileSystem, u32)>,
-    mount_targets: BTreeMap<String, (MountTarget, u32)>,
-    creating_polls: u32,
-    mt_polls: u32,
-    end_state: Option<LifeCycle>,
-    errors: BTreeMap<Operation, VecDeque<ErrorKind>>,
-    codes: BTreeMap<Operation, String>,
-    calls: Vec<(Operation, Instant)>,
-    next_id: u32,
-}
-
-impl Fake {
-    fn with(f: impl FnOnce(&mut State)) -> Arc<Fake> {
-        let fake = Fake::default();
-        f(&mut fake.state.lock().unwrap());
-        Arc::new(fake)
-    }
-    fn st(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap()
-    }
-    fn calls(&self, op: Operation) -> usize {
-        self.st().calls.iter().filter(|c| c.0 == op).count()
-    }
-    fn enter(&self, op: Operation) -> Result<(), ApiError> {
-        let mut s = self.st();
-        s.calls.push((op, Instant::now()));
-        if let Some(kind) = s.errors.get_mut(&op).and_then(|q| q.pop_front()) {
-            let code = s.codes.get(&op).cloned().unwrap_or_else(|| format!("{kind:?}"));
-            return Err(ApiError::new(op, kind, &code, "scripted"));
-        }
-        Ok(())
-    }
-}
-
-fn not_found(op: Operation) -> ApiError {
-    ApiError::new(op, ErrorKind::NotFound, "FileSystemNotFound", "no such file system")
-}
-
-#[async_trait]
-impl EfsApi for Fake {
-    async fn create_file_system(&self, spec: &NewFileSystem) -> Result<FileSystem, ApiError> {
-        self.enter(Operation::CreateFileSystem)?;
-        let mut s = self.st();
-        if let Some((fs, _)) = s.file_systems.values().find(|(f, _)| f.creation_token == spec.creation_token) {
-            let id = fs.id.clone();
-            return Err(ApiError::new(
-                Operation::CreateFileSystem,
-                ErrorKind::AlreadyExists(Some(id)),
-                "FileSystemAlreadyExists",
-                "exists",
-            ));
-        }
-        s.next_id += 1;
-        let fs = FileSystem {
-            id: format!("fs-{}", s.next_id),
-            creation_token: spec.creation_token.clone(),
-            state: if s.creating_polls == 0 {
-                s.end_state.unwrap_or(LifeCycle::Available)
-            } else {
-                LifeCycle::Creating
-            },
-            performance_mode: spec.performance_mode.as_str().into(),
-            encrypted: spec.encrypted,
-            tags: spec.tags.clone(),
-        };
-        let polls = s.creating_polls;
-        s.file_systems.insert(fs.id.clone(), (fs.clone(), polls));
-        Ok(fs)
-    }
-    async fn describe_file_system(&self, lookup: &FileSystemLookup) -> Result<Option<FileSystem>, ApiError> {
-        self.enter(Operation::DescribeFileSystems)?;
-        let mut s = self.st();
-        let end = s.end_state.unwrap_or(LifeCycle::Available);
-        let found = s.file_systems.values_mut().find(|(f, _)| match lookup {
-            FileSystemLookup::Id(id) => &f.id == id,
-            FileSystemLookup::CreationToken(t) => &f.creation_token == t,
-        });
-        Ok(found.map(|(fs, polls)| {
-            if *polls > 0 {
-                *polls -= 1;
-            }
-            if *polls == 0 && fs.state == LifeCycle::Creating {
-                fs.state = end;
-            }
-            fs.clone()
-        }))
-    }
-    async fn delete_file_system(&self, id: &str) -> Result<(), ApiError> {
-        self.enter(Operation::DeleteFileSystem)?;
-        let mut s = self.st();
-        if s.mount_targets.values().any(|(m, _)| m.file_system_id == id) {
-            return Err(ApiError::new(
-                Operation::DeleteFileSystem,
-                ErrorKind::InUse,
-                "FileSystemInUse",
-                "has mount targets",
-            ));
-        }
-        s.file_systems.remove(id).map(|_| ()).ok_or_else(|| not_found(Operation::DeleteFileSystem))
-    }
-    async fn put_lifecycle_configuration(&self, _: &str, _: &[LifecycleRule]) -> Result<(), ApiError> {
-        self.enter(Operation::PutLifecycleConfiguration)
-    }
-    async fn create_mount_target(&self, fs: &str, subnet: &str, _: &[String]) -> Result<MountTarget, ApiError> {
-        self.enter(Operation::CreateMountTarget)?;
-        let mut s = self.st();
-        s.next_id += 1;
-        let mt = MountTarget {
-            id: format!("fsmt-{}", s.next_id),
-            file_system_id: fs.into(),
-            subnet_id: subnet.into(),
-            availability_zone: Some(format!("zone-of-{subnet}")),
-            state: if s.mt_polls == 0 { LifeCycle::Available } else { LifeCycle::Creating },
-        };
-        let polls = s.mt_polls;
-        s.mount_targets.insert(mt.id.clone(), (mt.clone(), polls));
-        Ok(mt)
-    }
-    async fn describe_mount_targets(&self, fs: &str) -> Result<Vec<MountTarget>, ApiError> {
-        self.enter(Operation::DescribeMountTargets)?;
-        let mut s = self.st();
-        if !s.file_systems.contains_key(fs) {
-            return Err(not_found(Operation::DescribeMountTargets));
-        }
-        let mut out = Vec::new();
-        for (mt, polls) in s.mount_targets.values_mut().filter(|(m, _)| m.file_system_id == fs) {
-            if *polls > 0 {
-                *polls -= 1;
-            } else if mt.state == LifeCycle::Creating {
-                mt.state = LifeCycle::Available;
-            }
-            out.push(mt.clone());
-        }
-        // Deleting mount targets disappear after being seen once.
-        s.mount_targets.retain(|_, (m, _)| m.state != LifeCycle::Deleting);
-        Ok(out)
-    }
-    async fn delete_mount_target(&self, id: &str) -> Result<(), ApiError> {
-        self.enter(Operation::DeleteMountTarget)?;
-        let mut s = self.st();
-        match s.mount_targets.get_mut(id) {
-            Some((m, _)) => {
-                m.state = LifeCycle::Deleting;
-                Ok(())
-            }
-            None => Err(ApiError::new(Operation::DeleteMountTarget, ErrorKind::NotFound, "MountTargetNotFound", "")),
-        }
-    }
-    async fn create_access_point(&self, _: &NewAccessPoint) -> Result<AccessPoint, ApiError> {
-        self.enter(Operation::CreateAccessPoint)?;
-        Err(ApiError::new(Operation::CreateAccessPoint, ErrorKind::Transient, "NotFaked", ""))
-    }
-    async fn describe_access_points(&self, _: &str, _: Option<&str>) -> Result<AccessPointPage, ApiError> {
-        self.enter(Operation::DescribeAccessPoints)?;
-        Ok(AccessPointPage::default())
-    }
-    async fn delete_access_point(&self, _: &str) -> Result<(), ApiError> {
-        self.enter(Operation::DeleteAccessPoint)
-    }
-}
+const CLUSTER: &str = "test-cluster";
 
 fn defaults() -> Defaults {
     Defaults {
         region: "ap-southeast-2".into(),
         subnets: vec!["subnet-a".into(), "subnet-b".into()],
         security_groups: vec!["sg-1".into()],
+        cluster_id: CLUSTER.into(),
         ..Defaults::default()
     }
 }
 
-fn seed_request(pv: &str) -> provisioner_core::ProvisionRequest {
-    let mut req = request(pv, "general", std::iter::empty::<(&str, &str)>());
+/// The provisioner as it should run: EFS and the EC2 topology check.
+fn provisioner(aws: &Arc<Aws>) -> EfsProvisioner<Arc<Aws>> {
+    EfsProvisioner::new(aws.clone(), defaults()).with_network(aws.clone() as Arc<dyn NetworkApi>)
+}
+
+/// The provisioner without the EC2 check (the binary today).
+fn provisioner_without_network(aws: &Arc<Aws>) -> EfsProvisioner<Arc<Aws>> {
+    EfsProvisioner::new(aws.clone(), defaults())
+}
+
+fn request_with(pv: &str, params: &[(&str, &str)]) -> ProvisionRequest {
+    let mut req = request(pv, "general", params.iter().copied());
     let mut k = (*req.class).clone();
     k.provisioner = "efs.aws.skpr.io/generalPurpose".into();
     req.class = Arc::new(k);
     req
 }
 
-fn pv_of(v: &provisioner_core::ProvisionedVolume) -> PersistentVolume {
+fn seed_request(pv: &str) -> ProvisionRequest {
+    request_with(pv, &[])
+}
+
+fn pv_of(v: &ProvisionedVolume, name: &str) -> PersistentVolume {
     PersistentVolume {
         metadata: ObjectMeta {
-            name: Some("pv".into()),
+            name: Some(name.into()),
             annotations: Some(v.annotations.clone()),
             ..Default::default()
         },
@@ -220,70 +71,122 @@ fn pv_of(v: &provisioner_core::ProvisionedVolume) -> PersistentVolume {
     }
 }
 
+/// What the engine does: a round every `step`, holding no worker in
+/// between, until a volume or `rounds` rounds. Returns the volume (if any)
+/// and every answer that was not one.
+async fn rounds<A: EfsApi>(
+    p: &EfsProvisioner<A>,
+    req: &ProvisionRequest,
+    step: Duration,
+    rounds: usize,
+) -> (Option<ProvisionedVolume>, Vec<ProvisionError>) {
+    let mut answers = Vec::new();
+    for _ in 0..rounds {
+        match p.provision(req).await {
+            Ok(v) => return (Some(v), answers),
+            // The engine parks an infeasible claim for minutes (or until the class changes).
+            Err(e @ ProvisionError::Infeasible(_)) => {
+                answers.push(e);
+                break;
+            }
+            Err(e) => answers.push(e),
+        }
+        tokio::time::sleep(step).await;
+    }
+    (None, answers)
+}
+
+fn warnings(answers: &[ProvisionError]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for a in answers {
+        if let ProvisionError::Final(m) | ProvisionError::Infeasible(m) = a {
+            *out.entry(m.clone()).or_default() += 1;
+        }
+    }
+    out
+}
+
+// ---- the stand-in's own rules ----
+
+#[tokio::test(start_paused = true)]
+async fn stand_in_a_deleting_mount_target_holds_its_zone_and_its_file_system() {
+    let aws = Aws::with(|w| w.timing = Timing::default());
+    let spec = efs_provisioner::api::NewFileSystem {
+        creation_token: "t".into(),
+        performance_mode: efs_provisioner::api::PerformanceMode::GeneralPurpose,
+        throughput: efs_provisioner::api::Throughput::Bursting,
+        encrypted: true,
+        kms_key_id: None,
+        tags: BTreeMap::new(),
+    };
+    let fs = aws.create_file_system(&spec).await.unwrap();
+    assert_eq!(fs.state, LifeCycle::Creating);
+    let e = aws.create_mount_target(&fs.id, "subnet-a", &["sg-1".into()]).await.unwrap_err();
+    assert_eq!(e.code, "IncorrectFileSystemLifeCycleState");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let mt = aws.create_mount_target(&fs.id, "subnet-a", &["sg-1".into()]).await.unwrap();
+    assert_eq!(aws.create_mount_target(&fs.id, "subnet-a2", &[]).await.unwrap_err().kind, ErrorKind::Conflict);
+    assert_eq!(aws.create_mount_target(&fs.id, "subnet-x", &[]).await.unwrap_err().kind, ErrorKind::Conflict);
+    assert_eq!(aws.create_mount_target(&fs.id, "subnet-nope", &[]).await.unwrap_err().code, "SubnetNotFound");
+    aws.delete_mount_target(&mt.id).await.unwrap();
+    assert_eq!(aws.describe_mount_targets(&fs.id).await.unwrap()[0].state, LifeCycle::Deleting);
+    assert_eq!(aws.create_mount_target(&fs.id, "subnet-a2", &[]).await.unwrap_err().kind, ErrorKind::Conflict);
+    assert_eq!(aws.delete_file_system(&fs.id).await.unwrap_err().kind, ErrorKind::InUse);
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    assert!(aws.describe_mount_targets(&fs.id).await.unwrap().is_empty());
+    aws.delete_file_system(&fs.id).await.unwrap();
+    let tags = BTreeMap::from([("Name".to_string(), "x".repeat(257))]);
+    assert_eq!(aws.tag_resource(&fs.id, &tags).await.unwrap_err().kind, ErrorKind::BadRequest);
+}
+
+// ---- the claim lifecycle ----
+
 #[tokio::test(start_paused = true)]
 async fn creating_file_system_reports_in_progress_until_available_without_a_second_create() {
-    let fake = Fake::with(|s| {
-        s.creating_polls = 3;
-        s.mt_polls = 2;
-    });
-    let p = EfsProvisioner::new(fake.clone(), defaults());
+    let aws = Aws::new();
+    let p = provisioner(&aws);
     let req = seed_request("pvc-1");
-    let mut rounds = 0;
-    let volume = loop {
-        rounds += 1;
-        match p.provision(&req).await {
-            Ok(v) => break v,
-            Err(ProvisionError::InProgress(msg)) => assert!(msg.contains("fs-1"), "{msg}"),
-            Err(e) => panic!("unexpected {e}"),
-        }
-        // What the engine does between rounds: back off, holding no worker.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(rounds < 20, "never became ready");
-    };
-    assert_eq!(volume.annotations[FILE_SYSTEM_ID], "fs-1");
-    assert_eq!(fake.calls(Operation::CreateFileSystem), 1, "the id is remembered between rounds");
-    assert_eq!(fake.calls(Operation::CreateMountTarget), 2);
-    // 1 create, 3 rounds while `creating`, the round that creates the mount targets, 2 waiting on them.
-    assert_eq!(rounds, 7, "rounds");
+    let started = Instant::now();
+    let (volume, answers) = rounds(&p, &req, Duration::from_secs(5), 60).await;
+    let volume = volume.expect("ready");
+    assert!(answers.iter().all(|a| matches!(a, ProvisionError::InProgress(_))), "{answers:?}");
+    assert!(volume.annotations[FILE_SYSTEM_ID].starts_with("fs-"));
+    assert_eq!(aws.calls(Operation::CreateFileSystem), 1, "the id is remembered between rounds");
+    assert_eq!(aws.calls(Operation::CreateMountTarget), 2);
+    // 30 s creating, then 90 s for the mount targets, each seen within a 5 s round.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(120) && took <= Duration::from_secs(130), "{took:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_new_process_finds_a_creating_file_system_by_its_token() {
-    let fake = Fake::with(|s| s.creating_polls = 1);
+    let aws = Aws::new();
     let req = seed_request("pvc-1");
-    let first = EfsProvisioner::new(fake.clone(), defaults());
+    let first = provisioner(&aws);
     assert!(matches!(first.provision(&req).await, Err(ProvisionError::InProgress(_))));
-    let second = EfsProvisioner::new(fake.clone(), defaults());
-    second.provision(&req).await.expect("ready");
-    assert_eq!(fake.st().file_systems.len(), 1, "no duplicate");
+    let second = provisioner(&aws);
+    rounds(&second, &req, Duration::from_secs(5), 60).await.0.expect("ready");
+    assert_eq!(aws.file_system_count(), 1, "no duplicate");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_file_system_in_error_state_is_removed_and_the_claim_fails_with_a_message() {
-    let fake = Fake::with(|s| {
-        s.creating_polls = 1;
-        s.end_state = Some(LifeCycle::Error);
+    let aws = Aws::with(|w| w.new_file_systems_fail = true);
+    let p = provisioner(&aws);
+    let (_, answers) = rounds(&p, &seed_request("pvc-1"), Duration::from_secs(5), 20).await;
+    let gone = answers.iter().find_map(|a| match a {
+        ProvisionError::Infeasible(m) if m.contains("was deleted") => Some(m.clone()),
+        _ => None,
     });
-    let p = EfsProvisioner::new(fake.clone(), defaults());
-    let req = seed_request("pvc-1");
-    assert!(matches!(p.provision(&req).await, Err(ProvisionError::InProgress(_))));
-    match p.provision(&req).await {
-        Err(ProvisionError::Final(msg)) => {
-            assert!(msg.contains("fs-1 failed (state error)") && msg.contains("was deleted"), "{msg}")
-        }
-        other => panic!("expected Final, got {other:?}"),
-    }
-    assert!(fake.st().file_systems.is_empty(), "the failed file system does not leak");
+    let gone = gone.unwrap_or_else(|| panic!("never deleted: {answers:?}"));
+    assert!(gone.contains("failed (state error)"), "{gone}");
+    assert_eq!(aws.calls(Operation::CreateMountTarget), 0);
 }
 
 #[tokio::test]
 async fn the_file_system_quota_is_a_final_error_naming_the_quota() {
-    let fake = Fake::with(|s| {
-        s.errors.insert(Operation::CreateFileSystem, VecDeque::from([ErrorKind::LimitExceeded]));
-        s.codes.insert(Operation::CreateFileSystem, "FileSystemLimitExceeded".into());
-    });
-    let p = EfsProvisioner::new(fake, defaults());
-    match p.provision(&seed_request("pvc-1")).await {
+    let aws = Aws::with(|w| w.max_file_systems = 0);
+    match provisioner(&aws).provision(&seed_request("pvc-1")).await {
         Err(ProvisionError::Final(msg)) => assert!(msg.contains("1,000") && msg.contains("quota"), "{msg}"),
         other => panic!("expected Final, got {other:?}"),
     }
@@ -291,12 +194,10 @@ async fn the_file_system_quota_is_a_final_error_naming_the_quota() {
 
 #[tokio::test]
 async fn access_denied_names_the_missing_iam_action() {
-    let fake = Fake::with(|s| {
-        s.errors.insert(Operation::CreateFileSystem, VecDeque::from([ErrorKind::AccessDenied]));
-        s.codes.insert(Operation::CreateFileSystem, "AccessDeniedException".into());
+    let aws = Aws::with(|w| {
+        w.denied.insert((Operation::CreateFileSystem, None));
     });
-    let p = EfsProvisioner::new(fake, defaults());
-    match p.provision(&seed_request("pvc-1")).await {
+    match provisioner(&aws).provision(&seed_request("pvc-1")).await {
         Err(ProvisionError::Final(msg)) => {
             assert!(msg.contains("elasticfilesystem:CreateFileSystem") && msg.contains("TagResource"), "{msg}")
         }
@@ -304,28 +205,15 @@ async fn access_denied_names_the_missing_iam_action() {
     }
 }
 
-#[tokio::test]
-async fn access_denied_on_a_mount_target_rolls_the_file_system_back() {
-    let fake = Fake::with(|s| {
-        s.errors.insert(Operation::CreateMountTarget, VecDeque::from([ErrorKind::AccessDenied]));
-        s.codes.insert(Operation::CreateMountTarget, "UnauthorizedOperation".into());
-    });
-    let p = EfsProvisioner::new(fake.clone(), defaults());
-    match p.provision(&seed_request("pvc-1")).await {
-        Err(ProvisionError::Final(msg)) => assert!(msg.contains("ec2:CreateNetworkInterface"), "{msg}"),
-        other => panic!("expected Final, got {other:?}"),
-    }
-    assert!(fake.st().file_systems.is_empty());
-}
-
 #[tokio::test(start_paused = true)]
 async fn throttling_slows_every_call_down_and_reports_in_progress_not_failure() {
-    let fake = Fake::with(|s| {
-        s.errors.insert(Operation::CreateFileSystem, VecDeque::from([ErrorKind::Throttled, ErrorKind::Throttled]));
+    let aws = Aws::with(|w| {
+        w.timing = Timing::instant();
+        w.throttle.insert(Operation::CreateFileSystem, 2);
     });
     let limiter =
         Arc::new(AdaptiveLimiter::new(LimiterConfig { max_rate: 10.0, min_rate: 0.5, burst: 1, recovery_step: 0.1 }));
-    let p = EfsProvisioner::new(LimitedApi::new(fake.clone(), limiter.clone()), defaults());
+    let p = EfsProvisioner::new(LimitedApi::new(aws.clone(), limiter.clone()), defaults());
     let req = seed_request("pvc-1");
     for _ in 0..2 {
         match p.provision(&req).await {
@@ -337,67 +225,348 @@ async fn throttling_slows_every_call_down_and_reports_in_progress_not_failure() 
     assert!((limiter.rate() - 2.5).abs() < 1e-9, "halved twice: {}", limiter.rate());
     let start = Instant::now();
     p.provision(&req).await.expect("succeeds once EFS accepts again");
-    // The next calls waited at the lower rate (2.5/s and recovering), not the 10/s ceiling.
-    let calls = fake.st().calls.clone();
-    let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1].1 - w[0].1).collect();
+    let calls = aws.world().calls.clone();
+    let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1].at - w[0].at).collect();
     assert!(gaps.iter().skip(1).all(|g| *g >= Duration::from_millis(300)), "{gaps:?}");
     assert!(start.elapsed() >= Duration::from_millis(900), "{:?}", start.elapsed());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn delete_waits_for_mount_targets_then_deletes_the_file_system() {
-    let fake = Fake::with(|_| {});
-    let p = EfsProvisioner::new(fake.clone(), defaults());
-    let v = p.provision(&seed_request("pvc-1")).await.unwrap();
-    let pv = pv_of(&v);
-    // AWS refuses DeleteFileSystem while the mount targets are still deleting.
+    let aws = Aws::new();
+    let p = provisioner(&aws);
+    let v = rounds(&p, &seed_request("pvc-1"), Duration::from_secs(5), 60).await.0.unwrap();
+    let pv = pv_of(&v, "pvc-1");
     match p.delete(&pv).await {
         Err(DeleteError::InUse(msg)) => assert!(msg.contains("mount targets"), "{msg}"),
         other => panic!("expected InUse, got {other:?}"),
     }
-    assert_eq!(fake.calls(Operation::DeleteMountTarget), 2);
+    assert_eq!(aws.calls(Operation::DeleteMountTarget), 2);
+    tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(matches!(p.delete(&pv).await, Err(DeleteError::InUse(_))), "still deleting");
+    tokio::time::sleep(Duration::from_secs(31)).await;
     p.delete(&pv).await.expect("gone");
-    assert_eq!(fake.calls(Operation::DeleteMountTarget), 2, "each mount target deleted once");
-    assert!(fake.st().file_systems.is_empty());
+    assert_eq!(aws.calls(Operation::DeleteMountTarget), 2, "each mount target deleted once");
     p.delete(&pv).await.expect("not found is success");
 }
 
-#[tokio::test]
-async fn file_system_in_use_on_delete_is_in_use_not_a_failure() {
-    let fake = Fake::with(|s| {
-        s.errors.insert(Operation::DeleteFileSystem, VecDeque::from([ErrorKind::InUse]));
-    });
-    let p = EfsProvisioner::new(fake.clone(), Defaults { subnets: vec!["subnet-a".into()], ..defaults() });
-    let v = p.provision(&seed_request("pvc-1")).await.unwrap();
-    fake.st().mount_targets.clear();
-    assert!(matches!(p.delete(&pv_of(&v)).await, Err(DeleteError::InUse(_))));
-    p.delete(&pv_of(&v)).await.expect("deleted on the retry");
+// ---- finding 1: sticky rollback ----
+
+/// Access denied on the second subnet's mount target, after the first exists.
+fn denied_on_subnet_b() -> Arc<Aws> {
+    Aws::with(|w| {
+        w.denied.insert((Operation::CreateMountTarget, Some("subnet-b".into())));
+    })
 }
 
-#[tokio::test]
-async fn two_subnets_in_one_zone_are_explained() {
-    let fake = Fake::with(|s| {
-        s.errors.insert(Operation::CreateMountTarget, VecDeque::from([ErrorKind::Conflict]));
-        s.codes.insert(Operation::CreateMountTarget, "MountTargetConflict".into());
-    });
-    let p = EfsProvisioner::new(fake.clone(), Defaults { subnets: vec!["subnet-a".into()], ..defaults() });
-    match p.provision(&seed_request("pvc-1")).await {
-        Err(ProvisionError::Final(msg)) => {
-            assert!(msg.contains("one mount target per") && msg.contains("subnet-a"), "{msg}")
-        }
-        other => panic!("expected Final, got {other:?}"),
-    }
+#[tokio::test(start_paused = true)]
+async fn a_rollback_only_tears_down_until_the_file_system_is_gone_with_one_warning() {
+    let aws = denied_on_subnet_b();
+    let p = provisioner(&aws);
+    let (_, answers) = rounds(&p, &seed_request("pvc-1"), Duration::from_secs(1), 200).await;
+    // 1 in subnet-a (made), 1 denied in subnet-b; none again while rolling back.
+    assert_eq!(aws.calls(Operation::CreateMountTarget), 2, "{answers:?}");
+    assert_eq!(aws.calls(Operation::CreateFileSystem), 1);
+    let w = warnings(&answers);
+    let rolling: Vec<(&String, &usize)> = w.iter().filter(|(m, _)| m.contains("creating nothing new")).collect();
+    assert_eq!(rolling.len(), 1, "one stable warning text while rolling back: {w:#?}");
+    assert!(rolling[0].0.contains("elasticfilesystem:CreateMountTarget"), "names the cause: {}", rolling[0].0);
+    assert!(*rolling[0].1 > 50, "repeated every round, so events aggregate");
+    assert!(w.keys().any(|m| m.contains("was deleted")), "the rollback finished: {w:#?}");
 }
 
-#[tokio::test]
-async fn bad_class_parameters_are_infeasible() {
-    let p = EfsProvisioner::new(Fake::with(|_| {}), defaults());
-    let req = request("pvc-1", "general", [("performanceMode", "turbo")]);
+#[tokio::test(start_paused = true)]
+async fn a_rollback_survives_a_restart() {
+    let aws = denied_on_subnet_b();
+    let req = seed_request("pvc-1");
+    let first = provisioner(&aws);
+    let (_, answers) = rounds(&first, &req, Duration::from_secs(5), 8).await;
+    assert!(answers.iter().any(|a| a.message().contains("creating nothing new")), "{answers:?}");
+    let fs_id = aws.world().file_systems.keys().next().cloned().unwrap();
+    assert!(aws.world().file_systems[&fs_id].tags.contains_key(TAG_ROLLBACK), "recorded on the file system");
+    drop(first);
+    let second = provisioner(&aws);
+    let (_, answers) = rounds(&second, &req, Duration::from_secs(5), 40).await;
+    assert_eq!(aws.calls(Operation::CreateMountTarget), 2, "the new process does not retry it: {answers:?}");
+    assert!(answers.iter().any(|a| a.message().contains("was deleted")), "{answers:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_goes_on_quietly_after_the_claim_is_deleted() {
+    let aws = denied_on_subnet_b();
+    let p = provisioner(&aws);
+    let mut req = seed_request("pvc-1");
+    rounds(&p, &req, Duration::from_secs(5), 8).await;
+    let mut c = (*req.claim).clone();
+    c.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+    req.claim = Arc::new(c);
+    // The engine drops its record of the claim on any answer but InProgress.
     match p.provision(&req).await {
-        Err(ProvisionError::Infeasible(msg)) => {
-            assert!(msg.contains("StorageClass general") && msg.contains("turbo"), "{msg}")
-        }
-        other => panic!("expected Infeasible, got {other:?}"),
+        Err(ProvisionError::InProgress(m)) => assert!(m.contains("creating nothing new"), "{m}"),
+        other => panic!("expected InProgress while the file system exists, got {other:?}"),
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_the_ec2_check_two_subnets_in_one_zone_roll_back_once() {
+    let aws = Aws::new();
+    let p = provisioner_without_network(&aws);
+    let req = request_with("pvc-1", &[("subnets", "subnet-a,subnet-a2")]);
+    let (_, answers) = rounds(&p, &req, Duration::from_secs(1), 200).await;
+    assert_eq!(aws.calls(Operation::CreateMountTarget), 2, "{answers:?}");
+    let w = warnings(&answers);
+    assert!(w.keys().any(|m| m.contains("one mount target per availability zone")), "{w:#?}");
+}
+
+// ---- topology checked before anything is created ----
+
+#[tokio::test]
+async fn a_class_whose_network_efs_cannot_use_is_infeasible_and_nothing_is_created() {
+    for (subnets, groups, needle) in [
+        ("subnet-a,subnet-a2", "sg-1", "all in zone az-a"),
+        ("subnet-a,subnet-x", "sg-1", "in one VPC"),
+        ("subnet-a,subnet-gone", "sg-1", "subnet(s) subnet-gone do not exist"),
+        ("subnet-a,subnet-b", "sg-9", "security group sg-9 does not exist"),
+        ("subnet-a,subnet-b", "sg-2", "sg-2 is in vpc-2"),
+    ] {
+        let aws = Aws::new();
+        let req = request_with("pvc-1", &[("subnets", subnets), ("securityGroups", groups)]);
+        match provisioner(&aws).provision(&req).await {
+            Err(ProvisionError::Infeasible(m)) => {
+                assert!(m.contains(needle) && m.contains("nothing was created"), "{subnets} {groups}: {m}")
+            }
+            other => panic!("{subnets} {groups}: expected Infeasible, got {other:?}"),
+        }
+        assert_eq!(aws.calls(Operation::CreateFileSystem), 0);
+    }
+}
+
+// ---- finding 2: lifecycle rules ----
+
+#[tokio::test(start_paused = true)]
+async fn a_lifecycle_rule_efs_rejects_is_infeasible_and_nothing_is_created() {
+    for params in [
+        vec![("transitionToArchive", "AFTER_90_DAYS")],
+        vec![
+            ("throughputMode", "elastic"),
+            ("transitionToIA", "AFTER_90_DAYS"),
+            ("transitionToArchive", "AFTER_30_DAYS"),
+        ],
+    ] {
+        let aws = Aws::new();
+        let (_, answers) =
+            rounds(&provisioner(&aws), &request_with("pvc-1", &params), Duration::from_secs(5), 40).await;
+        assert!(
+            matches!(answers.first(), Some(ProvisionError::Infeasible(m)) if m.contains("transitionToArchive")),
+            "{answers:?}"
+        );
+        assert_eq!(aws.calls(Operation::CreateFileSystem), 0, "{params:?}");
+    }
+    let aws = Aws::new();
+    let ok =
+        [("throughputMode", "elastic"), ("transitionToIA", "AFTER_30_DAYS"), ("transitionToArchive", "AFTER_90_DAYS")];
+    rounds(&provisioner(&aws), &request_with("pvc-1", &ok), Duration::from_secs(5), 40).await.0.expect("valid rules");
+}
+
+// ---- finding 3: partition DNS suffix ----
+
+#[tokio::test]
+async fn a_china_region_volume_names_the_amazonaws_com_cn_server() {
+    let aws = Aws::with(|w| w.timing = Timing::instant());
+    let p = EfsProvisioner::new(aws.clone(), Defaults { region: "cn-north-1".into(), ..defaults() });
+    let v = p.provision(&seed_request("pvc-1")).await.unwrap();
+    let server = v.spec.nfs.unwrap().server;
+    assert!(server.ends_with(".efs.cn-north-1.amazonaws.com.cn"), "{server}");
+}
+
+// ---- finding 4: zone affinity ----
+
+#[tokio::test]
+async fn an_nfs_volume_is_pinned_to_the_zones_of_its_mount_targets() {
+    let aws = Aws::with(|w| w.timing = Timing::instant());
+    let v = provisioner(&aws).provision(&seed_request("pvc-1")).await.unwrap();
+    let terms = v.spec.node_affinity.and_then(|a| a.required).map(|r| r.node_selector_terms).unwrap_or_default();
+    assert_eq!(terms.len(), 1, "one term");
+    let expr = &terms[0].match_expressions.as_ref().unwrap()[0];
+    assert_eq!(expr.key, ZONE_LABEL);
+    assert_eq!(expr.operator, "In");
+    assert_eq!(expr.values.as_deref(), Some(&["az-a".to_string(), "az-b".to_string()][..]));
+}
+
+// ---- finding 5: deleting only what is ours ----
+
+#[tokio::test]
+async fn an_access_point_volume_missing_its_access_point_never_deletes_the_shared_file_system() {
+    let aws = Aws::with(|w| w.timing = Timing::instant());
+    let shared = aws.add_file_system("shared", BTreeMap::new());
+    let p = provisioner(&aws);
+    let req = request_with("pvc-1", &[("mode", "accessPoint"), ("fileSystemId", &shared)]);
+    let v = p.provision(&req).await.unwrap();
+    let mut pv = pv_of(&v, "pvc-1");
+    pv.metadata.annotations.as_mut().unwrap().remove(ACCESS_POINT_ID);
+    match p.delete(&pv).await {
+        Err(DeleteError::Failed(m)) => assert!(m.contains("never deleted"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(aws.calls(Operation::DeleteFileSystem) + aws.calls(Operation::DeleteMountTarget), 0);
+    assert!(aws.world().file_systems.contains_key(&shared));
+}
+
+#[tokio::test]
+async fn a_file_system_whose_tags_do_not_prove_it_ours_is_not_deleted() {
+    let aws = Aws::with(|w| w.timing = Timing::instant());
+    let p = provisioner(&aws);
+    let v = p.provision(&seed_request("pvc-1")).await.unwrap();
+    // Another cluster's provisioner (same account) and another PV's name.
+    let other_cluster = EfsProvisioner::new(aws.clone(), Defaults { cluster_id: "other".into(), ..defaults() });
+    for (who, pv) in [(&other_cluster, pv_of(&v, "pvc-1")), (&p, pv_of(&v, "pvc-2"))] {
+        match who.delete(&pv).await {
+            Err(DeleteError::Failed(m)) => assert!(m.contains("not deleting") && m.contains("tags"), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(aws.calls(Operation::DeleteMountTarget), 0);
+    // The seed's volumes (no tags at all) are left alone too.
+    let seed = aws.add_file_system("seed", BTreeMap::new());
+    let mut seed_pv = pv_of(&v, "pvc-seed");
+    seed_pv.metadata.annotations.as_mut().unwrap().insert(FILE_SYSTEM_ID.into(), seed.clone());
+    assert!(matches!(p.delete(&seed_pv).await, Err(DeleteError::Failed(_))));
+    p.delete(&pv_of(&v, "pvc-1")).await.expect("ours: deleted");
+    assert_eq!(aws.calls(Operation::DeleteMountTarget), 2);
+}
+
+// ---- finding 6: the Name tag ----
+
+#[tokio::test]
+async fn a_claim_with_a_long_name_gets_a_name_tag_efs_accepts() {
+    let aws = Aws::with(|w| w.timing = Timing::instant());
+    let mut req = seed_request("pvc-1");
+    req.claim = Arc::new(claim(&"n".repeat(63), &"c".repeat(253), "uid-1").build());
+    provisioner(&aws).provision(&req).await.expect("provisioned");
+    let w = aws.world();
+    let name = &w.file_systems.values().next().unwrap().tags["Name"];
+    assert_eq!(name.chars().count(), 256);
+}
+
+// ---- finding 7: failures a user must see ----
+
+#[tokio::test]
+async fn broken_credentials_warn_on_the_claim_naming_irsa() {
+    let aws = Aws::with(|w| w.credentials_broken = true);
+    match provisioner_without_network(&aws).provision(&seed_request("pvc-1")).await {
+        Err(ProvisionError::Final(m)) => {
+            assert!(m.contains("could not get AWS credentials") && m.contains("IRSA role annotation"), "{m}")
+        }
+        other => panic!("expected a warning (Final), got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_efs_warns_on_the_claim_naming_the_network() {
+    let aws = Aws::with(|w| w.unreachable = true);
+    match provisioner(&aws).provision(&seed_request("pvc-1")).await {
+        Err(ProvisionError::Final(m)) => assert!(m.contains("could not reach EFS") && m.contains("NAT"), "{m}"),
+        other => panic!("expected a warning (Final), got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn permission_failures_after_the_file_system_exists_warn_too() {
+    let aws = Aws::with(|w| {
+        w.denied.insert((Operation::DescribeFileSystems, None));
+    });
+    let p = provisioner(&aws);
+    let req = seed_request("pvc-1");
+    assert!(matches!(p.provision(&req).await, Err(ProvisionError::InProgress(_))));
+    match p.provision(&req).await {
+        Err(ProvisionError::Final(m)) => assert!(m.contains("elasticfilesystem:DescribeFileSystems"), "{m}"),
+        other => panic!("expected a warning, got {other:?}"),
+    }
+}
+
+// ---- finding 8: answers that never come ----
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_that_never_comes_frees_the_worker_and_the_allocation_lock() {
+    let aws = Aws::with(|w| w.timing = Timing::instant());
+    let shared = aws.add_file_system("shared", BTreeMap::new());
+    aws.world().hang.insert(Operation::DescribeAccessPoints, 1);
+    let p = Arc::new(EfsProvisioner::new(DeadlineApi::new(aws.clone(), Deadlines::default()), defaults()));
+    let params = [("mode", "accessPoint"), ("fileSystemId", shared.as_str())];
+    let (a, b) = (request_with("pvc-1", &params), request_with("pvc-2", &params));
+    let start = Instant::now();
+    let (first, second) = tokio::join!(p.provision(&a), p.provision(&b));
+    match first {
+        Err(ProvisionError::InProgress(m)) => assert!(m.contains("Timeout"), "{m}"),
+        other => panic!("expected InProgress after the deadline, got {other:?}"),
+    }
+    second.expect("the next claim on the file system is not stuck behind it");
+    assert_eq!(start.elapsed(), Deadlines::default().read, "bounded by the read deadline");
+}
+
+// ---- finding 9 and 10: access points ----
+
+#[tokio::test]
+async fn access_points_are_listed_a_thousand_per_page() {
+    let aws = Aws::with(|w| w.timing = Timing::instant());
+    let shared = aws.add_file_system("shared", BTreeMap::new());
+    for i in 0..2500 {
+        aws.add_access_point(&shared, 50_000 + i, &format!("other-{i}"));
+    }
+    let req = request_with("pvc-1", &[("mode", "accessPoint"), ("fileSystemId", &shared)]);
+    provisioner(&aws).provision(&req).await.unwrap();
+    let w = aws.world();
+    let pages: Vec<Option<u32>> =
+        w.calls.iter().filter(|c| c.op == Operation::DescribeAccessPoints).map(|c| c.page_size).collect();
+    assert_eq!(pages, vec![Some(1000); 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn access_point_already_exists_is_resolved_by_its_client_token() {
+    let aws = Aws::with(|w| {
+        w.timing = Timing::instant();
+        w.timing.access_point_listed = Duration::from_secs(600);
+    });
+    let shared = aws.add_file_system("shared", BTreeMap::new());
+    // The first create was carried out, but its answer was lost.
+    aws.world().hang.insert(Operation::CreateAccessPoint, 0);
+    let p = EfsProvisioner::new(DeadlineApi::new(aws.clone(), Deadlines::default()), defaults());
+    let req = request_with("pvc-1", &[("mode", "accessPoint"), ("fileSystemId", &shared)]);
+    let made = p.provision(&req).await.unwrap();
+    let id = made.annotations[ACCESS_POINT_ID].clone();
+    // A new process: the listing does not show it yet, the create says it exists.
+    let again = EfsProvisioner::new(aws.clone(), defaults()).provision(&req).await.expect("resolved at once");
+    assert_eq!(again.annotations[ACCESS_POINT_ID], id);
+    assert_eq!(aws.calls(Operation::CreateAccessPoint), 2);
+}
+
+#[tokio::test]
+async fn a_recreated_claim_gets_a_new_directory_by_default() {
+    let aws = Aws::with(|w| w.timing = Timing::instant());
+    let shared = aws.add_file_system("shared", BTreeMap::new());
+    let p = provisioner(&aws);
+    let params = [
+        ("mode", "accessPoint"),
+        ("fileSystemId", shared.as_str()),
+        ("subPathPattern", "${.PVC.namespace}/${.PVC.name}"),
+    ];
+    p.provision(&request_with("pvc-old", &params)).await.unwrap();
+    p.provision(&request_with("pvc-new", &params)).await.unwrap();
+    let w = aws.world();
+    let paths: Vec<&String> = w.access_points.values().map(|a| &a.spec.path).collect();
+    assert_eq!(paths.len(), 2);
+    assert_ne!(paths[0], paths[1], "same namespace and name, new directory");
+    assert!(paths.iter().all(|p| p.starts_with("/default/data-")), "{paths:?}");
+}
+
+#[tokio::test]
+async fn a_file_system_found_by_token_without_our_tags_is_not_adopted() {
+    let aws = Aws::with(|w| w.timing = Timing::instant());
+    aws.add_file_system("pvc-1", BTreeMap::from([(TAG_MANAGED_BY.to_string(), "someone-else".to_string())]));
+    match provisioner(&aws).provision(&seed_request("pvc-1")).await {
+        Err(ProvisionError::Final(m)) => assert!(m.contains("not using it"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(aws.calls(Operation::CreateMountTarget), 0);
+    let _ = aws.describe_file_system(&FileSystemLookup::CreationToken("pvc-1".into())).await.unwrap().unwrap();
 }
