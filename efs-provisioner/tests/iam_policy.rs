@@ -1,0 +1,94 @@
+//! deploy/iam-policy.json grants what the provisioner calls and no more:
+//! create only with this cluster's tags, tag only in the create calls (or
+//! the rollback mark on our own file systems), every mount-target, lifecycle
+//! and delete call only on resources tagged for this cluster. With
+//! `EFS_IAM_LINT=1`, parliament (PyPI) lints it too (tests/iam/lint).
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use serde_json::Value;
+
+const POLICY: &str = include_str!("../deploy/iam-policy.json");
+const MANAGED: &str = "aws:ResourceTag/efs.aws.skpr.io/managed-by";
+const CLUSTER: &str = "aws:ResourceTag/efs.aws.skpr.io/cluster";
+
+fn statements() -> Vec<Value> {
+    let policy: Value = serde_json::from_str(POLICY).unwrap();
+    policy["Statement"].as_array().unwrap().clone()
+}
+
+fn actions(s: &Value) -> Vec<String> {
+    match &s["Action"] {
+        Value::String(a) => vec![a.clone()],
+        Value::Array(a) => a.iter().map(|v| v.as_str().unwrap().to_string()).collect(),
+        _ => vec![],
+    }
+}
+
+fn granting(action: &str) -> Vec<Value> {
+    statements().into_iter().filter(|s| actions(s).iter().any(|a| a == action)).collect()
+}
+
+fn equals<'a>(s: &'a Value, key: &str) -> Option<&'a Value> {
+    s["Condition"]["StringEquals"].get(key)
+}
+
+#[test]
+fn deletes_mount_targets_and_lifecycle_need_our_managed_by_and_cluster_tags() {
+    for action in [
+        "elasticfilesystem:CreateMountTarget",
+        "elasticfilesystem:DeleteMountTarget",
+        "elasticfilesystem:PutLifecycleConfiguration",
+        "elasticfilesystem:DeleteFileSystem",
+        "elasticfilesystem:DeleteAccessPoint",
+    ] {
+        let grants = granting(action);
+        assert!(!grants.is_empty(), "{action} is granted");
+        for s in grants {
+            assert_eq!(equals(&s, MANAGED).and_then(Value::as_str), Some("efs-provisioner"), "{action}");
+            assert_eq!(equals(&s, CLUSTER).and_then(Value::as_str), Some("CLUSTER_ID"), "{action} names the cluster");
+        }
+    }
+}
+
+#[test]
+fn tagging_is_allowed_only_in_the_create_calls_or_as_the_rollback_mark_on_our_file_systems() {
+    let grants = granting("elasticfilesystem:TagResource");
+    assert_eq!(grants.len(), 2);
+    for s in grants {
+        let in_create = equals(&s, "elasticfilesystem:CreateAction").is_some();
+        let rollback_only = s["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]
+            == serde_json::json!(["efs.aws.skpr.io/rollback"])
+            && equals(&s, MANAGED).is_some()
+            && equals(&s, CLUSTER).is_some();
+        assert!(in_create || rollback_only, "{s}");
+    }
+    for action in ["elasticfilesystem:CreateFileSystem", "elasticfilesystem:CreateAccessPoint"] {
+        for s in granting(action) {
+            assert!(equals(&s, "aws:RequestTag/efs.aws.skpr.io/cluster").is_some(), "{action}: {s}");
+        }
+    }
+}
+
+#[test]
+fn network_interfaces_kms_and_the_service_linked_role_are_granted_narrowly() {
+    for s in granting("ec2:DeleteNetworkInterface") {
+        assert_ne!(s["Resource"], "*", "{s}");
+    }
+    for s in granting("kms:DescribeKey") {
+        assert!(s["Condition"]["Bool"].get("kms:GrantIsForAWSResource").is_none(), "a grant-only key: never matches");
+    }
+    let slr = granting("iam:CreateServiceLinkedRole");
+    assert_eq!(slr.len(), 1);
+    assert_eq!(equals(&slr[0], "iam:AWSServiceName").and_then(Value::as_str), Some("elasticfilesystem.amazonaws.com"));
+}
+
+#[test]
+fn parliament_finds_nothing() {
+    if std::env::var("EFS_IAM_LINT").as_deref() != Ok("1") {
+        eprintln!("skipped: set EFS_IAM_LINT=1 to lint with parliament (installs it from PyPI on first use)");
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/iam/lint");
+    let out = std::process::Command::new(script).output().expect("tests/iam/lint runs");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
