@@ -88,6 +88,7 @@ func main() {
 	leaderElect := flag.Bool("leader-elect", false, "run leader election (Lease in --leader-elect-namespace)")
 	leNamespace := flag.String("leader-elect-namespace", "default", "namespace of the Lease")
 	countsFile := flag.String("counts-file", "", "also write the JSON counts line to this file on exit")
+	addFinalizer := flag.Bool("add-finalizer", false, "controller.AddFinalizer: put external-provisioner.volume.kubernetes.io/finalizer on Delete-policy PVs (library default false)")
 	klog.InitFlags(nil)
 	flag.Parse()
 
@@ -106,6 +107,7 @@ func main() {
 		controller.Threadiness(*workers),
 		controller.LeaderElection(*leaderElect),
 		controller.LeaderElectionNamespace(*leNamespace),
+		controller.AddFinalizer(*addFinalizer),
 	)
 
 	done := make(chan struct{})

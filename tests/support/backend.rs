@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{HostPathVolumeSource, PersistentVolume, PersistentVolumeSpec};
 use k8s_openapi::api::storage::v1::StorageClass;
+use provisioner_core::provisioner::DataSource;
 use provisioner_core::{DeleteError, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
 use tokio::sync::Notify;
 
@@ -29,6 +30,7 @@ struct State {
     delete_calls: Vec<String>,
     script: VecDeque<Scripted>,
     delete_script: VecDeque<DeleteError>,
+    data_sources: BTreeMap<String, DataSource>,
 }
 
 /// The fake backend. Clones share state.
@@ -37,6 +39,7 @@ pub struct FakeBackend {
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
     block: bool,
+    clones: bool,
 }
 
 impl FakeBackend {
@@ -48,6 +51,13 @@ impl FakeBackend {
     /// A backend that also serves block volumes.
     pub fn with_block() -> Self {
         FakeBackend { block: true, ..Self::default() }
+    }
+
+    /// A backend that can fill a new volume from a clone of a claim (a
+    /// `PersistentVolumeClaim` data source), and records the source of each
+    /// volume it was asked for ([`FakeBackend::data_sources`]).
+    pub fn with_clones() -> Self {
+        FakeBackend { clones: true, ..Self::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -87,6 +97,12 @@ impl FakeBackend {
     /// Every provision call, by PV name.
     pub fn provision_calls(&self) -> Vec<String> {
         self.lock().provision_calls.clone()
+    }
+
+    /// The data source each provision call was handed, by PV name (calls
+    /// without one are not listed).
+    pub fn data_sources(&self) -> BTreeMap<String, DataSource> {
+        self.lock().data_sources.clone()
     }
 
     /// Every delete call, by PV name.
@@ -129,6 +145,9 @@ impl Provisioner for FakeBackend {
         let result = {
             let mut s = self.lock();
             s.provision_calls.push(req.pv_name.clone());
+            if let Some(source) = &req.data_source {
+                s.data_sources.insert(req.pv_name.clone(), source.clone());
+            }
             match s.script.pop_front() {
                 Some(Scripted::Fail(e)) => Err(e),
                 Some(Scripted::CreateButInProgress(msg)) => {
@@ -169,5 +188,9 @@ impl Provisioner for FakeBackend {
 
     fn supports_block(&self, _class: &StorageClass) -> bool {
         self.block
+    }
+
+    fn supports_data_source(&self, source: &DataSource, _class: &StorageClass) -> bool {
+        self.clones && source.is_clone()
     }
 }

@@ -366,6 +366,43 @@ pub mod fixtures {
         }
     }
 
+    /// A statically provisioned `hostPath` volume `name` (no
+    /// `pv.kubernetes.io/provisioned-by`, no `claimRef`, no finalizers): what
+    /// an admin creates by hand. Set `claim_ref`, annotations or finalizers
+    /// on the result to make it pre-bound or another provisioner's.
+    pub fn static_volume(name: &str, class: &str, size: &str, access_modes: &[&str], policy: &str) -> PersistentVolume {
+        PersistentVolume {
+            metadata: ObjectMeta { name: Some(name.to_string()), ..Default::default() },
+            spec: Some(PersistentVolumeSpec {
+                capacity: Some(BTreeMap::from([("storage".to_string(), Quantity(size.to_string()))])),
+                access_modes: Some(access_modes.iter().map(|m| m.to_string()).collect()),
+                storage_class_name: Some(class.to_string()),
+                persistent_volume_reclaim_policy: Some(policy.to_string()),
+                // Not under /tmp: kube-controller-manager's in-tree hostPath
+                // deleter removes Released `Delete` volumes there itself.
+                host_path: Some(k8s_openapi::api::core::v1::HostPathVolumeSource {
+                    path: format!("/srv/static-volumes/{name}"),
+                    type_: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A `spec.claimRef` to the claim `namespace/name`, by uid when given
+    /// (without one, a volume pre-bound by name: the binder fills the uid in).
+    pub fn claim_ref(namespace: &str, name: &str, uid: Option<&str>) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".to_string()),
+            kind: Some("PersistentVolumeClaim".to_string()),
+            namespace: Some(namespace.to_string()),
+            name: Some(name.to_string()),
+            uid: uid.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
     /// The claim's phase, or "" when it has none yet.
     pub fn claim_phase(c: &PersistentVolumeClaim) -> &str {
         c.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
