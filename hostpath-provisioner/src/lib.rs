@@ -5,7 +5,9 @@
 //!
 //! - [`layout`]: the path pattern and the containment rules (pure);
 //! - [`config`]: flags, the reloadable config file, class parameters;
-//! - [`fs`]: every filesystem call, symlink- and special-file-safe;
+//! - [`fs`]: every filesystem call, symlink- and special-file-safe, and the ledger of
+//!   which PV created which directory;
+//! - [`disk`]: a volume's directory made and removed under the ledger;
 //! - [`provisioner`]: the [`Provisioner`](provisioner_core::Provisioner) implementation;
 //! - [`cli`]: the binary's flags and start-up.
 
@@ -13,6 +15,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod disk;
 pub mod fs;
 pub mod layout;
 pub mod provisioner;

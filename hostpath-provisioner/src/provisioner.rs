@@ -13,8 +13,8 @@
 //! every claim and volume.
 //!
 //! # Choosing a base dir
-//! If a directory for the volume already exists in one of the base dirs (a
-//! retry), it is used. Otherwise, among the base dirs (or the one pinned by
+//! If a base dir's ledger already records the volume's directory (a retry),
+//! it is used. Otherwise, among the base dirs (or the one pinned by
 //! the class's `baseDir`) whose filesystem has at least the requested bytes
 //! free, the one with the most free bytes wins; ties go to the first listed.
 //! When none has room the answer is [`ProvisionError::Reschedule`], so the
@@ -37,7 +37,7 @@
 //! slowly), except in single-node mode, where there is only one place.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -52,8 +52,9 @@ use provisioner_core::{DeleteError, ProvisionError, ProvisionRequest, Provisione
 use tracing::info;
 
 use crate::config::{ClassOptions, OnDelete, SharedSettings, VolumeType, class_options};
-use crate::fs::{self, Created, Removed};
-use crate::layout::{ARCHIVE_PREFIX, PathVars, RelPath, contained};
+use crate::disk::{self, NotMade};
+use crate::fs::{self, Ledgers, Removed};
+use crate::layout::{ARCHIVE_PREFIX, PathVars, contained};
 
 /// The node label the PV's node affinity uses.
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
@@ -80,6 +81,7 @@ pub struct HostPathProvisioner {
     node: NodeIdentity,
     settings: SharedSettings,
     single_node: bool,
+    ledgers: Arc<Ledgers>,
 }
 
 /// The message for claims of `Immediate` classes.
@@ -93,7 +95,7 @@ pub fn immediate_binding_message(class: &str) -> String {
 impl HostPathProvisioner {
     /// A provisioner for `node`, reading `settings` at each call.
     pub fn new(node: NodeIdentity, settings: SharedSettings) -> Self {
-        HostPathProvisioner { node, settings, single_node: false }
+        HostPathProvisioner { node, settings, single_node: false, ledgers: Arc::default() }
     }
 
     /// Acts for every claim and volume (the only node of a cluster).
@@ -194,40 +196,6 @@ pub fn choose_base_dir<T>(dirs: &[(T, u64)], needed: u64) -> Option<usize> {
     best
 }
 
-fn provision_on_disk(
-    options: &ClassOptions,
-    rel: &RelPath,
-    needed: u64,
-) -> Result<(PathBuf, Created), Result<String, String>> {
-    // Err(Ok(msg)): no room (reschedule); Err(Err(msg)): a failure.
-    for base in &options.base_dirs {
-        match fs::volume_dir_exists(base, rel) {
-            Ok(true) => {
-                let created = fs::create_volume_dir(base, rel, options.access)
-                    .map_err(|e| Err(format!("preparing {}: {e}", rel.under(base).display())))?;
-                return Ok((base.clone(), created));
-            }
-            Ok(false) => {}
-            Err(e) => return Err(Err(format!("checking {}: {e}", rel.under(base).display()))),
-        }
-    }
-    let mut free = Vec::new();
-    for base in &options.base_dirs {
-        let bytes = fs::free_bytes(base).map_err(|e| Err(format!("base dir {}: {e}", base.display())))?;
-        free.push((base, bytes));
-    }
-    let Some(i) = choose_base_dir(&free, needed) else {
-        let most = free.iter().map(|(_, b)| *b).max().unwrap_or(0);
-        return Err(Ok(format!(
-            "the claim requests {needed} bytes but the most free space in a base dir is {most} bytes"
-        )));
-    };
-    let base = free[i].0.clone();
-    let created = fs::create_volume_dir(&base, rel, options.access)
-        .map_err(|e| Err(format!("creating {}: {e}", rel.under(&base).display())))?;
-    Ok((base, created))
-}
-
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
     tokio::task::spawn_blocking(work).await.map_err(|e| format!("filesystem task failed: {e}"))
 }
@@ -258,23 +226,26 @@ impl Provisioner for HostPathProvisioner {
             ))
         })?;
         let needed = request.requested_bytes().unwrap_or(0);
-        let (opts, r) = (options.clone(), rel.clone());
-        let (base, created) =
-            match blocking(move || provision_on_disk(&opts, &r, needed)).await.map_err(ProvisionError::Final)? {
-                Ok(done) => done,
-                Err(Ok(no_room)) if selected.is_some() => {
-                    return Err(ProvisionError::Reschedule(format!("node {}: {no_room}", self.node.name)));
-                }
-                Err(Ok(no_room) | Err(no_room)) => return Err(ProvisionError::Final(no_room)),
-            };
+        let (opts, wanted, pv, ledgers) = (options.clone(), rel, request.pv_name.clone(), self.ledgers.clone());
+        let made = blocking(move || disk::make(&ledgers, &opts, &pv, &wanted, needed))
+            .await
+            .map_err(ProvisionError::InProgress)?;
+        let claim = request.claim_key();
+        let (base, rel, created) = match made {
+            Ok(done) => done,
+            Err(NotMade::NoRoom(m)) if selected.is_some() => {
+                return Err(ProvisionError::Reschedule(format!("node {}: {m}", self.node.name)));
+            }
+            Err(NotMade::NoRoom(m) | NotMade::Failed(m)) => return Err(ProvisionError::Final(m)),
+            Err(NotMade::Infeasible(m)) => {
+                return Err(ProvisionError::Infeasible(format!(
+                    "claim {claim}, pattern {}: {m}",
+                    options.path_pattern
+                )));
+            }
+            Err(NotMade::Unsure(m)) => return Err(ProvisionError::InProgress(m)),
+        };
         let path = rel.under(&base);
-        if created == Created::ExistingWithData && !options.path_pattern.names_pv() {
-            return Err(ProvisionError::Final(format!(
-                "directory {} already exists with data (from an earlier claim with the same name?); \
-                 refusing to hand it to another volume: move it away or use a path pattern with {{pv}}",
-                path.display()
-            )));
-        }
         let path_text = path.to_str().ok_or_else(|| ProvisionError::Infeasible("path is not UTF-8".into()))?;
         info!(claim = request.claim_key(), path = path_text, ?created, "volume directory ready");
         let mut volume = ProvisionedVolume::new(volume_spec(path_text, &self.node.hostname, options.volume_type));
@@ -306,14 +277,11 @@ impl Provisioner for HostPathProvisioner {
         let base = base.to_path_buf();
         let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let archive = format!("{ARCHIVE_PREFIX}{pv}-{}", fs::timestamp(stamp));
-        let (b, r) = (base.clone(), rel.clone());
-        let done = blocking(move || match on_delete {
-            OnDelete::Delete => fs::remove_volume_dir(&b, &r).map_err(|e| e.to_string()),
-            OnDelete::Archive => fs::archive_volume_dir(&b, &r, &archive).map_err(|e| e.to_string()),
-        })
-        .await
-        .map_err(DeleteError::Failed)?
-        .map_err(|e| DeleteError::Failed(format!("{} {path}: {e}", on_delete.as_str())))?;
+        let (b, r, p, ledgers) = (base.clone(), rel.clone(), pv.clone(), self.ledgers.clone());
+        let done = blocking(move || disk::remove(&ledgers, &b, &r, &p, on_delete, &archive))
+            .await
+            .map_err(DeleteError::Failed)?
+            .map_err(|e| DeleteError::Failed(format!("{} {path}: {e}", on_delete.as_str())))?;
         if done == Removed::Done {
             info!(volume = pv, path, action = on_delete.as_str(), "volume directory removed");
         }
@@ -347,17 +315,62 @@ mod tests {
     }
 
     fn request(node: Option<&str>, params: &[(&str, &str)], size: &str) -> ProvisionRequest {
+        claim_request("pvc-1", "ns", "data", params, size, node)
+    }
+
+    fn claim_request(
+        pv: &str,
+        namespace: &str,
+        name: &str,
+        params: &[(&str, &str)],
+        size: &str,
+        node: Option<&str>,
+    ) -> ProvisionRequest {
         let mut class = fixtures::class("local", DEFAULT_PROVISIONER_NAME).wait_for_first_consumer();
         for (k, v) in params {
             class = class.parameter(k, v);
         }
         ProvisionRequest {
-            pv_name: "pvc-1".into(),
-            claim: Arc::new(fixtures::claim("ns", "data", "1").request(size).build()),
+            pv_name: pv.into(),
+            claim: Arc::new(fixtures::claim(namespace, name, pv).request(size).build()),
             class: Arc::new(class.build()),
             selected_node: node.map(str::to_string),
             data_source: None,
         }
+    }
+
+    /// Provisions `pv` for claim `namespace/name` with `pattern` on node-a; the PV as the engine would save it.
+    async fn provision_pv(
+        p: &HostPathProvisioner,
+        pv: &str,
+        namespace: &str,
+        name: &str,
+        pattern: &str,
+    ) -> Result<PersistentVolume, ProvisionError> {
+        let req = claim_request(pv, namespace, name, &[("pathPattern", pattern)], "1Mi", Some("node-a"));
+        let v = p.provision(&req).await?;
+        Ok(saved_pv(pv, v.spec, v.annotations))
+    }
+
+    fn saved_pv(pv: &str, spec: PersistentVolumeSpec, annotations: BTreeMap<String, String>) -> PersistentVolume {
+        PersistentVolume {
+            metadata: kube::api::ObjectMeta {
+                name: Some(pv.into()),
+                annotations: Some(annotations),
+                ..Default::default()
+            },
+            spec: Some(spec),
+            ..Default::default()
+        }
+    }
+
+    /// A PV someone else made, naming `path` on this node.
+    fn forged_pv(pv: &str, path: &std::path::Path) -> PersistentVolume {
+        saved_pv(pv, volume_spec(path.to_str().unwrap(), "host-a", VolumeType::Local), BTreeMap::new())
+    }
+
+    fn path_of(pv: &PersistentVolume) -> std::path::PathBuf {
+        volume_path(pv).unwrap().into()
     }
 
     #[tokio::test]
@@ -400,7 +413,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let err = provisioner(tmp.path()).provision(&request(Some("node-a"), &[], "1Ei")).await.unwrap_err();
         assert!(matches!(err, ProvisionError::Reschedule(_)), "{err:?}");
-        assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none(), "nothing was created");
+        let made: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(made, [crate::layout::LEDGER_DIR], "nothing but the ledger was created");
     }
 
     #[tokio::test]
@@ -415,10 +429,10 @@ mod tests {
     async fn volumes_of_other_nodes_are_left_alone() {
         let tmp = tempfile::tempdir().unwrap();
         let p = provisioner(tmp.path());
-        std::fs::create_dir(tmp.path().join("pvc-1")).unwrap();
-        let path = tmp.path().join("pvc-1").display().to_string();
-        let mut pv =
-            PersistentVolume { spec: Some(volume_spec(&path, "host-b", VolumeType::Local)), ..Default::default() };
+        let v = p.provision(&request(Some("node-a"), &[], "1Mi")).await.unwrap();
+        let mut pv = saved_pv("pvc-1", v.spec, v.annotations);
+        let path = path_of(&pv).display().to_string();
+        pv.spec = Some(volume_spec(&path, "host-b", VolumeType::Local));
         assert!(!p.should_delete(&pv));
         assert_eq!(p.delete(&pv).await, Err(DeleteError::Ignored));
         assert!(tmp.path().join("pvc-1").exists());
@@ -448,5 +462,133 @@ mod tests {
         assert_eq!(choose_base_dir(&[("a", 5), ("b", 9), ("c", 7)], 1), Some(1));
         assert_eq!(choose_base_dir(&[("a", 5), ("b", 5)], 5), Some(0));
         assert_eq!(choose_base_dir::<&str>(&[], 0), None);
+    }
+
+    #[tokio::test]
+    async fn a_pattern_gluing_namespace_and_name_is_infeasible() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = provisioner(tmp.path());
+        let err = provision_pv(&p, "pvc-1", "team-a", "db", "{namespace}-{name}").await.unwrap_err();
+        let ProvisionError::Infeasible(m) = err else { panic!("expected Infeasible, got {err:?}") };
+        assert!(m.contains("team-a/db and team/a-db"), "the reason is given: {m}");
+        assert!(!tmp.path().join("team-a-db").exists());
+    }
+
+    #[tokio::test]
+    async fn two_classes_on_one_base_dir_never_share_or_nest_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = provisioner(tmp.path());
+        let first = provision_pv(&p, "pvc-1", "x", "y", "{namespace}/{name}").await.unwrap();
+        std::fs::write(path_of(&first).join("data"), b"first").unwrap();
+        // Another class's pattern gives the same path: that claim gets its own directory.
+        let second = provision_pv(&p, "pvc-2", "y", "x", "{name}/{namespace}").await.unwrap();
+        assert_ne!(path_of(&second), path_of(&first));
+        assert!(!path_of(&second).join("data").exists(), "it cannot read the first volume");
+        // A third class's pattern would put a volume inside the first: refused.
+        let err = provision_pv(&p, "pvc-3", "x", "y", "{namespace}/{name}/{pv}").await.unwrap_err();
+        assert!(matches!(&err, ProvisionError::Infeasible(m) if m.contains("lie inside")), "{err:?}");
+        assert!(!path_of(&first).join("pvc-3").exists());
+        // Nor around it.
+        let err = provision_pv(&p, "pvc-4", "x", "pvc-4", "{namespace}/{pv}").await;
+        assert!(err.is_ok(), "x/pvc-4 is beside x/y, not around it: {err:?}");
+        let err = provision_pv(&p, "x", "ns", "n", "{pv}").await.unwrap_err();
+        assert!(matches!(&err, ProvisionError::Infeasible(m) if m.contains("contain")), "{err:?}");
+        p.delete(&second).await.unwrap();
+        assert_eq!(std::fs::read(path_of(&first).join("data")).unwrap(), b"first");
+    }
+
+    #[tokio::test]
+    async fn a_claim_recreated_with_the_same_name_gets_its_own_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = provisioner(tmp.path());
+        let old = provision_pv(&p, "pvc-old", "ns", "data-db-0", "{namespace}/{name}").await.unwrap();
+        std::fs::write(path_of(&old).join("data"), b"old").unwrap();
+        // The claim is deleted and made again before the old volume's delete ran.
+        let new = provision_pv(&p, "pvc-new", "ns", "data-db-0", "{namespace}/{name}").await.unwrap();
+        assert_ne!(path_of(&new), path_of(&old));
+        assert!(!path_of(&new).join("data").exists(), "the new claim does not get the old data");
+        std::fs::write(path_of(&new).join("data"), b"new").unwrap();
+        p.delete(&old).await.unwrap();
+        assert!(!path_of(&old).exists());
+        assert_eq!(std::fs::read(path_of(&new).join("data")).unwrap(), b"new", "the old delete spared the new data");
+        let again = provision_pv(&p, "pvc-new", "ns", "data-db-0", "{namespace}/{name}").await.unwrap();
+        assert_eq!(path_of(&again), path_of(&new), "a retry of the new volume finds its own directory");
+    }
+
+    #[tokio::test]
+    async fn delete_removes_only_what_the_ledger_says_the_volume_owns() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = provisioner(tmp.path());
+        let mut made = Vec::new();
+        for (pv, name) in [("pvc-1", "a"), ("pvc-2", "b"), ("pvc-3", "c")] {
+            let v = provision_pv(&p, pv, "ns", name, "{namespace}/{name}").await.unwrap();
+            std::fs::write(path_of(&v).join("data"), pv).unwrap();
+            made.push(v);
+        }
+        // A PV naming the pattern directory above all three.
+        let err = p.delete(&forged_pv("pvc-evil", &tmp.path().join("ns"))).await.unwrap_err();
+        assert!(matches!(&err, DeleteError::Failed(m) if m.contains("not created by this provisioner")), "{err:?}");
+        // A PV naming another volume's directory.
+        let err = p.delete(&forged_pv("pvc-2", &path_of(&made[0]))).await.unwrap_err();
+        assert!(matches!(&err, DeleteError::Failed(m) if m.contains("ledger records")), "{err:?}");
+        // A PV naming the ledger.
+        let ledger = tmp.path().join(crate::layout::LEDGER_DIR);
+        assert!(p.delete(&forged_pv("pvc-1", &ledger)).await.is_err());
+        for v in &made {
+            assert!(path_of(v).join("data").exists(), "{} is intact", path_of(v).display());
+        }
+        assert!(ledger.join("pvc-1").exists());
+        // A directory the provisioner did not create, put where a volume was.
+        std::fs::remove_dir_all(path_of(&made[2])).unwrap();
+        std::fs::create_dir(path_of(&made[2])).unwrap();
+        std::fs::write(path_of(&made[2]).join("other"), b"x").unwrap();
+        let err = p.delete(&made[2]).await.unwrap_err();
+        assert!(matches!(&err, DeleteError::Failed(m) if m.contains("replaced")), "{err:?}");
+        assert!(path_of(&made[2]).join("other").exists());
+        p.delete(&made[0]).await.unwrap();
+        assert!(!path_of(&made[0]).exists());
+        assert!(path_of(&made[1]).join("data").exists());
+    }
+
+    #[tokio::test]
+    async fn a_directory_the_provisioner_did_not_create_is_never_handed_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = provisioner(tmp.path());
+        let unrelated = tmp.path().join("pvc-1");
+        std::fs::create_dir(&unrelated).unwrap();
+        std::fs::set_permissions(&unrelated, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let v = provision_pv(&p, "pvc-1", "ns", "data", "{pv}").await.unwrap();
+        assert_ne!(path_of(&v), unrelated);
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&unrelated).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o755, "the unrelated directory is untouched");
+        p.delete(&forged_pv("pvc-9", &unrelated)).await.unwrap_err();
+        assert!(unrelated.exists(), "and never deleted");
+    }
+
+    #[tokio::test]
+    async fn a_crash_between_the_ledger_entry_and_the_directory_is_recovered_on_retry() {
+        // Each retry is a restarted process: a new provisioner reading the ledger afresh.
+        let tmp = tempfile::tempdir().unwrap();
+        let rel = crate::layout::RelPath::parse("pvc-1").unwrap();
+        // Crashed after recording the intent, before mkdir.
+        let mut ledger = fs::Ledger::open(tmp.path()).unwrap();
+        ledger.record("pvc-1", fs::Entry { path: rel.clone(), identity: None }).unwrap();
+        let v = provision_pv(&provisioner(tmp.path()), "pvc-1", "ns", "data", "{pv}").await.unwrap();
+        assert_eq!(path_of(&v), tmp.path().join("pvc-1"));
+        // Crashed after mkdir, before recording the identity.
+        let rel2 = crate::layout::RelPath::parse("pvc-2").unwrap();
+        ledger.record("pvc-2", fs::Entry { path: rel2, identity: None }).unwrap();
+        std::fs::create_dir(tmp.path().join("pvc-2")).unwrap();
+        let p = provisioner(tmp.path());
+        let v2 = provision_pv(&p, "pvc-2", "ns", "data", "{pv}").await.unwrap();
+        assert_eq!(path_of(&v2), tmp.path().join("pvc-2"));
+        p.delete(&v2).await.unwrap();
+        assert!(!tmp.path().join("pvc-2").exists(), "its identity was recorded on the retry");
+        // A crash before any volume was handed out: its delete only forgets the entry.
+        let rel3 = crate::layout::RelPath::parse("pvc-3").unwrap();
+        ledger.record("pvc-3", fs::Entry { path: rel3, identity: None }).unwrap();
+        let p = provisioner(tmp.path());
+        p.delete(&forged_pv("pvc-3", &tmp.path().join("pvc-3"))).await.unwrap();
+        assert!(!tmp.path().join(crate::layout::LEDGER_DIR).join("pvc-3").exists());
     }
 }

@@ -42,7 +42,8 @@ fn build_deep(top: &Path, levels: usize) {
         rustix::fs::mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
         if i % 1000 == 0 {
             // A file now and then, so the levels are not all alike.
-            let f = rustix::fs::openat(&fd, "f", OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC, Mode::RUSR).unwrap();
+            let f =
+                rustix::fs::openat(&fd, "f", OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC, Mode::RUSR).unwrap();
             drop(f);
         }
         fd = open_dir(&fd, "d");
@@ -74,7 +75,7 @@ fn child_run(spec: &str) {
     let base = tmp.path().join("base");
     std::fs::create_dir(&base).unwrap();
     let rel = RelPath::parse("pvc-1").unwrap();
-    fs::create_volume_dir(&base, &rel, ACCESS).unwrap();
+    fs::create_volume_dir(&base, &rel, ACCESS, None).unwrap();
     let vol = base.join("pvc-1");
     let started = Instant::now();
     match kind {
@@ -87,7 +88,7 @@ fn child_run(spec: &str) {
     std::fs::write("/proc/self/clear_refs", "5").unwrap();
     let rss_before = status_kib("VmRSS:");
     let started = Instant::now();
-    let removed = fs::remove_volume_dir(&base, &rel);
+    let removed = fs::remove_volume_dir(&base, &rel, None);
     let took = started.elapsed();
     let peak = status_kib("VmHWM:");
     assert_eq!(removed.unwrap(), Removed::Done);
@@ -180,7 +181,10 @@ impl Mounted {
         match Command::new("mount").args(args).arg(target).output() {
             Ok(out) if out.status.success() => Some(Mounted(target.to_path_buf())),
             Ok(out) => {
-                eprintln!("SKIPPED: mount {args:?} not permitted here: {}", String::from_utf8_lossy(&out.stderr).trim());
+                eprintln!(
+                    "SKIPPED: mount {args:?} not permitted here: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
                 None
             }
             Err(e) => {
@@ -213,18 +217,17 @@ fn a_bind_mount_inside_a_volume_is_left_alone_and_named_in_the_error() {
     std::fs::write(&outside_file, b"keep me too").unwrap();
     std::fs::create_dir(&base).unwrap();
     let rel = RelPath::parse("pvc-1").unwrap();
-    fs::create_volume_dir(&base, &rel, ACCESS).unwrap();
+    fs::create_volume_dir(&base, &rel, ACCESS, None).unwrap();
     let vol = base.join("pvc-1");
     std::fs::create_dir_all(vol.join("a/b")).unwrap();
     std::fs::write(vol.join("a/data"), b"tenant data").unwrap();
     std::fs::write(vol.join("a/file-mount"), b"").unwrap();
     // The same filesystem: only the mount ID tells it apart.
     let Some(_dir_mount) = Mounted::new(&["--bind", outside.to_str().unwrap()], &vol.join("a/b")) else { return };
-    let Some(_file_mount) = Mounted::new(&["--bind", outside_file.to_str().unwrap()], &vol.join("a/file-mount"))
-    else {
+    let Some(_file_mount) = Mounted::new(&["--bind", outside_file.to_str().unwrap()], &vol.join("a/file-mount")) else {
         return;
     };
-    let err = fs::remove_volume_dir(&base, &rel).unwrap_err();
+    let err = fs::remove_volume_dir(&base, &rel, None).unwrap_err();
     let TreeError::Incomplete(left) = &err else { panic!("expected leftovers, got {err:?}") };
     let text = err.to_string();
     assert!(text.contains(&vol.join("a/b").display().to_string()), "{text}");
@@ -243,12 +246,12 @@ fn a_mount_of_another_filesystem_inside_a_volume_is_left_alone() {
     let base = tmp.path().join("base");
     std::fs::create_dir(&base).unwrap();
     let rel = RelPath::parse("pvc-1").unwrap();
-    fs::create_volume_dir(&base, &rel, ACCESS).unwrap();
+    fs::create_volume_dir(&base, &rel, ACCESS, None).unwrap();
     let target = base.join("pvc-1/scratch");
     std::fs::create_dir(&target).unwrap();
     let Some(_m) = Mounted::new(&["-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs"], &target) else { return };
     std::fs::write(target.join("keep"), b"x").unwrap();
-    let err = fs::remove_volume_dir(&base, &rel).unwrap_err();
+    let err = fs::remove_volume_dir(&base, &rel, None).unwrap_err();
     assert!(err.to_string().contains(&target.display().to_string()), "{err}");
     assert!(target.join("keep").exists());
     assert_eq!(mode(&target), 0o755);
@@ -263,10 +266,10 @@ fn a_volume_directory_that_is_itself_a_mount_point_is_left_alone() {
     std::fs::write(outside.join("keep"), b"x").unwrap();
     std::fs::create_dir(&base).unwrap();
     let rel = RelPath::parse("pvc-1").unwrap();
-    fs::create_volume_dir(&base, &rel, ACCESS).unwrap();
+    fs::create_volume_dir(&base, &rel, ACCESS, None).unwrap();
     let vol = base.join("pvc-1");
     let Some(_m) = Mounted::new(&["--bind", outside.to_str().unwrap()], &vol) else { return };
-    let err = fs::remove_volume_dir(&base, &rel).unwrap_err();
+    let err = fs::remove_volume_dir(&base, &rel, None).unwrap_err();
     assert!(matches!(err, TreeError::MountedVolume { .. }), "{err:?}");
     assert!(outside.join("keep").exists());
 }

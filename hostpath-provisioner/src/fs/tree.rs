@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, RenameFlags, Statx, StatxAttributes, StatxFlags};
 use rustix::io::Errno;
 
-use super::{DIR_FLAGS, Removed};
+use super::{DIR_FLAGS, DirIdentity, Removed};
 
 /// Most directories held open at once by one removal (and so, with the
 /// parent, the descriptors it uses).
@@ -68,6 +68,12 @@ pub enum TreeError {
     )]
     MountedVolume {
         /// The volume directory.
+        path: PathBuf,
+    },
+    /// The directory there is not the volume's (it was replaced).
+    #[error("{} is not the directory the provisioner created there (it was replaced); left alone", path.display())]
+    NotTheVolume {
+        /// The directory.
         path: PathBuf,
     },
     /// Some entries could not be removed; everything else was.
@@ -154,7 +160,8 @@ impl Mount {
     }
 }
 
-const STATX_WANT: StatxFlags = StatxFlags::TYPE.union(StatxFlags::INO).union(StatxFlags::MNT_ID);
+const STATX_WANT: StatxFlags =
+    StatxFlags::TYPE.union(StatxFlags::INO).union(StatxFlags::MNT_ID).union(StatxFlags::BTIME);
 
 fn statx_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<Statx, Errno> {
     rustix::fs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, STATX_WANT)
@@ -385,8 +392,15 @@ impl Walk<'_> {
 /// without being opened. Missing: [`Removed::Missing`].
 ///
 /// A mount point met inside is left alone with the directories holding it,
-/// everything else is removed, and the error names what was left.
-pub fn remove_tree_at(parent: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> Result<Removed, TreeError> {
+/// everything else is removed, and the error names what was left. With
+/// `expected`, the directory must be that one, checked on the opened
+/// descriptor before anything is changed.
+pub fn remove_tree_at(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    shown: &Path,
+    expected: Option<DirIdentity>,
+) -> Result<Removed, TreeError> {
     let io_err = |op, source: io::Error| TreeError::Io { op, path: shown.to_path_buf(), source };
     let cname = CString::new(name.as_bytes()).map_err(|e| io_err("naming", e.into()))?;
     let st = match statx_at(parent, &cname) {
@@ -401,6 +415,10 @@ pub fn remove_tree_at(parent: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> Res
         Err(e) => Err(io_err("unlinking", e.into())),
     };
     if !is_dir(&st) {
+        // A symlink or file in place of a volume directory the ledger records is not the volume.
+        if expected.is_some() {
+            return Err(TreeError::NotTheVolume { path: shown.to_path_buf() });
+        }
         return unlink_it();
     }
     let parent_st = statx_fd(parent).map_err(|e| io_err("examining the directory holding", e.into()))?;
@@ -416,6 +434,9 @@ pub fn remove_tree_at(parent: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> Res
         Err(e) => return Err(io_err("opening", e.into())),
     };
     match statx_fd(fd.as_fd()) {
+        Ok(st) if expected.is_some_and(|e| !e.matches(&DirIdentity::of(&st))) => {
+            return Err(TreeError::NotTheVolume { path: shown.to_path_buf() });
+        }
         Ok(st) if !crosses(&st, mount) => {}
         Ok(_) => return Err(TreeError::MountedVolume { path: shown.to_path_buf() }),
         Err(e) => return Err(io_err("examining", e.into())),
