@@ -16,6 +16,8 @@
 
 use std::path::{Path, PathBuf};
 
+use tracing::warn;
+
 use crate::config::{ClassOptions, OnDelete};
 use crate::fs::{self, Created, DirIdentity, Entry, Found, Ledgers, Removed, VolumeDirError};
 use crate::layout::{RelPath, placement};
@@ -45,17 +47,37 @@ pub fn make(
     needed: u64,
 ) -> Result<(PathBuf, RelPath, Created), NotMade> {
     let mut ledgers = ledgers.lock();
+    // An unusable base dir (missing, unreadable, a broken ledger) is skipped
+    // so the others still serve.
+    let mut usable = Vec::new();
+    let mut unusable = Vec::new();
     for base in &options.base_dirs {
-        let ledger = ledgers.of(base).map_err(|e| NotMade::Failed(e.to_string()))?;
+        let ledger = match ledgers.of(base) {
+            Ok(ledger) => ledger,
+            Err(e) => {
+                warn!(base_dir = %base.display(), error = %e, "base dir unusable; skipped");
+                unusable.push(format!("{}: {e}", base.display()));
+                continue;
+            }
+        };
         if let Some(entry) = ledger.get(pv).cloned() {
             let created = make_recorded(ledger, base, pv, &entry, options)?;
             return Ok((base.clone(), entry.path, created));
         }
+        usable.push(base);
     }
     let mut free = Vec::new();
-    for base in &options.base_dirs {
-        let bytes = fs::free_bytes(base).map_err(|e| NotMade::Failed(format!("base dir {}: {e}", base.display())))?;
-        free.push((base, bytes));
+    for base in usable {
+        match fs::free_bytes(base) {
+            Ok(bytes) => free.push((base, bytes)),
+            Err(e) => {
+                warn!(base_dir = %base.display(), error = %e, "base dir unusable; skipped");
+                unusable.push(format!("{}: {e}", base.display()));
+            }
+        }
+    }
+    if free.is_empty() {
+        return Err(NotMade::Failed(format!("no usable base dir: {}", unusable.join("; "))));
     }
     let Some(i) = choose_base_dir(&free, needed) else {
         let most = free.iter().map(|(_, b)| *b).max().unwrap_or(0);

@@ -591,4 +591,17 @@ mod tests {
         p.delete(&forged_pv("pvc-3", &tmp.path().join("pvc-3"))).await.unwrap();
         assert!(!tmp.path().join(crate::layout::LEDGER_DIR).join("pvc-3").exists());
     }
+
+    #[tokio::test]
+    async fn an_unusable_base_dir_is_skipped_and_the_others_serve() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("missing");
+        let good = tmp.path().join("good");
+        std::fs::create_dir(&good).unwrap();
+        let dirs = [missing.display().to_string(), good.display().to_string()];
+        let s = Settings::from_values(&dirs, None, "0770", None, None, "local", "delete").unwrap();
+        let p = HostPathProvisioner::new(node(), SharedSettings::new(s));
+        let v = provision_pv(&p, "pvc-1", "ns", "data", "{pv}").await.unwrap();
+        assert_eq!(path_of(&v), good.join("pvc-1"));
+    }
 }
