@@ -33,8 +33,6 @@ use async_trait::async_trait;
 use clap::Parser;
 use k8s_openapi::api::core::v1::{HostPathVolumeSource, PersistentVolume, PersistentVolumeSpec};
 use provisioner_core::{DeleteError, Engine, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
-use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// Directories under `base`, one per PersistentVolume.
@@ -103,16 +101,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::builder(client, args.name, Arc::new(LocalDir { base: args.base_dir })).build()?;
 
     // Ctrl-C or SIGTERM: stop taking work, let running operations finish.
-    let shutdown = CancellationToken::new();
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = sigterm.recv() => {}
-        }
-        stop.cancel();
-    });
-    engine.run(shutdown).await?;
+    engine.run(provisioner_core::shutdown_on_signals()).await?;
     Ok(())
 }

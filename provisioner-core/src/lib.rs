@@ -36,12 +36,15 @@ mod own_writes;
 pub mod provisioner;
 pub mod quantity;
 pub mod queue;
+#[cfg(feature = "serve")]
 pub mod serve;
+mod shutdown;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod volume;
 
 pub use engine::{Engine, EngineBuilder, EngineConfig, EngineError, EngineStatus};
+pub use shutdown::shutdown_on_signals;
 
 // The crates in the public API, so a provisioner needs no version of its own
 // that could disagree with the engine's.

@@ -1,12 +1,12 @@
 //! The small HTTP endpoint a provisioner binary exposes: `/metrics`
 //! (Prometheus text), `/healthz` (the process runs) and `/readyz` (caches
 //! synced and this replica leads; a follower answers 503 so that only the
-//! leader counts as ready), plus a shutdown signal for binaries.
+//! leader counts as ready). Feature `serve` (which `cli` turns on).
 //!
 //! ```no_run
 //! # async fn demo(engine: provisioner_core::Engine, registry: prometheus_client::registry::Registry) {
 //! use std::sync::Arc;
-//! let shutdown = provisioner_core::serve::shutdown_on_signals();
+//! let shutdown = provisioner_core::shutdown_on_signals();
 //! let status = engine.status();
 //! let addr = "0.0.0.0:8080".parse().unwrap();
 //! tokio::spawn(provisioner_core::serve::serve(addr, Arc::new(registry), status, shutdown.clone()));
@@ -31,34 +31,7 @@ use tracing::{info, warn};
 
 use crate::engine::EngineStatus;
 
-/// A token cancelled at the first SIGTERM or SIGINT (Ctrl-C).
-pub fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = term.recv() => info!("SIGTERM: shutting down"),
-                        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        t.cancel();
-    });
-    token
-}
+pub use crate::shutdown::shutdown_on_signals;
 
 /// What a request to `path` answers, given the status and the registry.
 fn respond(
