@@ -66,6 +66,15 @@ use crate::api::{
 use crate::config::{AccessPointClass, ClassConfig, Defaults, FileSystemClass, Identity, parse_class, root_directory};
 use crate::volume::{SavedVolume, access_point_volume, file_system_volume, saved_volume_checked};
 
+/// How often a file system that is `creating` is looked at again (AWS takes
+/// about 30 s): a fixed poll, so a volume is ready soon after AWS is, instead
+/// of after a backoff that has grown meanwhile.
+const POLL_FILE_SYSTEM: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often mount targets that are `creating` are looked at again (about 90 s).
+const POLL_MOUNT_TARGETS: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often an access point that is `creating` is looked at again (seconds).
+const POLL_ACCESS_POINT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Tag: the PersistentVolume's name.
 pub const TAG_PV_NAME: &str = "kubernetes.io/created-for/pv/name";
 /// Tag: the claim's namespace.
@@ -345,15 +354,11 @@ impl<A: EfsApi> EfsProvisioner<A> {
         lock(&self.known)
     }
 
-    /// A failure the user must see while backend work may exist: a warning
-    /// on a live claim (`Final`, which for a claim that is not going away
-    /// keeps the engine's intent record and retries); `InProgress` once the
-    /// claim is being deleted or bound, so the engine keeps finishing the
-    /// work instead of forgetting it.
-    fn attention(&self, req: &ProvisionRequest, msg: String) -> ProvisionError {
-        let going = req.claim.metadata.deletion_timestamp.is_some()
-            || req.claim.spec.as_ref().and_then(|s| s.volume_name.as_deref()).is_some_and(|v| !v.is_empty());
-        if going { ProvisionError::InProgress(msg) } else { ProvisionError::Final(msg) }
+    /// A failure the user must see while backend work may exist: `Stalled`,
+    /// a warning on the claim and a retry that finishes the work even after
+    /// the claim is deleted.
+    fn attention(&self, _req: &ProvisionRequest, msg: String) -> ProvisionError {
+        ProvisionError::Stalled(msg)
     }
 
     /// What a failed call means for the claim, when no rollback follows.
@@ -430,7 +435,10 @@ impl<A: EfsApi> EfsProvisioner<A> {
         match fs.state {
             LifeCycle::Available | LifeCycle::Updating => {}
             LifeCycle::Creating => {
-                return Err(ProvisionError::InProgress(format!("EFS file system {} is being created", fs.id)));
+                return Err(ProvisionError::RetryAfter(
+                    format!("EFS file system {} is being created", fs.id),
+                    POLL_FILE_SYSTEM,
+                ));
             }
             LifeCycle::Deleting | LifeCycle::Deleted => {
                 self.known().remove(&req.pv_name);
@@ -502,11 +510,14 @@ impl<A: EfsApi> EfsProvisioner<A> {
             return Err(self.start_rollback(req, &fs, reason).await);
         }
         if !plan.ready() {
-            return Err(ProvisionError::InProgress(format!(
-                "waiting for mount targets {} of EFS file system {} to become available",
-                plan.waiting.join(", "),
-                fs.id
-            )));
+            return Err(ProvisionError::RetryAfter(
+                format!(
+                    "waiting for mount targets {} of EFS file system {} to become available",
+                    plan.waiting.join(", "),
+                    fs.id
+                ),
+                POLL_MOUNT_TARGETS,
+            ));
         }
         let zones: Vec<String> = existing
             .iter()
@@ -760,9 +771,10 @@ impl<A: EfsApi> EfsProvisioner<A> {
         };
         match ap.state {
             LifeCycle::Available | LifeCycle::Updating => Ok(access_point_volume(fs_id, &ap.id, &self.defaults.region)),
-            LifeCycle::Creating => {
-                Err(ProvisionError::InProgress(format!("EFS access point {} is being created", ap.id)))
-            }
+            LifeCycle::Creating => Err(ProvisionError::RetryAfter(
+                format!("EFS access point {} is being created", ap.id),
+                POLL_ACCESS_POINT,
+            )),
             LifeCycle::Deleting | LifeCycle::Deleted => Err(ProvisionError::InProgress(format!(
                 "EFS access point {} for this volume is being deleted; a new one is created once it is gone",
                 ap.id

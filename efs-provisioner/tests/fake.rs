@@ -99,7 +99,7 @@ async fn rounds<A: EfsApi>(
 fn warnings(answers: &[ProvisionError]) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for a in answers {
-        if let ProvisionError::Final(m) | ProvisionError::Infeasible(m) = a {
+        if let ProvisionError::Final(m) | ProvisionError::Stalled(m) | ProvisionError::Infeasible(m) = a {
             *out.entry(m.clone()).or_default() += 1;
         }
     }
@@ -149,7 +149,9 @@ async fn creating_file_system_reports_in_progress_until_available_without_a_seco
     let started = Instant::now();
     let (volume, answers) = rounds(&p, &req, Duration::from_secs(5), 60).await;
     let volume = volume.expect("ready");
-    assert!(answers.iter().all(|a| matches!(a, ProvisionError::InProgress(_))), "{answers:?}");
+    // "AWS is still working" answers, each with a fixed poll interval.
+    assert!(answers.iter().all(|a| matches!(a, ProvisionError::RetryAfter(..))), "{answers:?}");
+    assert!(answers.iter().all(|a| matches!(a, ProvisionError::RetryAfter(_, d) if *d <= Duration::from_secs(10))));
     assert!(volume.annotations[FILE_SYSTEM_ID].starts_with("fs-"));
     assert_eq!(aws.calls(Operation::CreateFileSystem), 1, "the id is remembered between rounds");
     assert_eq!(aws.calls(Operation::CreateMountTarget), 2);
@@ -163,7 +165,7 @@ async fn a_new_process_finds_a_creating_file_system_by_its_token() {
     let aws = Aws::new();
     let req = seed_request("pvc-1");
     let first = provisioner(&aws);
-    assert!(matches!(first.provision(&req).await, Err(ProvisionError::InProgress(_))));
+    assert!(matches!(first.provision(&req).await, Err(e) if e.may_have_created()));
     let second = provisioner(&aws);
     rounds(&second, &req, Duration::from_secs(5), 60).await.0.expect("ready");
     assert_eq!(aws.file_system_count(), 1, "no duplicate");
@@ -292,7 +294,7 @@ async fn a_rollback_survives_a_restart() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_rollback_goes_on_quietly_after_the_claim_is_deleted() {
+async fn a_rollback_goes_on_after_the_claim_is_deleted() {
     let aws = denied_on_subnet_b();
     let p = provisioner(&aws);
     let mut req = seed_request("pvc-1");
@@ -300,10 +302,11 @@ async fn a_rollback_goes_on_quietly_after_the_claim_is_deleted() {
     let mut c = (*req.claim).clone();
     c.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
     req.claim = Arc::new(c);
-    // The engine drops its record of the claim on any answer but InProgress.
+    // The engine keeps finishing only while the answer says work may exist
+    // (InProgress, Stalled); Stalled also keeps the warning visible.
     match p.provision(&req).await {
-        Err(ProvisionError::InProgress(m)) => assert!(m.contains("creating nothing new"), "{m}"),
-        other => panic!("expected InProgress while the file system exists, got {other:?}"),
+        Err(ProvisionError::Stalled(m)) => assert!(m.contains("creating nothing new"), "{m}"),
+        other => panic!("expected Stalled while the file system exists, got {other:?}"),
     }
 }
 
@@ -454,10 +457,10 @@ async fn a_claim_with_a_long_name_gets_a_name_tag_efs_accepts() {
 async fn broken_credentials_warn_on_the_claim_naming_irsa() {
     let aws = Aws::with(|w| w.credentials_broken = true);
     match provisioner_without_network(&aws).provision(&seed_request("pvc-1")).await {
-        Err(ProvisionError::Final(m)) => {
+        Err(ProvisionError::Stalled(m)) => {
             assert!(m.contains("could not get AWS credentials") && m.contains("IRSA role annotation"), "{m}")
         }
-        other => panic!("expected a warning (Final), got {other:?}"),
+        other => panic!("expected a warning (Stalled), got {other:?}"),
     }
 }
 
@@ -465,8 +468,8 @@ async fn broken_credentials_warn_on_the_claim_naming_irsa() {
 async fn an_unreachable_efs_warns_on_the_claim_naming_the_network() {
     let aws = Aws::with(|w| w.unreachable = true);
     match provisioner(&aws).provision(&seed_request("pvc-1")).await {
-        Err(ProvisionError::Final(m)) => assert!(m.contains("could not reach EFS") && m.contains("NAT"), "{m}"),
-        other => panic!("expected a warning (Final), got {other:?}"),
+        Err(ProvisionError::Stalled(m)) => assert!(m.contains("could not reach EFS") && m.contains("NAT"), "{m}"),
+        other => panic!("expected a warning (Stalled), got {other:?}"),
     }
 }
 
@@ -477,9 +480,11 @@ async fn permission_failures_after_the_file_system_exists_warn_too() {
     });
     let p = provisioner(&aws);
     let req = seed_request("pvc-1");
-    assert!(matches!(p.provision(&req).await, Err(ProvisionError::InProgress(_))));
+    assert!(
+        matches!(p.provision(&req).await, Err(e) if e.may_have_created() && !matches!(e, ProvisionError::Stalled(_)))
+    );
     match p.provision(&req).await {
-        Err(ProvisionError::Final(m)) => assert!(m.contains("elasticfilesystem:DescribeFileSystems"), "{m}"),
+        Err(ProvisionError::Stalled(m)) => assert!(m.contains("elasticfilesystem:DescribeFileSystems"), "{m}"),
         other => panic!("expected a warning, got {other:?}"),
     }
 }

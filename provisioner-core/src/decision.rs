@@ -517,6 +517,8 @@ pub enum Then {
     Retry,
     /// Retry after the slow infeasible delay (a class change retries at once).
     RetryInfeasible,
+    /// Look again after this long: the provisioner's own poll interval.
+    Poll(std::time::Duration),
     /// Nothing more until something changes.
     Done,
     /// Remove the claim's intent record (and with `reschedule`, its selected
@@ -560,15 +562,20 @@ pub fn after_provision_error(
     let quiet = |then| FollowUp { note: None, counts_as_failure: false, then };
     let failed = |note, then| FollowUp { note: Some(note), counts_as_failure: true, then };
     match err {
-        ProvisionError::InProgress(_) => FollowUp {
+        ProvisionError::InProgress(_) | ProvisionError::RetryAfter(..) => FollowUp {
             note: (failures == 0).then(|| Note {
                 type_: EventType::Normal,
                 reason: "Provisioning",
                 message: format!("External provisioner is provisioning volume for claim \"{claim}\""),
             }),
             counts_as_failure: false,
-            then: Then::Retry,
+            then: match err {
+                ProvisionError::RetryAfter(_, after) => Then::Poll(*after),
+                _ => Then::Retry,
+            },
         },
+        // Work may exist: warn, and keep finishing it whatever happens to the claim.
+        ProvisionError::Stalled(msg) => failed(Note::warning("ProvisioningFailed", msg.clone()), Then::Retry),
         // Not this instance's claim: its record, if any, belongs to the
         // instance that wrote it (another node's, another shard's).
         ProvisionError::Ignored => quiet(Then::Done),
@@ -580,6 +587,11 @@ pub fn after_provision_error(
         ),
         ProvisionError::Infeasible(msg) => {
             failed(Note::warning("ProvisioningFailed", msg.clone()), Then::RetryInfeasible)
+        }
+        // A variant added later that this engine does not know: work may
+        // exist, so finish it like `InProgress` and say so.
+        _ if err.may_have_created() => {
+            failed(Note::warning("ProvisioningFailed", err.message().to_string()), Then::Retry)
         }
         ProvisionError::Final(msg) | ProvisionError::Reschedule(msg) => {
             let attempts = failures.saturating_add(1);

@@ -158,14 +158,33 @@ impl ProvisionedVolume {
 
 /// Why a provision call did not return a volume. Each variant tells the
 /// engine whether backend work may still be running.
+///
+/// New variants may be added: match with a wildcard arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProvisionError {
     /// Backend work was started and may still be running (an EFS file system
     /// still `creating`, a timeout after the request was sent, a transient
     /// error after a create call). The engine retries with backoff **even if
     /// the claim is deleted meanwhile**, so that whatever was created is
     /// finished, saved as a volume and then deleted normally.
+    ///
+    /// A `Provisioning` event is published on the first such answer only;
+    /// later ones are logged. To show the user why work does not progress,
+    /// answer [`Stalled`](ProvisionError::Stalled).
     InProgress(String),
+    /// Backend work may exist and cannot go on until something outside
+    /// changes (credentials, permissions, the network): a
+    /// `ProvisioningFailed` warning with the message on every attempt (they
+    /// aggregate), retries with backoff, and, as for `InProgress`, the work
+    /// is finished even if the claim is deleted meanwhile. Never counts
+    /// toward the give-up limit.
+    Stalled(String),
+    /// Backend work is running and will be done in about this long (an EFS
+    /// file system `creating`): the engine looks again after the given
+    /// delay, a fixed poll instead of a growing backoff. Otherwise as
+    /// `InProgress`.
+    RetryAfter(String, std::time::Duration),
     /// Nothing was created and nothing runs. The engine reports the message in
     /// a `ProvisioningFailed` event and retries with backoff.
     ///
@@ -177,11 +196,14 @@ pub enum ProvisionError {
     Final(String),
     /// The selected node cannot host this volume (no space, wrong topology);
     /// nothing was created. The engine removes the claim's selected node so the
-    /// scheduler picks another.
+    /// scheduler picks another. For a claim without a selected node (an
+    /// `Immediate` class) there is nothing to reschedule: it is handled as
+    /// [`Final`](ProvisionError::Final).
     Reschedule(String),
     /// The claim can never succeed as written (a bad class parameter); nothing
     /// was created. A `ProvisioningFailed` event, a slow retry, and an
-    /// immediate retry when the class changes.
+    /// immediate retry when the class changes. It does not count toward the
+    /// give-up limit (the slow retry is already the answer to it).
     Infeasible(String),
     /// Not this provisioner's claim (another shard or node): no event, no
     /// retry, and the claim is left untouched. Prefer declining such claims
@@ -192,13 +214,15 @@ pub enum ProvisionError {
 impl ProvisionError {
     /// Whether backend work may still be running after this error.
     pub fn may_have_created(&self) -> bool {
-        matches!(self, ProvisionError::InProgress(_))
+        matches!(self, ProvisionError::InProgress(_) | ProvisionError::Stalled(_) | ProvisionError::RetryAfter(..))
     }
 
     /// The message for events and logs.
     pub fn message(&self) -> &str {
         match self {
             ProvisionError::InProgress(m)
+            | ProvisionError::Stalled(m)
+            | ProvisionError::RetryAfter(m, _)
             | ProvisionError::Final(m)
             | ProvisionError::Reschedule(m)
             | ProvisionError::Infeasible(m) => m,
@@ -210,7 +234,8 @@ impl ProvisionError {
 impl fmt::Display for ProvisionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self {
-            ProvisionError::InProgress(_) => "in progress",
+            ProvisionError::InProgress(_) | ProvisionError::RetryAfter(..) => "in progress",
+            ProvisionError::Stalled(_) => "stalled",
             ProvisionError::Final(_) => "failed",
             ProvisionError::Reschedule(_) => "needs another node",
             ProvisionError::Infeasible(_) => "infeasible",
@@ -224,7 +249,10 @@ impl std::error::Error for ProvisionError {}
 
 /// Why a delete call did not finish. A backend volume that does not exist is
 /// **not** an error: return `Ok(())`.
+///
+/// New variants may be added: match with a wildcard arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeleteError {
     /// Not this provisioner's volume to delete (another node or shard owns
     /// it): the engine leaves it alone.

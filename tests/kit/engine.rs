@@ -186,6 +186,50 @@ async fn block_claim_for_a_provisioner_without_block_support_gets_one_warning() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_provisioner_asking_to_be_polled_is_looked_at_on_its_interval_not_a_growing_backoff() {
+    let kit = Kit::new();
+    kit.class("polled", "Delete", false).await;
+    let backend = FakeBackend::new();
+    let creating = || Scripted::Fail(ProvisionError::RetryAfter("creating".into(), std::time::Duration::from_secs(15)));
+    backend.script([creating(), creating(), creating()]);
+    let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
+
+    let started = tokio::time::Instant::now();
+    kit.create_claim(claim("data", "polled", "1Gi")).await;
+    kit.bound("data").await;
+    let took = started.elapsed();
+    // Three polls of 15 s; the engine's own backoff (1 s, 2 s, 4 s) would be done in 7 s.
+    assert!(took >= std::time::Duration::from_secs(45) && took < std::time::Duration::from_secs(55), "{took:?}");
+    assert_eq!(backend.provision_calls().len(), 4);
+    let provisioning = events_for(&kit.client, NS, "data", "Provisioning").await;
+    assert_eq!(provisioning.len(), 1, "one Provisioning event");
+    assert_eq!(provisioning[0].series.as_ref().map(|s| s.count), None, "published once, not repeated per poll");
+    assert!(events_for(&kit.client, NS, "data", "ProvisioningFailed").await.is_empty(), "polling is no failure");
+    engine.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_provisioner_warns_on_the_claim_and_finishes_after_the_claim_is_deleted() {
+    let kit = Kit::new();
+    kit.class("stalled", "Delete", false).await;
+    let backend = FakeBackend::new();
+    let stalled = || Scripted::Fail(ProvisionError::Stalled("could not get credentials".into()));
+    backend.script([stalled(), stalled()]);
+    let engine = kit.engine(Arc::new(backend.clone()), |b| b.give_up_after(1)).await;
+
+    let created = kit.create_claim(claim("data", "stalled", "1Gi")).await;
+    let warned = wait_for_event(&kit.client, NS, "data", "ProvisioningFailed").await;
+    assert_eq!(warned.note.as_deref(), Some("could not get credentials"));
+    // Deleted while stalled: the work that may exist is finished, saved and then deleted.
+    kit.claims().delete("data", &DeleteParams::default()).await.expect("delete claim");
+    let pv = pv_name(&created);
+    backend.wait_until("the backend volume is created and then deleted", |b| b.created() == 1 && !b.has(&pv)).await;
+    kit.volume_gone(&pv).await;
+    assert_eq!(backend.provision_calls().len(), 3, "never given up on, though the limit is 1");
+    engine.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(start_paused = true)]
 async fn provisioner_failing_twice_then_succeeding_reports_failures_and_success() {
     let kit = Kit::new();
     kit.class("flaky", "Delete", false).await;

@@ -709,3 +709,23 @@ fn an_unavailable_api_server_retries_quietly_and_a_taken_name_warns() {
     let taken = after_save_failure("pvc-u1", &SaveFailure::TakenByAnotherClaim);
     assert!(taken.note.is_some_and(|n| n.message.contains("belongs to another claim")));
 }
+
+#[test]
+fn a_stalled_answer_warns_and_keeps_finishing_even_for_a_claim_going_away() {
+    let err = ProvisionError::Stalled("could not get AWS credentials".into());
+    for finishing_only in [false, true] {
+        let f = after_provision_error(&err, &a_plan(None, finishing_only), "ns/d", 7, Some(3));
+        assert_eq!(f.then, Then::Retry, "work that may exist is never dropped nor given up on");
+        assert_eq!(f.note.map(|n| (n.type_, n.reason)), Some((EventType::Warning, "ProvisioningFailed")));
+    }
+}
+
+#[test]
+fn a_retry_after_answer_polls_at_the_provisioners_pace() {
+    let err = ProvisionError::RetryAfter("creating".into(), std::time::Duration::from_secs(5));
+    let first = after_provision_error(&err, &a_plan(None, false), "ns/d", 0, None);
+    assert_eq!(first.then, Then::Poll(std::time::Duration::from_secs(5)));
+    assert_eq!(first.note.map(|n| n.reason), Some("Provisioning"));
+    let going = after_provision_error(&err, &a_plan(None, true), "ns/d", 4, None);
+    assert_eq!((going.note, going.then), (None, Then::Poll(std::time::Duration::from_secs(5))));
+}

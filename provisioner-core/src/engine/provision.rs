@@ -74,6 +74,7 @@ pub(super) async fn provision(
     match follow.then {
         Then::Retry => Next::Failed,
         Then::RetryInfeasible => Next::After(ctx.config.infeasible_retry),
+        Then::Poll(after) => Next::Poll(after),
         Then::Done => Next::Done,
         Then::RemoveIntent { reschedule } => remove_intent(ctx, key, &claim, reschedule).await,
         Then::GiveUp => {

@@ -43,6 +43,10 @@ pub(super) enum Next {
     Failed,
     /// Retry after this long without counting a failure.
     After(Duration),
+    /// The provisioner's own poll: look again after this long, counted as an
+    /// attempt (so the `Provisioning` event is not repeated) but without the
+    /// growing backoff.
+    Poll(Duration),
 }
 
 fn finish(ctx: &Ctx, key: &str, next: Next) {
@@ -56,6 +60,11 @@ fn finish(ctx: &Ctx, key: &str, next: Next) {
             ctx.queue.done(key);
         }
         Next::After(d) => ctx.queue.done_after(key, d),
+        Next::Poll(d) => {
+            ctx.state().memory.update(key, |m| m.failures = m.failures.saturating_add(1));
+            ctx.metrics.retries.inc();
+            ctx.queue.done_after(key, d);
+        }
         Next::Failed => {
             let failures = ctx.state().memory.update(key, |m| {
                 m.failures = m.failures.saturating_add(1);
