@@ -68,10 +68,13 @@ fn local_path(pv: &PersistentVolume) -> String {
     pv.spec.as_ref().and_then(|s| s.local.as_ref()).map(|l| l.path.clone()).expect("a local volume")
 }
 
+/// The volume directories in a base dir (the provisioner's own ledger,
+/// `.provisioner-ledger`, is not a volume).
 fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .expect("base dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into())
+        .filter(|n: &String| !n.starts_with('.'))
         .collect();
     v.sort();
     v
