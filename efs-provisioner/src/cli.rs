@@ -119,7 +119,10 @@ pub type SdkProvisioner = EfsProvisioner<LimitedApi<DeadlineApi<aws_sdk_efs::Cli
 
 /// Builds the SDK client (default credential chain: IRSA, Pod Identity,
 /// instance profile, environment) and the provisioner.
-pub async fn build(args: &EfsArgs, deadlines: &EfsDeadlineArgs) -> Result<Arc<SdkProvisioner>, String> {
+pub async fn build(
+    args: &EfsArgs,
+    deadlines: &EfsDeadlineArgs,
+) -> Result<(Arc<SdkProvisioner>, Arc<AdaptiveLimiter>), String> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(region) = &args.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
@@ -132,12 +135,12 @@ pub async fn build(args: &EfsArgs, deadlines: &EfsDeadlineArgs) -> Result<Arc<Sd
     let defaults = args.defaults(&region)?;
     let limiter = Arc::new(AdaptiveLimiter::new(args.limiter()));
     let deadlines = deadlines.deadlines();
-    let api = LimitedApi::new(DeadlineApi::new(aws_sdk_efs::Client::new(&sdk), deadlines), limiter);
+    let api = LimitedApi::new(DeadlineApi::new(aws_sdk_efs::Client::new(&sdk), deadlines), limiter.clone());
     tracing::warn!(
         "subnets and security groups are not checked against EC2 before a file system is created (no EC2 client \
          in this build): a bad subnet shows as a rolled-back file system"
     );
-    Ok(Arc::new(EfsProvisioner::new(api, defaults)))
+    Ok((Arc::new(EfsProvisioner::new(api, defaults)), limiter))
 }
 
 /// Makes aws-lc rustls's process-wide provider, the one both the AWS SDK and

@@ -7,6 +7,8 @@
 //! rate recovers slowly (additive increase, multiplicative decrease).
 //! [`LimitedApi`] puts it in front of any [`EfsApi`].
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -51,6 +53,7 @@ struct State {
 pub struct AdaptiveLimiter {
     config: LimiterConfig,
     state: Mutex<State>,
+    throttled_total: Counter,
 }
 
 impl AdaptiveLimiter {
@@ -64,6 +67,7 @@ impl AdaptiveLimiter {
         AdaptiveLimiter {
             config,
             state: Mutex::new(State { rate: config.max_rate, next: Instant::now(), throttled: 0 }),
+            throttled_total: Counter::default(),
         }
     }
 
@@ -79,6 +83,16 @@ impl AdaptiveLimiter {
     /// How many throttled answers were seen.
     pub fn throttled(&self) -> u64 {
         self.state().throttled
+    }
+
+    /// Registers `efs_throttled_requests_total` (throttled EFS answers) in
+    /// `registry`, the figure the EFS throttling alert watches.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "efs_throttled_requests",
+            "EFS answers that were throttling errors (each halves the request rate)",
+            self.throttled_total.clone(),
+        );
     }
 
     /// Waits for a slot for one request.
@@ -102,6 +116,7 @@ impl AdaptiveLimiter {
             Err(e) if e.kind == ErrorKind::Throttled => {
                 s.rate = (s.rate / 2.0).max(self.config.min_rate);
                 s.throttled += 1;
+                self.throttled_total.inc();
                 // Empty the burst: nobody goes for a full interval of the new rate.
                 let pause = Duration::from_secs_f64(1.0 / s.rate);
                 s.next = s.next.max(Instant::now() + pause * self.config.burst.max(1));
@@ -219,6 +234,11 @@ mod tests {
         }
         assert_eq!(l.rate(), 8.0, "never above the ceiling");
         assert_eq!(l.throttled(), 4);
+        let mut registry = Registry::default();
+        l.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("efs_throttled_requests_total 4"), "{text}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -103,7 +103,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         .map_err(|e| RunError::Config(format!("reading Node {}: {e}", args.node_name)))?;
     info!(node = node.name, hostname = node.hostname, settings = ?shared.get(), single_node = args.single_node, "node settings");
     let provisioner = HostPathProvisioner::new(node, shared).single_node(args.single_node);
-    let result = run_with(args.engine, &[args.provisioner_name], Arc::new(provisioner), |b| b).await;
+    let result = run_with(args.engine, &[args.provisioner_name], Arc::new(provisioner), |b, _| b).await;
     stop_watch.cancel();
     result
 }

@@ -132,15 +132,16 @@ pub fn init_logging(format: &str) {
 /// Runs an engine for `names` (the first is the primary: Lease and event
 /// reporter) backed by `provisioner`, until SIGTERM or SIGINT.
 pub async fn run(args: EngineArgs, names: &[String], provisioner: Arc<dyn Provisioner>) -> Result<(), RunError> {
-    run_with(args, names, provisioner, |b| b).await
+    run_with(args, names, provisioner, |b, _| b).await
 }
 
-/// [`run`], with a last chance to adjust the engine builder.
+/// [`run`], with a last chance to adjust the engine builder and to register
+/// the provisioner's own metrics in the registry `/metrics` serves.
 pub async fn run_with(
     args: EngineArgs,
     names: &[String],
     provisioner: Arc<dyn Provisioner>,
-    customize: impl FnOnce(EngineBuilder) -> EngineBuilder,
+    customize: impl FnOnce(EngineBuilder, &mut Registry) -> EngineBuilder,
 ) -> Result<(), RunError> {
     init_logging(&args.log_format);
     let (primary, more) = names.split_first().ok_or_else(|| RunError::Flag("no provisioner name".into()))?;
@@ -150,7 +151,7 @@ pub async fn run_with(
     let builder = Engine::builder(client, primary.clone(), provisioner)
         .additional_names(more.iter().cloned())
         .metrics(&mut registry);
-    let engine = customize(args.apply(builder)).build()?;
+    let engine = customize(args.apply(builder), &mut registry).build()?;
     let shutdown = shutdown_on_signals();
     if !args.metrics_address.is_empty() {
         let addr: SocketAddr = args
