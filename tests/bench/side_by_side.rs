@@ -16,8 +16,17 @@
 //!
 //! `--rss-cached N` instead measures memory: each side's RSS with an empty
 //! cluster and with N bound claims and their volumes, either provisioned by
-//! our side (`--rss-owner ours`: both sides keep them) or by another
-//! provisioner (`--rss-owner other`: only the Go library keeps them).
+//! our side (`--rss-owner ours`: both sides keep them), by no provisioner
+//! (`--rss-owner other`: only the Go library keeps them), or by another
+//! provisioner the way a CSI driver's are (`--rss-owner csi`: the claim's
+//! `volume.kubernetes.io/storage-provisioner` and the volume's
+//! `pv.kubernetes.io/provisioned-by` name `csi.example.com/other`, the volume
+//! has reclaim policy Delete and carries the finalizer
+//! `external-provisioner.volume.kubernetes.io/finalizer` that every CSI
+//! external-provisioner shares; only the Go library should keep them). The
+//! volumes are `hostPath` in every mode, so the modes differ only in those
+//! fields. The second reading waits until the binder has bound every pair
+//! (up to `--timeout`).
 //!
 //! `KUBECONFIG` names the plane; use a fresh one (`tests/controlplane/up` with
 //! its own `CONTROLPLANE_STATE_DIR`).
@@ -36,6 +45,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
+use provisioner_core::keys;
 use tokio::io::AsyncReadExt;
 
 #[derive(Parser, Clone)]
@@ -81,13 +91,17 @@ struct Args {
     namespace: String,
     /// Instead of the runs: memory with this many bound claims (and their
     /// volumes) in the cluster. Measures each side's RSS after it has listed
-    /// them, before and after creating them, and prints MiB and KiB per volume.
+    /// them, before creating them and once the binder has bound them all, and
+    /// prints MiB and KiB per volume.
     #[arg(long)]
     rss_cached: Option<usize>,
     /// Whose volumes the `--rss-cached` pairs are: `ours` (annotated as
     /// provisioned by our side's provisioner name, so our engine must keep
-    /// them; the Go library keeps every claim and volume whoever owns it) or
-    /// `other` (no provisioner of either side).
+    /// them; the Go library keeps every claim and volume whoever owns it),
+    /// `other` (no provisioner of either side, reclaim policy Retain) or `csi`
+    /// (another provisioner's, as a CSI driver's: annotated
+    /// `csi.example.com/other`, reclaim policy Delete, with the shared
+    /// finalizer `external-provisioner.volume.kubernetes.io/finalizer`).
     #[arg(long, default_value = "ours")]
     rss_owner: String,
     /// Seconds each side gets to list and settle before its RSS is read.
@@ -471,6 +485,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+fn claim_phase(c: &PersistentVolumeClaim) -> Option<&str> {
+    c.status.as_ref()?.phase.as_deref()
+}
+
+fn volume_phase(v: &PersistentVolume) -> Option<&str> {
+    v.status.as_ref()?.phase.as_deref()
+}
+
+/// The other provisioner of `--rss-owner csi`, named like a CSI driver.
+const CSI_OTHER: &str = "csi.example.com/other";
+
 /// Starts a side, lets it list and settle, reads VmRSS and VmHWM (MiB), stops it.
 fn rss_name(side: Side) -> String {
     format!("bench.peer/rss-{}", if side == Side::Ours { "ours" } else { "theirs" })
@@ -505,11 +530,19 @@ async fn rss_cached(
     }
     // Pre-bound pairs: the binder binds them; no provisioner is involved.
     // With owner `ours` they carry the annotations of a volume our side
-    // provisioned, so our engine caches them as its own.
-    let owned = match args.rss_owner.as_str() {
-        "ours" => Some(rss_name(Side::Ours)),
-        "other" => None,
-        o => return Err(format!("--rss-owner {o}: expected ours or other").into()),
+    // provisioned, so our engine caches them as its own. With `csi` they
+    // carry another provisioner's annotations and, as every CSI
+    // external-provisioner's Delete-policy volumes do, the shared finalizer.
+    let (owned, finalizer, policy, whose) = match args.rss_owner.as_str() {
+        "ours" => (Some(rss_name(Side::Ours)), false, "Retain", "provisioned by our side".to_string()),
+        "other" => (None, false, "Retain", "of another provisioner".to_string()),
+        "csi" => (
+            Some(CSI_OTHER.to_string()),
+            true,
+            "Delete",
+            format!("provisioned by {CSI_OTHER}, policy Delete, with the shared finalizer {}", keys::VOLUME_FINALIZER),
+        ),
+        o => return Err(format!("--rss-owner {o}: expected ours, other or csi").into()),
     };
     let class = "sbs-cached";
     let label = BTreeMap::from([("sbs-cached".to_string(), "yes".to_string())]);
@@ -522,8 +555,7 @@ async fn rss_cached(
                 let mut c = fixtures::claim(&name, class, "1Mi");
                 c.metadata.labels = Some(label.clone());
                 if let Some(p) = &owned {
-                    c.metadata.annotations =
-                        Some(BTreeMap::from([("volume.kubernetes.io/storage-provisioner".to_string(), p.clone())]));
+                    c.metadata.annotations = Some(BTreeMap::from([(keys::STORAGE_PROVISIONER.to_string(), p.clone())]));
                 }
                 c.spec.as_mut().unwrap().volume_name = Some(format!("pv-{name}"));
                 let c = match claims.create(&PostParams::default(), &c).await {
@@ -531,10 +563,13 @@ async fn rss_cached(
                     Err(kube::Error::Api(e)) if e.code == 409 => claims.get(&name).await?,
                     Err(e) => return Err(e),
                 };
-                let mut v = fixtures::volume_for(&format!("pv-{name}"), &c, "Retain");
+                let mut v = fixtures::volume_for(&format!("pv-{name}"), &c, policy);
                 v.metadata.labels = Some(label);
                 if let Some(p) = owned {
-                    v.metadata.annotations = Some(BTreeMap::from([("pv.kubernetes.io/provisioned-by".to_string(), p)]));
+                    v.metadata.annotations = Some(BTreeMap::from([(keys::PROVISIONED_BY.to_string(), p)]));
+                }
+                if finalizer {
+                    v.metadata.finalizers = Some(vec![keys::VOLUME_FINALIZER.to_string()]);
                 }
                 match pvs.create(&PostParams::default(), &v).await {
                     Ok(_) => Ok(()),
@@ -547,12 +582,29 @@ async fn rss_cached(
         .try_collect::<Vec<_>>()
         .await?;
     eprintln!("side-by-side: created {n} pre-bound claims and volumes in {:.0?}", t.elapsed());
+    // Measure the bound state: on a busy machine the binder can take minutes.
+    let tb = Instant::now();
+    let deadline = tb + Duration::from_secs(args.timeout);
+    let selector = ListParams::default().labels("sbs-cached=yes");
+    loop {
+        let bound_claims =
+            claims.list(&selector).await?.items.iter().filter(|c| claim_phase(c) == Some("Bound")).count();
+        let bound_pvs = pvs.list(&selector).await?.items.iter().filter(|v| volume_phase(v) == Some("Bound")).count();
+        if bound_claims >= n && bound_pvs >= n {
+            eprintln!("side-by-side: all {n} claims and volumes Bound {:.0?} after the creates", tb.elapsed());
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!("side-by-side: only {bound_claims} claims and {bound_pvs} volumes Bound after {}s", args.timeout);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
     let mut after = BTreeMap::new();
     for side in [Side::Ours, Side::Theirs] {
         after.insert(side, settled_rss(side, if side == Side::Ours { ours } else { theirs }, args.settle).await?);
     }
     println!();
-    let whose = if owned.is_some() { "provisioned by our side" } else { "of another provisioner" };
     println!("\n{n} bound claims and their volumes, {whose}:");
     println!("| side | RSS empty MiB | RSS with {n} bound claims MiB | peak RSS MiB | KiB per cached claim+volume |");
     println!("|---|---|---|---|---|");
@@ -566,6 +618,10 @@ async fn rss_cached(
         println!("| {label} | {b:.1} | {a:.1} | {h:.1} | {kib:.2} |");
     }
     println!("| ratio ours/theirs | | | | {:.2} |", per[&Side::Ours] / per[&Side::Theirs]);
-    println!("(the {n} pairs stay; delete them with: kubectl delete pvc,pv -l sbs-cached=yes)");
+    if finalizer {
+        println!("(the {n} pairs stay and the finalizer holds the volumes; tear the plane down)");
+    } else {
+        println!("(the {n} pairs stay; delete them with: kubectl delete pvc,pv -l sbs-cached=yes)");
+    }
     Ok(())
 }
