@@ -1,9 +1,9 @@
-//! Dynamic volume provisioning for Kubernetes: the [`Provisioner`](provisioner::Provisioner) trait a
+//! Dynamic volume provisioning for Kubernetes: the [`Provisioner`] trait a
 //! storage backend implements, and the [`Engine`] that drives it.
 //!
 //! A cluster user writes a PersistentVolumeClaim naming a StorageClass; the
 //! PV binder in kube-controller-manager annotates the claim with the class's
-//! provisioner name; the engine sees the annotation, asks the [`Provisioner`](provisioner::Provisioner)
+//! provisioner name; the engine sees the annotation, asks the [`Provisioner`]
 //! for a backend volume and saves a PersistentVolume bound to the claim. When
 //! the claim goes, the binder marks the volume `Released`, and the engine
 //! deletes the backend volume and then the PersistentVolume.
@@ -20,13 +20,13 @@
 //! end to end in `cargo test` (see the `testing` module).
 
 pub mod backoff;
-pub mod cache;
+mod cache;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod client;
 pub mod decision;
 pub mod engine;
-pub mod events;
+mod events;
 pub mod fixtures;
 pub mod keys;
 pub mod leader;
@@ -35,7 +35,7 @@ pub mod metrics;
 mod own_writes;
 pub mod provisioner;
 pub mod quantity;
-pub mod queue;
+mod queue;
 #[cfg(feature = "serve")]
 pub mod serve;
 mod shutdown;

@@ -165,10 +165,6 @@ impl WorkQueue {
         self.lock().delayed.len()
     }
 
-    /// Keys being processed.
-    pub fn active_len(&self) -> usize {
-        self.lock().active.len()
-    }
 
     /// Stops handing out keys: every waiting and future `next` returns
     /// `None` until [`reopen`](WorkQueue::reopen). Keys can still be added.

@@ -15,7 +15,7 @@
 //! # Shape
 //! Three watches keep caches of claims, volumes and classes; claims and
 //! volumes are cached as compressed JSON in a store of our own and decoded
-//! when looked at (see [`crate::cache`] for why and what it saves), and only those
+//! when looked at (see `cache.rs` for why and what it saves), and only those
 //! the engine has business with ([`crate::decision::claim_is_relevant`],
 //! [`crate::decision::volume_is_ours`]): the claims and volumes of other
 //! provisioners in the cluster (CSI drivers' PVs carry the same deletion
@@ -23,7 +23,7 @@
 //! never written.
 //! After each change of leader both caches are listed afresh. Every change
 //! is mapped to a *key*, the PersistentVolume name, and queued in a
-//! [`WorkQueue`] that hands a key to one worker at a time, so the provision
+//! work queue (`queue.rs`) that hands a key to one worker at a time, so the provision
 //! path and the delete path of one volume can never run at once. A worker
 //! reads the caches and its memory of the volume, asks
 //! [`crate::decision::decide`] what to do and does it. Workers run
