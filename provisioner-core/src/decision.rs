@@ -450,12 +450,11 @@ fn decide_existing_volume(
     let finalizer = has_finalizer(volume, keys::VOLUME_FINALIZER);
 
     // The PV now records the backend, so the claim's intent record has done
-    // its job. It is removed lazily, once the claim is going away, which
-    // keeps the normal path at one claim write.
+    // its job: it goes at once, so that a bound claim carries nothing of ours
+    // that could block its deletion once the provisioner is gone.
     if let Some(claim) = claim
         && has_intent(claim, rules.names)
         && refers_to(volume, claim)
-        && deleting(claim)
     {
         return Decision::RemoveIntent;
     }

@@ -446,6 +446,17 @@ pub async fn immediate_bind(p: &Plane) {
     finalizers.sort();
     assert_eq!(finalizers, vec![keys::VOLUME_FINALIZER.to_string(), "kubernetes.io/pv-protection".to_string()]);
 
+    // Nothing of ours stays on the bound claim: with the provisioner gone,
+    // its deletion (and its namespace's) cannot hang on us.
+    wait_for(&p.claims(), "data", "the intent record to leave the bound claim", default_timeout(), |c| {
+        c.is_some_and(|c| {
+            c.finalizers() == ["kubernetes.io/pvc-protection".to_string()]
+                && !c.annotations().keys().any(|k| k.starts_with("provisioner.rs/"))
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
     let ev = wait_for_event(&p.client, &p.namespace, "data", "ProvisioningSucceeded").await;
     assert_eq!(ev.note.as_deref(), Some(format!("Successfully provisioned volume {pv_name}").as_str()));
     let external = wait_for_event(&p.client, &p.namespace, "data", "ExternalProvisioning").await;

@@ -299,7 +299,22 @@ fn stale_cache_waits() {
 fn existing_volume_is_never_provisioned_again() {
     let c = ours().intent_of(NAME, "pvc-u1").build();
     let v = volume("pvc-u1", NAME, &c).phase("Pending").build();
-    assert_eq!(run(Some(&c), Some(&v), Some(&fast())), Decision::Idle(IdleReason::VolumeSettled));
+    assert_eq!(run(Some(&c), Some(&v), Some(&fast())), Decision::RemoveIntent);
+    let done = ours().build();
+    assert_eq!(run(Some(&done), Some(&v), Some(&fast())), Decision::Idle(IdleReason::VolumeSettled));
+}
+
+/// Until this rule the record stayed on every bound claim for its life:
+/// with the provisioner uninstalled, deleting the claim (or its namespace)
+/// hung Terminating.
+#[test]
+fn a_saved_volume_removes_the_intent_record_from_its_live_claim_at_once() {
+    let c = ours().intent_of(NAME, "pvc-u1").volume_name("pvc-u1").build();
+    let v = volume("pvc-u1", NAME, &c).build();
+    assert_eq!(run(Some(&c), Some(&v), None), Decision::RemoveIntent);
+    // Not for a volume of another claim (a re-created claim of the same name).
+    let other = claim("ns", "data", "u2").class("fast").provisioner(NAME).intent_of(NAME, "pvc-u1").build();
+    assert_ne!(run(Some(&other), Some(&v), None), Decision::RemoveIntent);
 }
 
 #[test]

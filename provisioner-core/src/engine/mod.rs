@@ -60,9 +60,11 @@
 //! `should_provision` takes the claim records, finishes or removes the
 //! intent; `Ignored` never touches the claim.
 //!
-//! The intent finalizer is removed lazily, when the claim is deleted and its
-//! PV exists, which keeps the normal path at three writes per volume: the
-//! claim patch, the PV create, and the `ProvisioningSucceeded` event.
+//! The intent record is removed as soon as the cache shows the PV that
+//! records the backend (the claim may be bound or not, alive or deleted), so
+//! a bound claim carries nothing of ours that could block its deletion once
+//! the provisioner is gone. Provisioning costs four writes: the claim patch,
+//! the PV create, the `ProvisioningSucceeded` event and the record's removal.
 //!
 //! Deletion runs backend delete, then PV delete (with a uid precondition),
 //! then removal of [`crate::keys::VOLUME_FINALIZER`]; a crash in between repeats the
