@@ -118,6 +118,23 @@ pub enum RunError {
     /// The engine stopped with an error.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// `release` could not finish (run it again: it is idempotent).
+    #[error("release did not finish (it is safe to run again): {0}")]
+    Release(#[source] kube::Error),
+}
+
+/// Uninstalling: with every replica stopped, removes the engine's intent
+/// records and deletion finalizers for `names` from the cluster and prints
+/// which backend volumes that leaves to the operator
+/// ([`crate::release::release`]).
+pub async fn run_release(names: &[String], dry_run: bool) -> Result<(), RunError> {
+    let (primary, more) = names.split_first().ok_or_else(|| RunError::Flag("no provisioner name".into()))?;
+    let config = kube::Config::infer().await.map_err(|e| RunError::Config(e.to_string()))?;
+    let (client, _counts) = build_client(config, None).map_err(|e| RunError::Config(e.to_string()))?;
+    let names = crate::decision::Names::new(primary.clone(), more.iter().cloned());
+    let report = crate::release::release(client, &names, dry_run).await.map_err(RunError::Release)?;
+    print!("{report}");
+    Ok(())
 }
 
 /// Installs a `tracing` subscriber writing `text` or `json` to stderr,

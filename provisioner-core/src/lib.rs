@@ -36,6 +36,7 @@ mod own_writes;
 pub mod provisioner;
 pub mod quantity;
 mod queue;
+pub mod release;
 #[cfg(feature = "serve")]
 pub mod serve;
 mod shutdown;

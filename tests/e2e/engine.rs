@@ -273,3 +273,56 @@ async fn two_engines_elect_one_leader_and_the_other_takes_over_on_shutdown() {
     second.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
+
+/// The uninstall procedure: stop every replica, run `release`, then delete
+/// claims and volumes as usual. Nothing hangs Terminating on a finalizer of
+/// ours, and the report names the backend volumes left to the operator.
+#[tokio::test]
+async fn after_release_an_uninstalled_provisioner_leaves_nothing_that_blocks_a_deletion() {
+    use e2e_support::backend::Scripted;
+    use provisioner_core::decision::Names;
+
+    let env = TestEnv::new("engine-uninstall").await;
+    let class = env.name("uninstall");
+    env.create(&env.cluster_api(), class_for(&env, &class, "Delete", false)).await;
+    let backend = FakeBackend::new();
+    let name = provisioner_name(&env);
+    let engine = start(&env, &name, Arc::new(backend.clone()), |b| b).await;
+    let claims = env.api::<PersistentVolumeClaim>();
+    let volumes = env.cluster_api::<PersistentVolume>();
+
+    // One bound volume, and one claim whose backend volume is still "in progress".
+    let done = env.create(&claims, claim("done", &class, "1Gi")).await;
+    bound(&env, "done").await;
+    let done_pv = pv_name(&done);
+    backend.script((0..1000).map(|_| Scripted::CreateButInProgress("still creating".into())));
+    let busy = env.create(&claims, claim("busy", &class, "1Gi")).await;
+    let busy_pv = pv_name(&busy);
+    env.wait_for(&claims, "busy", "the intent record", |c| {
+        c.is_some_and(|c| c.finalizers().iter().any(|f| f == keys::INTENT_FINALIZER))
+    })
+    .await;
+    engine.stop().await.expect("clean shutdown");
+
+    let names = Names::new(name.clone(), Vec::<String>::new());
+    let dry = provisioner_core::release::release(env.client.clone(), &names, true).await.expect("dry run");
+    assert_eq!(dry.claims.iter().map(|c| c.volume.as_str()).collect::<Vec<_>>(), vec![busy_pv.as_str()]);
+    assert!(dry.volumes.iter().any(|v| v.name == done_pv), "{dry:?}");
+    let still = claims.get("busy").await.expect("claim");
+    assert!(still.finalizers().iter().any(|f| f == keys::INTENT_FINALIZER), "a dry run writes nothing");
+
+    let report = provisioner_core::release::release(env.client.clone(), &names, false).await.expect("release");
+    let text = report.to_string();
+    assert!(text.contains(&busy_pv) && text.contains(&done_pv), "the backends left are named:\n{text}");
+
+    // Claims and volumes go as if the provisioner had never been there.
+    claims.delete("done", &DeleteParams::default()).await.expect("delete claim");
+    claims.delete("busy", &DeleteParams::default()).await.expect("delete claim");
+    gone(&env, &claims, "done", "the bound claim to be gone").await;
+    gone(&env, &claims, "busy", "the claim that was being provisioned to be gone").await;
+    volumes.delete(&done_pv, &DeleteParams::default()).await.expect("delete volume");
+    gone(&env, &volumes, &done_pv, "the volume to be gone").await;
+    assert!(backend.has(&done_pv) && backend.has(&busy_pv), "backends are the operator's now, not deleted");
+    assert!(backend.delete_calls().is_empty());
+    env.cleanup().await;
+}
