@@ -165,7 +165,6 @@ impl WorkQueue {
         self.lock().delayed.len()
     }
 
-
     /// Stops handing out keys: every waiting and future `next` returns
     /// `None` until [`reopen`](WorkQueue::reopen). Keys can still be added.
     pub fn close(&self) {
