@@ -33,7 +33,17 @@ struct ReleaseArgs {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), RunError> {
+async fn main() -> std::process::ExitCode {
+    match start().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("efs-provisioner: {e}");
+            std::process::ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn start() -> Result<(), RunError> {
     efs_provisioner::cli::install_crypto_provider();
     if std::env::args().nth(1).as_deref() == Some("release") {
         let release = ReleaseArgs::parse_from(std::env::args().skip(1));

@@ -29,7 +29,7 @@ async fn main() -> std::process::ExitCode {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("hostpath-provisioner release: {e}");
-                std::process::ExitCode::FAILURE
+                std::process::ExitCode::from(e.exit_code())
             }
         };
     }
@@ -38,7 +38,7 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hostpath-provisioner: {e}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(e.exit_code())
         }
     }
 }

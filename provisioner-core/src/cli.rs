@@ -54,9 +54,25 @@ pub struct EngineArgs {
     /// Elect a leader among replicas with a Lease.
     #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
     pub leader_elect: bool,
-    /// Namespace of the Lease (default: the pod's, from POD_NAMESPACE).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    pub leader_election_namespace: String,
+    /// Namespace of the Lease (default: the pod's, from POD_NAMESPACE or the
+    /// ServiceAccount's namespace file; `default` outside a pod).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// How long a Lease holds without renewal, in seconds.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// How long the leader keeps trying to renew before it stops all work, in seconds.
+    #[arg(long, env = "LEASE_RENEW_DEADLINE_SECONDS", default_value_t = 10)]
+    pub lease_renew_deadline_seconds: u64,
+    /// How often a replica tries to acquire or renew the Lease, in seconds.
+    #[arg(long, env = "LEASE_RETRY_PERIOD_SECONDS", default_value_t = 2)]
+    pub lease_retry_period_seconds: u64,
+    /// Retry delay after a first failure, in milliseconds (it doubles per failure).
+    #[arg(long, env = "BACKOFF_INITIAL_MS", default_value_t = 1000)]
+    pub backoff_initial_ms: u64,
+    /// The longest retry delay, in seconds.
+    #[arg(long, env = "BACKOFF_MAX_SECONDS", default_value_t = 300)]
+    pub backoff_max_seconds: u64,
     /// Address of /metrics, /healthz and /readyz (empty: off).
     #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     pub metrics_address: String,
@@ -94,10 +110,30 @@ impl EngineArgs {
         if self.give_up_after > 0 {
             builder = builder.give_up_after(self.give_up_after);
         }
+        builder = builder.backoff(crate::backoff::Backoff {
+            initial: Duration::from_millis(self.backoff_initial_ms),
+            max: Duration::from_secs(self.backoff_max_seconds),
+        });
         if self.leader_elect {
-            builder = builder.leader_election_in(self.leader_election_namespace.clone());
+            builder = builder.leader_election_in(self.lease_namespace()).lease_timings(
+                Duration::from_secs(self.lease_duration_seconds),
+                Duration::from_secs(self.lease_renew_deadline_seconds),
+                Duration::from_secs(self.lease_retry_period_seconds),
+            );
         }
         builder
+    }
+
+    /// The Lease's namespace: the flag (or `POD_NAMESPACE`), else the
+    /// namespace of the pod's ServiceAccount, else `default`.
+    pub fn lease_namespace(&self) -> String {
+        const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+        self.leader_election_namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .or_else(|| std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE).ok().map(|n| n.trim().to_string()))
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".to_string())
     }
 
     /// The client rate, `None` when unlimited.
@@ -188,4 +224,59 @@ pub async fn run_with(
     engine.run(shutdown).await?;
     info!("stopped");
     Ok(())
+}
+
+impl RunError {
+    /// The process exit code: 2 for a configuration the operator must fix
+    /// (a bad flag, no usable kubeconfig, an invalid engine setting), 1 for
+    /// anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Flag(_) | RunError::Config(_) | RunError::Engine(EngineError::Config(_)) => 2,
+            _ => 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        engine: EngineArgs,
+    }
+
+    #[test]
+    fn the_lease_namespace_is_the_flag_else_the_service_accounts_else_default() {
+        let flagged = Cli::parse_from(["p", "--leader-election-namespace", "storage"]);
+        assert_eq!(flagged.engine.lease_namespace(), "storage");
+        // No pod here: no ServiceAccount namespace file either.
+        let bare = Cli::parse_from(["p"]);
+        if !std::path::Path::new("/var/run/secrets/kubernetes.io/serviceaccount/namespace").exists() {
+            assert_eq!(bare.engine.lease_namespace(), "default");
+        }
+    }
+
+    #[test]
+    fn lease_and_backoff_flags_have_the_documented_defaults() {
+        let a = Cli::parse_from(["p"]).engine;
+        assert_eq!(
+            (a.lease_duration_seconds, a.lease_renew_deadline_seconds, a.lease_retry_period_seconds),
+            (15, 10, 2)
+        );
+        assert_eq!((a.backoff_initial_ms, a.backoff_max_seconds), (1000, 300));
+        let b = Cli::parse_from(["p", "--backoff-initial-ms", "250", "--lease-duration-seconds", "30"]).engine;
+        assert_eq!((b.backoff_initial_ms, b.lease_duration_seconds), (250, 30));
+    }
+
+    #[test]
+    fn configuration_errors_exit_with_2() {
+        assert_eq!(RunError::Flag("x".into()).exit_code(), 2);
+        assert_eq!(RunError::Engine(EngineError::Config("x".into())).exit_code(), 2);
+        let stopped = EngineError::CacheNotReady { what: "claims", reason: "x".into() };
+        assert_eq!(RunError::Engine(stopped).exit_code(), 1);
+    }
 }

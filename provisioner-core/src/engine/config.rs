@@ -218,6 +218,17 @@ impl EngineBuilder {
         let config = LeaderElectionConfig::new(lease_name_for(&self.primary), namespace, self.config.identity.clone());
         self.leader_election(config)
     }
+    /// The Lease timings of the election set up by
+    /// [`leader_election_in`](EngineBuilder::leader_election_in) (call it
+    /// after that; without an election it does nothing).
+    pub fn lease_timings(mut self, lease_duration: Duration, renew_deadline: Duration, retry_period: Duration) -> Self {
+        if let Some(e) = self.election.as_mut() {
+            e.lease_duration = lease_duration;
+            e.renew_deadline = renew_deadline;
+            e.retry_period = retry_period;
+        }
+        self
+    }
     /// Elect a leader with fully specified settings.
     pub fn leader_election(mut self, config: LeaderElectionConfig) -> Self {
         self.election = Some(config);
