@@ -144,6 +144,17 @@ impl Metrics {
         self.delete_failed.get_or_create(&Self::label(class)).inc();
     }
 
+    /// Makes the per-class counters of `class` exist (at 0), so a scrape
+    /// shows them before the first success or failure and an alert's
+    /// `rate()` has a series from the start.
+    pub fn class_seen(&self, class: &str) {
+        let l = Self::label(class);
+        drop(self.provision_total.get_or_create(&l));
+        drop(self.provision_failed.get_or_create(&l));
+        drop(self.delete_total.get_or_create(&l));
+        drop(self.delete_failed.get_or_create(&l));
+    }
+
     /// Successful provisions so far for `class` (for tests and benchmarks).
     pub fn provisioned(&self, class: &str) -> u64 {
         self.provision_total.get_or_create(&Self::label(class)).get()

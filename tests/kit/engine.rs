@@ -230,6 +230,25 @@ async fn a_stalled_provisioner_warns_on_the_claim_and_finishes_after_the_claim_i
 }
 
 #[tokio::test(start_paused = true)]
+async fn per_class_counters_are_scraped_at_zero_before_the_first_claim() {
+    let kit = Kit::new();
+    kit.class("early", "Delete", false).await;
+    let engine = kit.engine(Arc::new(FakeBackend::new()), |b| b).await;
+    kit.class("late", "Delete", false).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let text = engine.metrics_text();
+    for class in ["early", "late"] {
+        for family in [
+            "controller_persistentvolumeclaim_provision_failed_total",
+            "controller_persistentvolume_delete_failed_total",
+        ] {
+            assert!(text.contains(&format!("{family}{{class=\"{class}\"}} 0")), "{family} for {class}:\n{text}");
+        }
+    }
+    engine.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(start_paused = true)]
 async fn provisioner_failing_twice_then_succeeding_reports_failures_and_success() {
     let kit = Kit::new();
     kit.class("flaky", "Delete", false).await;

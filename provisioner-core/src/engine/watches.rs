@@ -255,10 +255,16 @@ pub(super) async fn watch_classes(
             e = stream.try_next() => e,
         };
         match event {
+            Ok(Some(watcher::Event::InitApply(k))) if ctx.names.contains(&k.provisioner) => {
+                ctx.metrics.class_seen(&k.name_any());
+            }
             Ok(Some(watcher::Event::Apply(k))) => {
                 // A new or changed class: its waiting claims go now, and an
                 // infeasible claim gets a fresh start.
                 let name = k.name_any();
+                if ctx.names.contains(&k.provisioner) {
+                    ctx.metrics.class_seen(&name);
+                }
                 for claim in decoded_all(&ctx.claims) {
                     if decision::claim_class(&claim) == Some(name.as_str())
                         && decision::claim_is_relevant(&claim, &ctx.names)
