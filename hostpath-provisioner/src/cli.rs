@@ -11,6 +11,7 @@ use provisioner_core::cli::{EngineArgs, RunError, init_logging, run_with};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::capacity::{CapacityRules, DEFAULT_MIN_FREE_INODES, OvercommitRatio};
 use crate::config::{ConfigFile, Settings, SharedSettings};
 use crate::provisioner::{DEFAULT_PROVISIONER_NAME, HOSTNAME_LABEL, HostPathProvisioner, NodeIdentity};
 
@@ -59,6 +60,15 @@ pub struct Args {
     /// How often to check the config file for changes, in seconds.
     #[arg(long, env = "CONFIG_RELOAD_SECONDS", default_value_t = 10)]
     pub config_reload_seconds: u64,
+    /// How far the requests of a filesystem's live volumes may exceed its size (1.0: not at all).
+    #[arg(long, env = "OVERCOMMIT_RATIO", default_value = "1.0")]
+    pub overcommit_ratio: String,
+    /// Free inodes a base dir's filesystem must keep to take a new volume.
+    #[arg(long, env = "MIN_FREE_INODES", default_value_t = DEFAULT_MIN_FREE_INODES)]
+    pub min_free_inodes: u64,
+    /// How often to look at every base dir (the `hostpath_unusable_base_dirs` gauge), in seconds.
+    #[arg(long, env = "BASE_DIR_CHECK_SECONDS", default_value_t = 60)]
+    pub base_dir_check_seconds: u64,
     /// The engine's flags.
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -76,10 +86,10 @@ pub async fn node_identity(client: &Client, node_name: &str) -> Result<NodeIdent
     Ok(NodeIdentity { name: node_name.to_string(), hostname })
 }
 
-/// Runs the provisioner until SIGTERM or SIGINT.
-pub async fn run(args: Args) -> Result<(), RunError> {
-    init_logging(&args.engine.log_format);
-    let flags = Settings::from_values(
+/// The settings the flags give, with base dirs that overlap once symlinks
+/// are resolved refused.
+pub fn flag_settings(args: &Args) -> Result<Settings, RunError> {
+    let mut flags = Settings::from_values(
         &args.base_dirs,
         args.path_pattern.as_deref(),
         &args.dir_mode,
@@ -89,6 +99,31 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         &args.on_delete,
     )
     .map_err(|e| RunError::Flag(e.to_string()))?;
+    flags.capacity = CapacityRules {
+        overcommit_ratio: OvercommitRatio::parse(&args.overcommit_ratio)
+            .map_err(|e| RunError::Flag(format!("--overcommit-ratio: {e}")))?,
+        min_free_inodes: args.min_free_inodes,
+    };
+    flags.check_resolved_base_dirs().map_err(|e| RunError::Flag(format!("--base-dir: {e}")))?;
+    Ok(flags)
+}
+
+/// Looks at every base dir every `period` until `stop` is cancelled.
+async fn watch_base_dirs(provisioner: HostPathProvisioner, period: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => provisioner.check_base_dirs().await,
+        }
+    }
+}
+
+/// Runs the provisioner until SIGTERM or SIGINT.
+pub async fn run(args: Args) -> Result<(), RunError> {
+    init_logging(&args.engine.log_format);
+    let flags = flag_settings(&args)?;
     let shared = SharedSettings::new(flags.clone());
     let stop_watch = CancellationToken::new();
     if let Some(path) = &args.config_file {
@@ -103,7 +138,52 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         .map_err(|e| RunError::Config(format!("reading Node {}: {e}", args.node_name)))?;
     info!(node = node.name, hostname = node.hostname, settings = ?shared.get(), single_node = args.single_node, "node settings");
     let provisioner = HostPathProvisioner::new(node, shared).single_node(args.single_node);
-    let result = run_with(args.engine, &[args.provisioner_name], Arc::new(provisioner), |b, _| b).await;
+    let gauge = provisioner.health().gauge();
+    let period = Duration::from_secs(args.base_dir_check_seconds.max(1));
+    tokio::spawn(watch_base_dirs(provisioner.clone(), period, stop_watch.clone()));
+    let result = run_with(args.engine, &[args.provisioner_name], Arc::new(provisioner), |b, registry| {
+        registry.register(
+            "hostpath_unusable_base_dirs",
+            "Base dirs of this node skipped as unusable (missing, unreadable, or a broken ledger) at their last look",
+            gauge,
+        );
+        b
+    })
+    .await;
     stop_watch.cancel();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["hostpath-provisioner", "--node-name", "node-a"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn start_up_refuses_base_dirs_that_overlap_through_a_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("disk");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, tmp.path().join("link")).unwrap();
+        let dirs = format!("{},{}", real.display(), tmp.path().join("link/volumes").display());
+        let err = flag_settings(&args(&["--base-dir", &dirs])).unwrap_err();
+        assert!(err.to_string().contains("overlap once symlinks are resolved"), "{err}");
+        let apart = format!("{},{}", real.display(), tmp.path().join("other").display());
+        assert!(flag_settings(&args(&["--base-dir", &apart])).is_ok());
+    }
+
+    #[test]
+    fn capacity_flags_reach_the_settings() {
+        let s = flag_settings(&args(&["--overcommit-ratio", "1.5", "--min-free-inodes", "7"])).unwrap();
+        assert_eq!(s.capacity.overcommit_ratio.get(), 1.5);
+        assert_eq!(s.capacity.min_free_inodes, 7);
+        assert_eq!(flag_settings(&args(&[])).unwrap().capacity, CapacityRules::default());
+        assert!(flag_settings(&args(&["--overcommit-ratio", "0"])).is_err());
+    }
 }

@@ -19,7 +19,8 @@
 //!   "pathPattern": "{namespace}/{name}-{pv}",
 //!   "mode": "0770", "uid": 1000, "gid": 1000,
 //!   "volumeType": "local",
-//!   "onDelete": "delete"
+//!   "onDelete": "delete",
+//!   "overcommitRatio": 1.0, "minFreeInodes": 1024
 //! }
 //! ```
 //! `nodeBaseDirs` entries replace `baseDirs` on the node named by the key, so one
@@ -45,6 +46,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::capacity::{CapacityRules, OvercommitRatio};
 use crate::fs::DirAccess;
 use crate::layout::{PathPattern, clean_base_dir};
 
@@ -134,6 +136,8 @@ pub struct Settings {
     pub volume_type: VolumeType,
     /// What delete does.
     pub on_delete: OnDelete,
+    /// When a base dir's filesystem can take one more volume.
+    pub capacity: CapacityRules,
 }
 
 /// Why settings were refused.
@@ -151,6 +155,22 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// Two base dirs overlap once symlinks are resolved.
+    #[error(
+        "base dirs {} and {} overlap once symlinks are resolved ({} and {}): a volume of one could lie inside \
+         the other, and its delete remove the other's volumes; give base dirs that do not contain each other",
+        first.display(), second.display(), first_resolved.display(), second_resolved.display()
+    )]
+    Overlap {
+        /// One base dir, as configured.
+        first: PathBuf,
+        /// The other.
+        second: PathBuf,
+        /// Where the first resolves to.
+        first_resolved: PathBuf,
+        /// Where the second resolves to.
+        second_resolved: PathBuf,
+    },
     /// The file is not valid JSON for this schema.
     #[error("cannot parse {path}: {source}")]
     Parse {
@@ -160,6 +180,25 @@ pub enum ConfigError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// `dir` with every symlink resolved; a missing tail (or one that cannot be
+/// resolved) is kept as written below its deepest resolvable ancestor.
+fn resolve(dir: &Path) -> PathBuf {
+    let mut tail = Vec::new();
+    let mut at = dir;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(at) {
+            return tail.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                tail.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return dir.to_path_buf(),
+        }
+    }
 }
 
 fn base_dirs(texts: &[String]) -> Result<Vec<PathBuf>, ConfigError> {
@@ -199,7 +238,29 @@ impl Settings {
             access: DirAccess { mode: parse_mode(mode).map_err(invalid)?, uid, gid },
             volume_type: VolumeType::parse(volume_type).map_err(invalid)?,
             on_delete: OnDelete::parse(on_delete).map_err(invalid)?,
+            capacity: CapacityRules::default(),
         })
+    }
+
+    /// Refuses base dirs that overlap once symlinks are resolved (`/a` and
+    /// `/b/c` where `/b` links to `/a`): the lexical check in
+    /// [`Settings::from_values`] cannot see that. A base dir that does not
+    /// exist (yet) is resolved through its deepest existing ancestor.
+    pub fn check_resolved_base_dirs(&self) -> Result<(), ConfigError> {
+        let resolved: Vec<PathBuf> = self.base_dirs.iter().map(|d| resolve(d)).collect();
+        for (i, a) in resolved.iter().enumerate() {
+            for (j, b) in resolved.iter().enumerate().skip(i + 1) {
+                if a.starts_with(b) || b.starts_with(a) {
+                    return Err(ConfigError::Overlap {
+                        first: self.base_dirs[i].clone(),
+                        second: self.base_dirs[j].clone(),
+                        first_resolved: a.clone(),
+                        second_resolved: b.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// These settings overridden by a config file's values for node `node`.
@@ -222,6 +283,12 @@ impl Settings {
         }
         if let Some(d) = &file.on_delete {
             s.on_delete = OnDelete::parse(d).map_err(invalid)?;
+        }
+        if let Some(r) = file.overcommit_ratio {
+            s.capacity.overcommit_ratio = OvercommitRatio::new(r).map_err(invalid)?;
+        }
+        if let Some(n) = file.min_free_inodes {
+            s.capacity.min_free_inodes = n;
         }
         Ok(s)
     }
@@ -248,6 +315,10 @@ pub struct FileConfig {
     pub volume_type: Option<String>,
     /// `delete` or `archive`.
     pub on_delete: Option<String>,
+    /// How far promised requests may exceed a filesystem's size.
+    pub overcommit_ratio: Option<f64>,
+    /// Free inodes a filesystem must keep to take a new volume.
+    pub min_free_inodes: Option<u64>,
 }
 
 /// What one class asks for, resolved against the node's settings.
@@ -263,6 +334,8 @@ pub struct ClassOptions {
     pub volume_type: VolumeType,
     /// What delete does.
     pub on_delete: OnDelete,
+    /// The node's capacity rules (not a class parameter).
+    pub capacity: CapacityRules,
 }
 
 /// The StorageClass parameters this provisioner reads.
@@ -277,6 +350,7 @@ pub fn class_options(settings: &Settings, params: &BTreeMap<String, String>) -> 
         access: settings.access,
         volume_type: settings.volume_type,
         on_delete: settings.on_delete,
+        capacity: settings.capacity,
     };
     for (key, value) in params {
         let bad = |why: String| format!("invalid StorageClass parameter {key}={value:?}: {why}");
@@ -381,6 +455,7 @@ impl ConfigFile {
         let file: FileConfig =
             serde_json::from_slice(&text).map_err(|source| ConfigError::Parse { path: self.path.clone(), source })?;
         let settings = self.flags.with_file(&file, &self.node)?;
+        settings.check_resolved_base_dirs()?;
         self.shared.set(settings);
         Ok(Reload::Applied)
     }
@@ -466,6 +541,41 @@ mod tests {
     fn overlapping_base_dirs_are_refused() {
         let r = Settings::from_values(&["/a".into(), "/a/b".into()], None, "0770", None, None, "local", "delete");
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn base_dirs_overlapping_through_a_symlink_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("disk");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, tmp.path().join("link")).unwrap();
+        let (a, b) = (real.display().to_string(), tmp.path().join("link/volumes").display().to_string());
+        let s = Settings::from_values(&[a.clone(), b.clone()], None, "0770", None, None, "local", "delete").unwrap();
+        let err = s.check_resolved_base_dirs().unwrap_err();
+        assert!(matches!(err, ConfigError::Overlap { .. }), "{err}");
+        assert!(err.to_string().contains("overlap once symlinks are resolved"), "{err}");
+        // The same base dirs from a config file: refused, the last valid settings stay.
+        let path = tmp.path().join("config.json");
+        std::fs::write(&path, serde_json::json!({ "baseDirs": [a, b] }).to_string()).unwrap();
+        let shared = SharedSettings::new(flags());
+        let mut file = ConfigFile::new(&path, "node-a", flags(), shared.clone());
+        assert!(matches!(file.check(), Err(ConfigError::Overlap { .. })));
+        assert_eq!(*shared.get(), flags());
+        // Apart, and one of them missing: accepted.
+        let apart = [real.display().to_string(), tmp.path().join("missing/x").display().to_string()];
+        let s = Settings::from_values(&apart, None, "0770", None, None, "local", "delete").unwrap();
+        s.check_resolved_base_dirs().unwrap();
+    }
+
+    #[test]
+    fn capacity_rules_come_from_the_config_file() {
+        let file: FileConfig = serde_json::from_str(r#"{"overcommitRatio": 1.5, "minFreeInodes": 10}"#).unwrap();
+        let s = flags().with_file(&file, "node-a").unwrap();
+        assert_eq!(s.capacity.overcommit_ratio, OvercommitRatio::new(1.5).unwrap());
+        assert_eq!(s.capacity.min_free_inodes, 10);
+        assert_eq!(class_options(&s, &BTreeMap::new()).unwrap().capacity, s.capacity);
+        let bad: FileConfig = serde_json::from_str(r#"{"overcommitRatio": 0}"#).unwrap();
+        assert!(flags().with_file(&bad, "node-a").is_err());
     }
 
     #[test]

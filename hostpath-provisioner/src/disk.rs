@@ -4,7 +4,8 @@
 //!
 //! Making: the ledger is asked first (a retry of the same PV finds its
 //! directory there, whatever the pattern says now); otherwise a base dir is
-//! chosen, the pattern's path is placed against the ledger's live volumes
+//! chosen ([`capacity`]: free bytes, free inodes, and what the ledgers
+//! already promise on its filesystem), the pattern's path is placed against the ledger's live volumes
 //! ([`placement`]: a taken path gives way to `<path>_<pv>`, a nested one is
 //! refused), the intent is recorded, the directory is made, and its identity
 //! is recorded.
@@ -14,14 +15,17 @@
 //! a tree is removed (that can take minutes), but the entry stays until the
 //! directory is gone, so no new volume is placed there meanwhile.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use tracing::warn;
+use prometheus_client::metrics::gauge::Gauge;
+use tracing::{info, warn};
 
+use crate::capacity::{self, Candidate};
 use crate::config::{ClassOptions, OnDelete};
 use crate::fs::{self, Created, DirIdentity, Entry, Found, Ledgers, Removed, VolumeDirError};
 use crate::layout::{RelPath, placement};
-use crate::provisioner::choose_base_dir;
 
 /// Why no directory was handed out; each maps to one engine answer.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,11 +40,81 @@ pub enum NotMade {
     Unsure(String),
 }
 
+/// Which base dirs were found unusable, for the log and the
+/// `hostpath_unusable_base_dirs` gauge. A base dir is logged when it becomes
+/// unusable (a warning with the reason) and when it serves again, not at
+/// every claim.
+#[derive(Clone, Debug, Default)]
+pub struct BaseDirHealth {
+    unusable: Arc<Mutex<BTreeMap<PathBuf, String>>>,
+    gauge: Gauge,
+}
+
+impl BaseDirHealth {
+    /// The gauge counting the base dirs found unusable at their last look.
+    pub fn gauge(&self) -> Gauge {
+        self.gauge.clone()
+    }
+
+    /// The base dirs found unusable at their last look, with why.
+    pub fn unusable(&self) -> BTreeMap<PathBuf, String> {
+        self.unusable.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records what a look at `base` found: `Err` with the reason when unusable.
+    pub fn observe(&self, base: &Path, result: Result<(), String>) {
+        let mut unusable = self.unusable.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Err(why) => {
+                if unusable.get(base) != Some(&why) {
+                    warn!(base_dir = %base.display(), error = why, "base dir unusable; skipped until it serves again");
+                    unusable.insert(base.to_path_buf(), why);
+                }
+            }
+            Ok(()) => {
+                if unusable.remove(base).is_some() {
+                    info!(base_dir = %base.display(), "base dir usable again");
+                }
+            }
+        }
+        self.gauge.set(i64::try_from(unusable.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Forgets base dirs that are no longer configured.
+    pub fn retain(&self, configured: &[PathBuf]) {
+        let mut unusable = self.unusable.lock().unwrap_or_else(|p| p.into_inner());
+        unusable.retain(|base, _| configured.contains(base));
+        self.gauge.set(i64::try_from(unusable.len()).unwrap_or(i64::MAX));
+    }
+}
+
+/// Looks at every base dir in `bases` (its ledger and its filesystem) and
+/// records in `health` which are unusable.
+pub fn check_base_dirs(ledgers: &Ledgers, health: &BaseDirHealth, bases: &[PathBuf]) {
+    let mut ledgers = ledgers.lock();
+    for base in bases {
+        let result = match ledgers.of(base) {
+            Ok(_) => fs::space(base).map(|_| ()).map_err(|e| format!("statvfs: {e}")),
+            Err(e) => Err(e.to_string()),
+        };
+        health.observe(base, result);
+    }
+    health.retain(bases);
+}
+
+/// A base dir that can be considered for a new volume.
+struct Usable<'a> {
+    base: &'a PathBuf,
+    space: fs::Space,
+}
+
 /// Finds or makes the directory of volume `pv`, whose pattern gives
-/// `wanted`, in one of `options.base_dirs`. Returns the base dir, the path
-/// (which differs from `wanted` when that was taken) and what was found.
+/// `wanted`, in one of `options.base_dirs`, for a claim of `needed` bytes.
+/// Returns the base dir, the path (which differs from `wanted` when that was
+/// taken) and what was found.
 pub fn make(
     ledgers: &Ledgers,
+    health: &BaseDirHealth,
     options: &ClassOptions,
     pv: &str,
     wanted: &RelPath,
@@ -51,49 +125,77 @@ pub fn make(
     // so the others still serve.
     let mut usable = Vec::new();
     let mut unusable = Vec::new();
+    // What the ledgers promise, per filesystem: base dirs sharing one share its size.
+    let mut promised: BTreeMap<u64, (usize, u64)> = BTreeMap::new();
     for base in &options.base_dirs {
         let ledger = match ledgers.of(base) {
             Ok(ledger) => ledger,
             Err(e) => {
-                warn!(base_dir = %base.display(), error = %e, "base dir unusable; skipped");
+                health.observe(base, Err(e.to_string()));
                 unusable.push(format!("{}: {e}", base.display()));
                 continue;
             }
         };
         if let Some(entry) = ledger.get(pv).cloned() {
+            health.observe(base, Ok(()));
             let created = make_recorded(ledger, base, pv, &entry, options)?;
             return Ok((base.clone(), entry.path, created));
         }
-        usable.push(base);
-    }
-    let mut free = Vec::new();
-    for base in usable {
-        match fs::free_bytes(base) {
-            Ok(bytes) => free.push((base, bytes)),
+        match fs::space(base) {
+            Ok(space) => {
+                health.observe(base, Ok(()));
+                let (volumes, bytes) = ledger.promised();
+                let sum = promised.entry(space.device).or_default();
+                *sum = (sum.0 + volumes, sum.1.saturating_add(bytes));
+                usable.push(Usable { base, space });
+            }
             Err(e) => {
-                warn!(base_dir = %base.display(), error = %e, "base dir unusable; skipped");
+                health.observe(base, Err(format!("statvfs: {e}")));
                 unusable.push(format!("{}: {e}", base.display()));
             }
         }
     }
-    if free.is_empty() {
+    if usable.is_empty() {
         return Err(NotMade::Failed(format!("no usable base dir: {}", unusable.join("; "))));
     }
-    let Some(i) = choose_base_dir(&free, needed) else {
-        let most = free.iter().map(|(_, b)| *b).max().unwrap_or(0);
-        return Err(NotMade::NoRoom(format!(
-            "the claim requests {needed} bytes but the most free space in a base dir is {most} bytes"
-        )));
-    };
-    let base = free[i].0.clone();
+    let candidates: Vec<Candidate> = usable
+        .iter()
+        .map(|u| {
+            let (volumes, promised) = promised.get(&u.space.device).copied().unwrap_or_default();
+            Candidate {
+                free_bytes: u.space.free_bytes,
+                free_inodes: u.space.free_inodes,
+                size: u.space.size,
+                promised,
+                volumes,
+            }
+        })
+        .collect();
+    let rules = options.capacity;
+    let i = capacity::choose(&candidates, needed, &rules).map_err(|refused| {
+        let why: Vec<String> = usable
+            .iter()
+            .zip(&refused)
+            .map(|(u, r)| format!("base dir {}: {}", u.base.display(), r.explain(needed, rules.overcommit_ratio)))
+            .collect();
+        NotMade::NoRoom(format!("no base dir can take the claim's {needed} bytes: {}", why.join("; ")))
+    })?;
+    let base = usable[i].base.clone();
     let ledger = ledgers.of(&base).map_err(|e| NotMade::Failed(e.to_string()))?;
     // Anything already there that the ledger does not record is not handed
     // out; a path that cannot be examined counts as taken.
     let unrecorded = |rel: &RelPath| !matches!(fs::examine(&base, rel), Ok(Found::Nothing));
     let path = placement(wanted, pv, &ledger.live(), unrecorded)
         .map_err(|e| NotMade::Infeasible(format!("in base dir {}: {e}", base.display())))?;
-    let entry = Entry { path: path.clone(), identity: None };
-    ledger.record(pv, entry.clone()).map_err(|e| NotMade::Failed(e.to_string()))?;
+    // The request is recorded with the intent: it is promised from then on, crash or not.
+    let entry = Entry { path: path.clone(), identity: None, requested: Some(needed) };
+    ledger.record(pv, entry.clone()).map_err(|e| {
+        if e.is_out_of_space() {
+            NotMade::NoRoom(format!("base dir {}: recording the volume: {e}", base.display()))
+        } else {
+            NotMade::Failed(e.to_string())
+        }
+    })?;
     let created = make_recorded(ledger, &base, pv, &entry, options)?;
     Ok((base, path, created))
 }
@@ -109,8 +211,10 @@ fn make_recorded(
     match fs::create_volume_dir(base, &entry.path, options.access, entry.identity) {
         Ok((created, identity)) => {
             if entry.identity != Some(identity) {
-                let done = Entry { path: entry.path.clone(), identity: Some(identity) };
-                ledger.record(pv, done).map_err(|e| NotMade::Unsure(e.to_string()))?;
+                let done = Entry { identity: Some(identity), ..entry.clone() };
+                if let Err(e) = ledger.record(pv, done) {
+                    return Err(undo_when_full(ledger, base, pv, entry, created, identity, e));
+                }
             }
             Ok(created)
         }
@@ -120,11 +224,41 @@ fn make_recorded(
         }
         Err(e) => match (entry.identity, fs::examine(base, &entry.path)) {
             (None, Ok(Found::Nothing)) => match ledger.forget(pv) {
+                // The filesystem is full (bytes or inodes): another node may have room.
+                Ok(()) if e.is_out_of_space() => Err(NotMade::NoRoom(e.to_string())),
                 Ok(()) => Err(NotMade::Failed(e.to_string())),
                 Err(f) => Err(NotMade::Unsure(format!("{e}; and {f}"))),
             },
             _ => Err(NotMade::Unsure(e.to_string())),
         },
+    }
+}
+
+/// The directory was made but its identity could not be recorded. When the
+/// filesystem is full and the directory is the empty one just made, it is
+/// removed and the entry forgotten, so the claim can go to another node;
+/// otherwise the retry finishes the record.
+fn undo_when_full(
+    ledger: &mut fs::Ledger,
+    base: &Path,
+    pv: &str,
+    entry: &Entry,
+    created: Created,
+    identity: DirIdentity,
+    error: fs::LedgerError,
+) -> NotMade {
+    if !error.is_out_of_space() || created != Created::New {
+        return NotMade::Unsure(error.to_string());
+    }
+    let undone = fs::remove_volume_dir(base, &entry.path, Some(identity))
+        .map_err(|e| e.to_string())
+        .and_then(|_| ledger.forget(pv).map_err(|e| e.to_string()));
+    match undone {
+        Ok(()) => {
+            fs::prune_parents(base, &entry.path);
+            NotMade::NoRoom(format!("base dir {}: recording the volume: {error}", base.display()))
+        }
+        Err(e) => NotMade::Unsure(format!("{error}; and undoing the new directory: {e}")),
     }
 }
 

@@ -89,14 +89,51 @@ pub enum VolumeDirError {
     Tree(#[from] TreeError),
 }
 
+impl VolumeDirError {
+    /// Whether it failed for want of space or inodes on the filesystem.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, VolumeDirError::Io { source, .. } if is_out_of_space(source))
+    }
+}
+
 fn io_at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> VolumeDirError + 'a {
     move |source| VolumeDirError::Io { op, path: path.to_path_buf(), source }
 }
 
 /// Bytes available to unprivileged users on the filesystem holding `dir`.
 pub fn free_bytes(dir: &Path) -> io::Result<u64> {
+    Ok(space(dir)?.free_bytes)
+}
+
+/// What the filesystem holding a base dir has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Space {
+    /// Which filesystem (the base dir's device), so base dirs sharing one are counted together.
+    pub device: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Bytes available to unprivileged users.
+    pub free_bytes: u64,
+    /// Inodes available to unprivileged users (`f_favail`); `None` where the
+    /// filesystem reports no inode total (it allocates them as needed).
+    pub free_inodes: Option<u64>,
+}
+
+/// What the filesystem holding `dir` has (`statvfs`, and `stat` for the device).
+pub fn space(dir: &Path) -> io::Result<Space> {
     let st = rustix::fs::statvfs(dir)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    let device = rustix::fs::stat(dir)?.st_dev;
+    Ok(Space {
+        device,
+        size: st.f_blocks.saturating_mul(st.f_frsize),
+        free_bytes: st.f_bavail.saturating_mul(st.f_frsize),
+        free_inodes: (st.f_files != 0).then_some(st.f_favail),
+    })
+}
+
+/// Whether `error` says the filesystem is out of space or inodes (or quota).
+pub fn is_out_of_space(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(e) if e == Errno::NOSPC.raw_os_error() || e == Errno::DQUOT.raw_os_error())
 }
 
 /// Permissions and ownership of a new volume directory.

@@ -4,6 +4,7 @@
 //! (or `hostPath`) PersistentVolume pinned to that node. No helper pods.
 //!
 //! - [`layout`]: the path pattern and the containment rules (pure);
+//! - [`capacity`]: whether a base dir can take one more volume (pure);
 //! - [`config`]: flags, the reloadable config file, class parameters;
 //! - [`fs`]: every filesystem call, symlink- and special-file-safe, and the ledger of
 //!   which PV created which directory;
@@ -13,6 +14,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod disk;

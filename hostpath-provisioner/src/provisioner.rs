@@ -15,11 +15,15 @@
 //! # Choosing a base dir
 //! If a base dir's ledger already records the volume's directory (a retry),
 //! it is used. Otherwise, among the base dirs (or the one pinned by
-//! the class's `baseDir`) whose filesystem has at least the requested bytes
-//! free, the one with the most free bytes wins; ties go to the first listed.
-//! When none has room the answer is [`ProvisionError::Reschedule`], so the
-//! scheduler picks another node. Directories are not quota-limited: a volume
-//! can grow past its request.
+//! the class's `baseDir`) whose filesystem has the requested bytes free,
+//! enough free inodes, and room in what its live volumes were promised (see
+//! [`crate::capacity`]), the one with the most free bytes wins; ties go to
+//! the first listed. When none has room, or the filesystem runs out of space
+//! or inodes while the directory is made, the answer is
+//! [`ProvisionError::Reschedule`], so the scheduler picks another node.
+//! Unusable base dirs are skipped, logged, and counted by the
+//! `hostpath_unusable_base_dirs` gauge. Directories are not quota-limited: a
+//! volume can grow past its request.
 //!
 //! # Nodes that are gone
 //! A DaemonSet pod only runs on live nodes, so nobody deletes the
@@ -52,7 +56,7 @@ use provisioner_core::{DeleteError, ProvisionError, ProvisionRequest, Provisione
 use tracing::info;
 
 use crate::config::{ClassOptions, OnDelete, SharedSettings, VolumeType, class_options};
-use crate::disk::{self, NotMade};
+use crate::disk::{self, BaseDirHealth, NotMade};
 use crate::fs::{self, Ledgers, Removed};
 use crate::layout::{ARCHIVE_PREFIX, PathVars, contained};
 
@@ -82,6 +86,7 @@ pub struct HostPathProvisioner {
     settings: SharedSettings,
     single_node: bool,
     ledgers: Arc<Ledgers>,
+    health: BaseDirHealth,
 }
 
 /// The message for claims of `Immediate` classes.
@@ -95,7 +100,26 @@ pub fn immediate_binding_message(class: &str) -> String {
 impl HostPathProvisioner {
     /// A provisioner for `node`, reading `settings` at each call.
     pub fn new(node: NodeIdentity, settings: SharedSettings) -> Self {
-        HostPathProvisioner { node, settings, single_node: false, ledgers: Arc::default() }
+        HostPathProvisioner {
+            node,
+            settings,
+            single_node: false,
+            ledgers: Arc::default(),
+            health: BaseDirHealth::default(),
+        }
+    }
+
+    /// Which base dirs were found unusable (and the gauge counting them).
+    pub fn health(&self) -> &BaseDirHealth {
+        &self.health
+    }
+
+    /// Looks at every configured base dir now, updating [`Self::health`].
+    pub async fn check_base_dirs(&self) {
+        let (ledgers, health, bases) =
+            (self.ledgers.clone(), self.health.clone(), self.settings.get().base_dirs.clone());
+        // A failed blocking task only loses one look.
+        let _ = blocking(move || disk::check_base_dirs(&ledgers, &health, &bases)).await;
     }
 
     /// Acts for every claim and volume (the only node of a cluster).
@@ -176,26 +200,6 @@ pub fn volume_spec(path: &str, hostname: &str, volume_type: VolumeType) -> Persi
     }
 }
 
-/// Picks the base dir for a new volume from `(dir, free bytes)` pairs: the
-/// most free space among those with at least `needed` bytes; ties go to the
-/// first listed. `None`: no dir has room.
-///
-/// ```
-/// use hostpath_provisioner::provisioner::choose_base_dir;
-/// let dirs = [("/a", 10), ("/b", 30), ("/c", 30)];
-/// assert_eq!(choose_base_dir(&dirs, 20), Some(1));
-/// assert_eq!(choose_base_dir(&dirs, 40), None);
-/// ```
-pub fn choose_base_dir<T>(dirs: &[(T, u64)], needed: u64) -> Option<usize> {
-    let mut best: Option<usize> = None;
-    for (i, (_, free)) in dirs.iter().enumerate() {
-        if *free >= needed && best.is_none_or(|b| *free > dirs[b].1) {
-            best = Some(i);
-        }
-    }
-    best
-}
-
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
     tokio::task::spawn_blocking(work).await.map_err(|e| format!("filesystem task failed: {e}"))
 }
@@ -227,7 +231,8 @@ impl Provisioner for HostPathProvisioner {
         })?;
         let needed = request.requested_bytes().unwrap_or(0);
         let (opts, wanted, pv, ledgers) = (options.clone(), rel, request.pv_name.clone(), self.ledgers.clone());
-        let made = blocking(move || disk::make(&ledgers, &opts, &pv, &wanted, needed))
+        let health = self.health.clone();
+        let made = blocking(move || disk::make(&ledgers, &health, &opts, &pv, &wanted, needed))
             .await
             .map_err(ProvisionError::InProgress)?;
         let claim = request.claim_key();
@@ -457,13 +462,6 @@ mod tests {
         assert!(victim.path().exists());
     }
 
-    #[test]
-    fn the_base_dir_with_most_free_space_wins() {
-        assert_eq!(choose_base_dir(&[("a", 5), ("b", 9), ("c", 7)], 1), Some(1));
-        assert_eq!(choose_base_dir(&[("a", 5), ("b", 5)], 5), Some(0));
-        assert_eq!(choose_base_dir::<&str>(&[], 0), None);
-    }
-
     #[tokio::test]
     async fn a_pattern_gluing_namespace_and_name_is_infeasible() {
         let tmp = tempfile::tempdir().unwrap();
@@ -572,12 +570,12 @@ mod tests {
         let rel = crate::layout::RelPath::parse("pvc-1").unwrap();
         // Crashed after recording the intent, before mkdir.
         let mut ledger = fs::Ledger::open(tmp.path()).unwrap();
-        ledger.record("pvc-1", fs::Entry { path: rel.clone(), identity: None }).unwrap();
+        ledger.record("pvc-1", fs::Entry { path: rel.clone(), identity: None, requested: None }).unwrap();
         let v = provision_pv(&provisioner(tmp.path()), "pvc-1", "ns", "data", "{pv}").await.unwrap();
         assert_eq!(path_of(&v), tmp.path().join("pvc-1"));
         // Crashed after mkdir, before recording the identity.
         let rel2 = crate::layout::RelPath::parse("pvc-2").unwrap();
-        ledger.record("pvc-2", fs::Entry { path: rel2, identity: None }).unwrap();
+        ledger.record("pvc-2", fs::Entry { path: rel2, identity: None, requested: None }).unwrap();
         std::fs::create_dir(tmp.path().join("pvc-2")).unwrap();
         let p = provisioner(tmp.path());
         let v2 = provision_pv(&p, "pvc-2", "ns", "data", "{pv}").await.unwrap();
@@ -586,7 +584,7 @@ mod tests {
         assert!(!tmp.path().join("pvc-2").exists(), "its identity was recorded on the retry");
         // A crash before any volume was handed out: its delete only forgets the entry.
         let rel3 = crate::layout::RelPath::parse("pvc-3").unwrap();
-        ledger.record("pvc-3", fs::Entry { path: rel3, identity: None }).unwrap();
+        ledger.record("pvc-3", fs::Entry { path: rel3, identity: None, requested: None }).unwrap();
         let p = provisioner(tmp.path());
         p.delete(&forged_pv("pvc-3", &tmp.path().join("pvc-3"))).await.unwrap();
         assert!(!tmp.path().join(crate::layout::LEDGER_DIR).join("pvc-3").exists());
@@ -603,5 +601,29 @@ mod tests {
         let p = HostPathProvisioner::new(node(), SharedSettings::new(s));
         let v = provision_pv(&p, "pvc-1", "ns", "data", "{pv}").await.unwrap();
         assert_eq!(path_of(&v), good.join("pvc-1"));
+        assert_eq!(p.health().gauge().get(), 1, "the skipped base dir is counted");
+        assert!(p.health().unusable().contains_key(&missing));
+        std::fs::create_dir(&missing).unwrap();
+        p.check_base_dirs().await;
+        assert_eq!(p.health().gauge().get(), 0, "and no longer once it serves");
+    }
+
+    #[tokio::test]
+    async fn a_ledger_entry_without_requested_bytes_still_reads_and_counts_as_nothing_promised() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = provisioner(tmp.path());
+        let old = provision_pv(&p, "pvc-old", "ns", "old", "{pv}").await.unwrap();
+        // An entry as written before requests were recorded.
+        let entry = tmp.path().join(crate::layout::LEDGER_DIR).join("pvc-old");
+        let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&entry).unwrap()).unwrap();
+        assert_eq!(record["requestedBytes"], 1024 * 1024);
+        record.as_object_mut().unwrap().remove("requestedBytes");
+        std::fs::write(&entry, record.to_string()).unwrap();
+        let p = provisioner(tmp.path());
+        provision_pv(&p, "pvc-new", "ns", "new", "{pv}").await.unwrap();
+        let ledger = fs::Ledger::open(tmp.path()).unwrap();
+        assert_eq!(ledger.promised(), (2, 1024 * 1024));
+        p.delete(&old).await.unwrap();
+        assert!(!path_of(&old).exists());
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! One file per PV in `<base>/.provisioner-ledger/` (mode 0700), named after
 //! the PV and holding its directory's path and, once it is made, its
-//! identity (inode number and birth time). No pattern can expand to that
+//! identity (inode number and birth time), and the bytes its claim
+//! requested (what this filesystem promised it). No pattern can expand to that
 //! directory ([`LEDGER_DIR`] is reserved), so it is inside no volume and no
 //! tenant reaches it.
 //!
@@ -71,6 +72,13 @@ pub enum LedgerError {
     BadName(String),
 }
 
+impl LedgerError {
+    /// Whether it failed for want of space or inodes on the filesystem.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, LedgerError::Io { source, .. } if super::is_out_of_space(source))
+    }
+}
+
 /// One PV's directory, as recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -78,6 +86,9 @@ pub struct Entry {
     pub path: RelPath,
     /// The directory's identity; `None` until the directory is made.
     pub identity: Option<DirIdentity>,
+    /// The bytes its claim requested, promised on this filesystem; `None`
+    /// in entries written before requests were recorded (counted as 0).
+    pub requested: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -89,6 +100,8 @@ struct Record {
     ino: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     btime: Option<(i64, u32)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    requested_bytes: Option<u64>,
 }
 
 /// The ledger of one base dir.
@@ -161,7 +174,7 @@ impl Ledger {
             let rel = RelPath::parse(&record.path)
                 .map_err(|_| LedgerError::BadPath { path: path.clone(), text: record.path.clone() })?;
             let identity = record.ino.map(|ino| DirIdentity { ino, btime: record.btime });
-            entries.insert(record.pv, Entry { path: rel, identity });
+            entries.insert(record.pv, Entry { path: rel, identity, requested: record.requested_bytes });
         }
         self.entries = entries;
         self.seen = Some(seen);
@@ -183,6 +196,12 @@ impl Ledger {
         self.entries.iter().map(|(pv, e)| LiveVolume { pv, path: &e.path }).collect()
     }
 
+    /// How many volumes are recorded, and the bytes their claims requested.
+    pub fn promised(&self) -> (usize, u64) {
+        let bytes = self.entries.values().map(|e| e.requested.unwrap_or(0)).fold(0u64, u64::saturating_add);
+        (self.entries.len(), bytes)
+    }
+
     /// Writes (or replaces) the entry of `pv`, durably.
     pub fn record(&mut self, pv: &str, entry: Entry) -> Result<(), LedgerError> {
         valid_name(pv)?;
@@ -191,6 +210,7 @@ impl Ledger {
             path: entry.path.to_string(),
             ino: entry.identity.map(|i| i.ino),
             btime: entry.identity.and_then(|i| i.btime),
+            requested_bytes: entry.requested,
         };
         let text = serde_json::to_vec(&record)
             .map_err(|source| LedgerError::Corrupt { path: self.dir_path.join(pv), source })?;
