@@ -1,6 +1,7 @@
 //! Deleting whatever a tenant built: very deep trees with few open files
-//! allowed, very wide directories with bounded memory, and mounts inside a
-//! volume.
+//! allowed, very wide directories with bounded memory, mounts inside a
+//! volume, and directories swapped with symlinks out of the volume while the
+//! delete runs.
 //!
 //! Each depth or width case runs in a child process (this test binary run
 //! again for one test, under `prlimit` for a lowered `RLIMIT_NOFILE`), so a
@@ -19,6 +20,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use hostpath_provisioner::fs::{self, DirAccess, Removed, TreeError};
@@ -272,4 +274,104 @@ fn a_volume_directory_that_is_itself_a_mount_point_is_left_alone() {
     let err = fs::remove_volume_dir(&base, &rel, None).unwrap_err();
     assert!(matches!(err, TreeError::MountedVolume { .. }), "{err:?}");
     assert!(outside.join("keep").exists());
+}
+
+/// Every path below `dir` with its mode and, for files, content: what must not change.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        out.push((d.clone(), mode(&d), Vec::new()));
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                todo.push(p);
+            } else {
+                out.push((p.clone(), mode(&p), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Keeps exchanging `dir` and `link` (a symlink out of the volume) in the
+/// directory `parent` with `renameat2(RENAME_EXCHANGE)` until `stop` is set
+/// or `until`; returns how many exchanges were made, `Err` if the kernel
+/// does not support them.
+fn swap_until(parent: OwnedFd, stop: &AtomicBool, until: Instant) -> Result<u64, rustix::io::Errno> {
+    let mut swaps = 0;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+        match rustix::fs::renameat_with(&parent, "dir", &parent, "link", rustix::fs::RenameFlags::EXCHANGE) {
+            Ok(()) => swaps += 1,
+            Err(e @ (rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS)) if swaps == 0 => return Err(e),
+            // One of the two is gone (the walk removed it): the race at this place is over.
+            Err(_) => return Ok(swaps),
+        }
+    }
+    Ok(swaps)
+}
+
+/// `dir` (a directory with a file, and `depth` more levels below it) and
+/// `link` (a symlink to `outside`) in `parent`.
+fn plant_swap_pair(parent: &Path, outside: &Path, depth: usize) -> PathBuf {
+    let mut d = parent.join("dir");
+    std::fs::create_dir(&d).unwrap();
+    std::os::unix::fs::symlink(outside, parent.join("link")).unwrap();
+    for i in 0..depth {
+        std::fs::write(d.join("f"), i.to_string()).unwrap();
+        d = d.join("d");
+        std::fs::create_dir(&d).unwrap();
+    }
+    d
+}
+
+#[test]
+fn a_directory_swapped_with_a_symlink_out_of_the_volume_during_delete_never_lets_it_reach_outside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(outside.join("sub/deeper")).unwrap();
+    std::fs::write(outside.join("keep"), b"keep me").unwrap();
+    std::fs::write(outside.join("sub/deeper/keep"), b"keep me too").unwrap();
+    std::fs::set_permissions(outside.join("sub"), PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::create_dir(&base).unwrap();
+    let before = snapshot(&outside);
+    let rel = RelPath::parse("pvc-1").unwrap();
+    let vol = base.join("pvc-1");
+    let deadline = Instant::now() + std::time::Duration::from_secs(3);
+    let (mut rounds, mut swaps) = (0u64, 0u64);
+    while Instant::now() < deadline {
+        rounds += 1;
+        fs::create_volume_dir(&base, &rel, ACCESS, None).unwrap();
+        // One swap pair just inside the volume, one below the open-level limit,
+        // where the walk moves directories up instead of descending.
+        let deep_parent = plant_swap_pair(&vol, &outside, fs::MAX_OPEN_LEVELS + 4);
+        plant_swap_pair(&deep_parent, &outside, 3);
+        let stop = AtomicBool::new(false);
+        let until = Instant::now() + std::time::Duration::from_millis(200);
+        let open = |p: &Path| {
+            rustix::fs::open(p, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).unwrap()
+        };
+        let (top, deep) = (open(&vol), open(&deep_parent));
+        let (first, result, second) = std::thread::scope(|s| {
+            let a = s.spawn(|| swap_until(top, &stop, until));
+            let b = s.spawn(|| swap_until(deep, &stop, until));
+            let result = fs::remove_volume_dir(&base, &rel, None);
+            stop.store(true, Ordering::Relaxed);
+            (a.join().unwrap(), result, b.join().unwrap())
+        });
+        let (Ok(a), Ok(b)) = (first, second) else {
+            eprintln!("SKIPPED: renameat2(RENAME_EXCHANGE) is not supported on this filesystem");
+            return;
+        };
+        swaps += a + b;
+        assert_eq!(snapshot(&outside), before, "round {rounds}: outside the base dir was changed ({result:?})");
+        // Whatever the racers left (a delete racing a tenant may leave some), a retry removes.
+        let again = fs::remove_volume_dir(&base, &rel, None).unwrap();
+        assert!(matches!(again, Removed::Done | Removed::Missing));
+        assert!(!vol.exists());
+    }
+    assert_eq!(snapshot(&outside), before);
+    println!("FIGURES racer rounds={rounds} exchanges={swaps}");
 }
