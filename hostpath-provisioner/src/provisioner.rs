@@ -335,13 +335,12 @@ mod tests {
         for (k, v) in params {
             class = class.parameter(k, v);
         }
-        ProvisionRequest {
-            pv_name: pv.into(),
-            claim: Arc::new(fixtures::claim(namespace, name, pv).request(size).build()),
-            class: Arc::new(class.build()),
-            selected_node: node.map(str::to_string),
-            data_source: None,
-        }
+        ProvisionRequest::new(
+            pv,
+            Arc::new(fixtures::claim(namespace, name, pv).request(size).build()),
+            Arc::new(class.build()),
+        )
+        .with_selected_node(node.map(str::to_string))
     }
 
     /// Provisions `pv` for claim `namespace/name` with `pattern` on node-a; the PV as the engine would save it.

@@ -61,13 +61,12 @@ fn provisioner(bases: &[&Path], tune: impl FnOnce(&mut Settings)) -> HostPathPro
 
 fn request(pv: &str, bytes: u64) -> ProvisionRequest {
     let class = fixtures::class("local", DEFAULT_PROVISIONER_NAME).wait_for_first_consumer();
-    ProvisionRequest {
-        pv_name: pv.into(),
-        claim: Arc::new(fixtures::claim("ns", pv, pv).request(&bytes.to_string()).build()),
-        class: Arc::new(class.build()),
-        selected_node: Some("node-a".into()),
-        data_source: None,
-    }
+    ProvisionRequest::new(
+        pv,
+        Arc::new(fixtures::claim("ns", pv, pv).request(&bytes.to_string()).build()),
+        Arc::new(class.build()),
+    )
+    .with_selected_node(Some("node-a".into()))
 }
 
 fn saved(pv: &str, v: provisioner_core::ProvisionedVolume) -> PersistentVolume {

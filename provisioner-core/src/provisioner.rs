@@ -21,7 +21,11 @@ use kube::ResourceExt;
 /// `pv_name` is the idempotency key: a repeated call with the same name (after
 /// a retry, a restart or a crash) must return the same backend volume, never
 /// create a second one.
+///
+/// Fields may be added (the struct is `#[non_exhaustive]`): build one with
+/// [`ProvisionRequest::new`] and the `with_*` methods.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ProvisionRequest {
     /// Name of the PersistentVolume the engine will save (`pvc-<claim uid>` by default).
     pub pv_name: String,
@@ -110,6 +114,33 @@ impl fmt::Display for DataSource {
 }
 
 impl ProvisionRequest {
+    /// A request for volume `pv_name` of `claim` from `class`, with no
+    /// selected node and no data source.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use provisioner_core::fixtures::{claim, class};
+    /// use provisioner_core::ProvisionRequest;
+    /// let req = ProvisionRequest::new("pvc-1", Arc::new(claim("ns", "data", "1").build()), Arc::new(class("fast", "example.com/x").build()))
+    ///     .with_selected_node(Some("node-a".into()));
+    /// assert_eq!(req.selected_node.as_deref(), Some("node-a"));
+    /// ```
+    pub fn new(pv_name: impl Into<String>, claim: Arc<PersistentVolumeClaim>, class: Arc<StorageClass>) -> Self {
+        ProvisionRequest { pv_name: pv_name.into(), claim, class, selected_node: None, data_source: None }
+    }
+
+    /// The node the scheduler picked.
+    pub fn with_selected_node(mut self, node: Option<String>) -> Self {
+        self.selected_node = node;
+        self
+    }
+
+    /// The contents the claim asks for.
+    pub fn with_data_source(mut self, source: Option<DataSource>) -> Self {
+        self.data_source = source;
+        self
+    }
+
     /// The class's `parameters`, empty when it has none.
     ///
     /// ```

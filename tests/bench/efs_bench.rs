@@ -29,13 +29,7 @@ type Api = LimitedApi<Arc<CountingApi<aws_sdk_efs::Client>>>;
 fn request(pv: &str, params: &[(&str, String)]) -> ProvisionRequest {
     let mut k = class("general", "efs.aws.skpr.io/generalPurpose").build();
     k.parameters = (!params.is_empty()).then(|| params.iter().map(|(a, b)| (a.to_string(), b.clone())).collect());
-    ProvisionRequest {
-        pv_name: pv.to_string(),
-        claim: Arc::new(claim("bench", pv, pv).access_modes(&["ReadWriteMany"]).build()),
-        class: Arc::new(k),
-        selected_node: None,
-        data_source: None,
-    }
+    ProvisionRequest::new(pv, Arc::new(claim("bench", pv, pv).access_modes(&["ReadWriteMany"]).build()), Arc::new(k))
 }
 
 fn print(title: &str, counts: &BTreeMap<Operation, u64>, volumes: usize, secs: f64) {
