@@ -170,6 +170,7 @@ fn figures_for_100000_levels_and_1000000_entries() {
     for spec in ["deep:100000", "wide:1000000"] {
         if let Some(f) = in_child(spec, 32) {
             println!("{}", f.line);
+            assert!(f.growth_kib < 4 * 1024, "deleting grew the resident set by {} KiB: {}", f.growth_kib, f.line);
         }
     }
 }

@@ -480,10 +480,26 @@ fn a_failed_delete_warns_and_an_in_use_one_retries_quietly() {
 
 // ---- properties over every combination ----
 
+// The generators lean towards the paths where the engine acts (a claim of
+// ours, a class, an empty memory), so each property meets its dangerous case
+// in hundreds of the 2048 runs, not in a handful.
+fn often() -> proptest::bool::Weighted {
+    proptest::bool::weighted(0.8)
+}
+
+fn rarely() -> proptest::bool::Weighted {
+    proptest::bool::weighted(0.2)
+}
+
 fn arb_claim() -> impl Strategy<Value = Option<PersistentVolumeClaim>> {
     (
-        (any::<bool>(), prop_oneof![Just(None), Just(Some(NAME)), Just(Some(OTHER))], any::<bool>(), any::<bool>()),
-        (any::<bool>(), prop_oneof![Just(None), Just(Some(NAME)), Just(Some(OTHER))], any::<bool>(), any::<bool>()),
+        (often(), prop_oneof![1 => Just(None), 4 => Just(Some(NAME)), 1 => Just(Some(OTHER))], any::<bool>(), rarely()),
+        (
+            rarely(),
+            prop_oneof![2 => Just(None), 1 => Just(Some(NAME)), 1 => Just(Some(OTHER))],
+            rarely(),
+            any::<bool>(),
+        ),
         (any::<bool>(), 0..4u8, prop_oneof![Just("u1"), Just("u9")]),
     )
         .prop_map(|((exists, prov, node, bound), (deleting, intent, block, legacy), (selector, source, uid))| {
@@ -524,7 +540,7 @@ fn arb_claim() -> impl Strategy<Value = Option<PersistentVolumeClaim>> {
 
 fn arb_volume() -> impl Strategy<Value = Option<PersistentVolume>> {
     (
-        any::<bool>(),
+        often(),
         prop_oneof![Just("Pending"), Just("Available"), Just("Bound"), Just("Released"), Just("Failed")],
         prop_oneof![Just("Delete"), Just("Retain")],
         prop_oneof![Just(Some(NAME)), Just(Some(OTHER)), Just(None)],
@@ -551,7 +567,7 @@ fn arb_volume() -> impl Strategy<Value = Option<PersistentVolume>> {
 }
 
 fn arb_class() -> impl Strategy<Value = Option<StorageClass>> {
-    (any::<bool>(), any::<bool>()).prop_map(|(exists, wffc)| {
+    (often(), any::<bool>()).prop_map(|(exists, wffc)| {
         exists.then(|| {
             let b = class("fast", NAME).resource_version("1");
             if wffc { b.wait_for_first_consumer().build() } else { b.build() }
@@ -560,24 +576,43 @@ fn arb_class() -> impl Strategy<Value = Option<StorageClass>> {
 }
 
 fn arb_memory() -> impl Strategy<Value = Memory> {
-    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
-        |(unsaved, saved, deleted, given_up, warned)| Memory {
-            claim: None,
-            failures: 0,
-            unsaved: unsaved.then(Box::default),
-            saved,
-            backend_deleted: deleted.then(|| "uid-of-pvc-u1".to_string()),
-            given_up: given_up.then(|| ("1".to_string(), "1".to_string())),
-            warned: warned.then(|| "u1".to_string()),
-            writes: Default::default(),
-        },
-    )
+    (rarely(), rarely(), rarely(), rarely(), rarely()).prop_map(|(unsaved, saved, deleted, given_up, warned)| Memory {
+        claim: None,
+        failures: 0,
+        unsaved: unsaved.then(Box::default),
+        saved,
+        backend_deleted: deleted.then(|| "uid-of-pvc-u1".to_string()),
+        given_up: given_up.then(|| ("1".to_string(), "1".to_string())),
+        warned: warned.then(|| "u1".to_string()),
+        writes: Default::default(),
+    })
 }
 
 fn arb_hooks() -> impl Strategy<Value = Hooks> {
-    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
-        |(block, clones, refuse_claims, refuse_deletes)| Hooks { block, clones, refuse_claims, refuse_deletes },
-    )
+    (any::<bool>(), any::<bool>(), rarely(), rarely()).prop_map(|(block, clones, refuse_claims, refuse_deletes)| {
+        Hooks { block, clones, refuse_claims, refuse_deletes }
+    })
+}
+
+/// Oracles written apart from the rules they check.
+fn provisioned_by_us(v: &PersistentVolume) -> bool {
+    let by = v.metadata.annotations.as_ref().and_then(|a| a.get(keys::PROVISIONED_BY));
+    by.is_some_and(|p| names().all().contains(p))
+}
+
+fn bound_to_a_live_claim(v: &PersistentVolume, c: Option<&PersistentVolumeClaim>) -> bool {
+    if v.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") {
+        return true;
+    }
+    let Some(c) = c else { return false };
+    let same_claim =
+        v.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.uid.as_ref()) == c.metadata.uid.as_ref();
+    let elsewhere = c
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.as_deref())
+        .is_some_and(|n| !n.is_empty() && Some(n) != v.metadata.name.as_deref());
+    same_claim && !elsewhere
 }
 
 fn decide_all(
@@ -608,7 +643,8 @@ proptest! {
     #[test]
     fn a_volume_not_provisioned_by_our_names_is_never_written_deleted_or_handed_to_the_backend(c in arb_claim(), v in arb_volume(), k in arb_class(), m in arb_memory(), h in arb_hooks()) {
         let d = decide_all(&c, &v, &k, &m, &h, false);
-        if let Some(v) = &v && !volume_is_ours(v, &names()) {
+        // The oracle reads the annotation itself, not the rule under test.
+        if let Some(v) = &v && !provisioned_by_us(v) {
             prop_assert!(
                 !matches!(d, Decision::Delete(_) | Decision::RemoveVolumeFinalizer | Decision::AddVolumeFinalizer),
                 "acted on another provisioner's volume: {d:?}"
@@ -621,8 +657,8 @@ proptest! {
         let d = decide_all(&c, &v, &k, &m, &h, false);
         if let Decision::Delete(plan) = d {
             let v = v.as_ref().expect("a delete needs a volume");
-            prop_assert!(!bound_to_existing_claim(v, c.as_ref()), "deleted a bound volume: {plan:?}");
-            prop_assert!(volume_is_ours(v, &names()));
+            prop_assert!(!bound_to_a_live_claim(v, c.as_ref()), "deleted a bound volume: {plan:?}");
+            prop_assert!(provisioned_by_us(v));
             prop_assert_eq!(v.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.as_deref()), Some("Delete"));
             let released = v.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
             prop_assert!(released || (deleting(v) && has_finalizer(v, keys::VOLUME_FINALIZER)));
