@@ -37,6 +37,7 @@ pub mod provisioner;
 pub mod quantity;
 mod queue;
 pub mod release;
+pub mod removals;
 #[cfg(feature = "serve")]
 pub mod serve;
 mod shutdown;

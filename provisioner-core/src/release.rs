@@ -25,10 +25,9 @@ use std::fmt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{ListParams, Patch};
 use kube::{Api, Client, ResourceExt};
-use serde_json::json;
 
 use crate::decision::{Names, has_intent, volume_is_ours};
-use crate::keys;
+use crate::{keys, removals};
 
 /// A claim whose intent record was removed: a backend volume may exist for
 /// its PV name that no PersistentVolume records.
@@ -96,6 +95,19 @@ impl fmt::Display for Report {
     }
 }
 
+/// Sends a removal patch; `false` when the object is gone meanwhile.
+async fn send<K>(api: &Api<K>, name: &str, ops: Vec<serde_json::Value>) -> Result<bool, kube::Error>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let patch = removals::patch(ops).map_err(kube::Error::SerdeError)?;
+    match api.patch(name, &keys::patch_params(), &Patch::<()>::Json(patch)).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Removes the intent records of `names` from every claim and the deletion
 /// finalizer from every PV provisioned under `names`; with `dry_run`, only
 /// reports what it would remove.
@@ -110,18 +122,8 @@ pub async fn release(client: Client, names: &Names, dry_run: bool) -> Result<Rep
         let volume = claim.annotations().get(keys::INTENT_VOLUME).cloned().unwrap_or_default();
         if !dry_run {
             let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-            let keep: Vec<&String> = claim.finalizers().iter().filter(|f| *f != keys::INTENT_FINALIZER).collect();
-            let patch = json!({
-                "metadata": {
-                    "resourceVersion": claim.resource_version(),
-                    "finalizers": keep,
-                    "annotations": { keys::INTENT_VOLUME: null, keys::INTENT_PROVISIONER: null },
-                }
-            });
-            match api.patch(&claim.name_any(), &keys::patch_params(), &Patch::Merge(&patch)).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => continue,
-                Err(e) => return Err(e),
+            if !send(&api, &claim.name_any(), removals::intent_record(&claim, false)).await? {
+                continue;
             }
         }
         report.claims.push(ReleasedClaim { claim: format!("{ns}/{}", claim.name_any()), volume });
@@ -136,16 +138,8 @@ pub async fn release(client: Client, names: &Names, dry_run: bool) -> Result<Rep
             report.other_volumes.push(name);
             continue;
         }
-        if !dry_run {
-            let keep: Vec<&String> = volume.finalizers().iter().filter(|f| *f != keys::VOLUME_FINALIZER).collect();
-            let patch = json!({
-                "metadata": { "resourceVersion": volume.resource_version(), "finalizers": keep }
-            });
-            match volumes.patch(&name, &keys::patch_params(), &Patch::Merge(&patch)).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => continue,
-                Err(e) => return Err(e),
-            }
+        if !dry_run && !send(&volumes, &name, removals::volume_finalizer(&volume)).await? {
+            continue;
         }
         let phase = volume.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
         report.volumes.push(ReleasedVolume { name, phase, deleting: volume.metadata.deletion_timestamp.is_some() });

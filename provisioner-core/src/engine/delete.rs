@@ -15,6 +15,7 @@ use crate::decision::{DeletePlan, Then, after_delete_error};
 use crate::keys;
 use crate::own_writes::{Expect, Side};
 use crate::provisioner::DeleteError;
+use crate::removals;
 
 /// Carries out a [`DeletePlan`]: the backend (unless this process deleted it
 /// already), the PV object (unless it is being deleted), then our finalizer.
@@ -91,14 +92,10 @@ pub(super) async fn delete_backend(ctx: &Ctx, key: &str, volume: &PersistentVolu
 }
 
 pub(super) async fn remove_volume_finalizer(ctx: &Ctx, key: &str, volume: &PersistentVolume) -> Next {
-    let Some(i) = volume.finalizers().iter().position(|f| f == keys::VOLUME_FINALIZER) else {
+    let ops = removals::volume_finalizer(volume);
+    if ops.is_empty() {
         return Next::Succeeded;
-    };
-    let path = format!("/metadata/finalizers/{i}");
-    let ops = vec![
-        json!({ "op": "test", "path": path, "value": keys::VOLUME_FINALIZER }),
-        json!({ "op": "remove", "path": path }),
-    ];
+    }
     guarded_patch(ctx, key, Side::Volume, &ctx.volume_api(), key, ops, "removing the volume finalizer").await
 }
 

@@ -13,9 +13,10 @@ use tracing::warn;
 
 use super::context::Ctx;
 use super::runner::Next;
-use super::writes::{guarded_patch, remove_annotation_op};
+use super::writes::guarded_patch;
 use crate::keys;
 use crate::own_writes::{Expect, Side};
+use crate::removals;
 
 /// Writes the intent record for volume `pv_name` on the claim: our
 /// finalizer and the PV and provisioner names, in one patch guarded by the
@@ -60,17 +61,7 @@ pub(super) async fn record_intent(
 /// Removes the intent record from the claim (and, when `reschedule`, the
 /// selected node), in one JSON patch guarded by `test` operations.
 pub(super) async fn remove_intent(ctx: &Ctx, key: &str, claim: &PersistentVolumeClaim, reschedule: bool) -> Next {
-    let mut ops = Vec::new();
-    if let Some(i) = claim.finalizers().iter().position(|f| f == keys::INTENT_FINALIZER) {
-        let path = format!("/metadata/finalizers/{i}");
-        ops.push(json!({ "op": "test", "path": path, "value": keys::INTENT_FINALIZER }));
-        ops.push(json!({ "op": "remove", "path": path }));
-    }
-    let mut annotations = vec![keys::INTENT_VOLUME, keys::INTENT_PROVISIONER];
-    if reschedule {
-        annotations.extend([keys::SELECTED_NODE, keys::ALPHA_SELECTED_NODE]);
-    }
-    ops.extend(annotations.into_iter().filter(|k| claim.annotations().contains_key(*k)).map(remove_annotation_op));
+    let ops = removals::intent_record(claim, reschedule);
     if ops.is_empty() {
         return Next::Succeeded;
     }

@@ -3,17 +3,11 @@
 
 use kube::api::Patch;
 use kube::{Api, Resource};
-use serde_json::json;
 use tracing::warn;
 
 use super::context::Ctx;
 use super::runner::Next;
 use crate::own_writes::{Expect, Side};
-
-/// A JSON patch operation removing annotation `key`.
-pub(super) fn remove_annotation_op(key: &str) -> serde_json::Value {
-    json!({ "op": "remove", "path": format!("/metadata/annotations/{}", key.replace('~', "~0").replace('/', "~1")) })
-}
 
 /// Sends `ops` as one JSON patch and records the state it produced. A failed
 /// `test` (422) or a conflict means the object changed: its watch event
@@ -30,7 +24,7 @@ pub(super) async fn guarded_patch<K>(
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
 {
-    let patch: json_patch::Patch = match serde_json::from_value(serde_json::Value::Array(ops)) {
+    let patch = match crate::removals::patch(ops) {
         Ok(p) => p,
         Err(e) => {
             warn!(volume = key, error = %e, "building the patch for {what} failed");
