@@ -32,7 +32,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use clap::Parser;
 use k8s_openapi::api::core::v1::{HostPathVolumeSource, PersistentVolume, PersistentVolumeSpec};
-use provisioner_core::{DeleteError, Engine, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
+use provisioner_core::{Cause, DeleteError, Engine, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
 use tracing_subscriber::EnvFilter;
 
 /// Directories under `base`, one per PersistentVolume.
@@ -51,12 +51,14 @@ impl LocalDir {
 #[async_trait]
 impl Provisioner for LocalDir {
     async fn provision(&self, req: &ProvisionRequest) -> Result<ProvisionedVolume, ProvisionError> {
-        let dir = self.dir(&req.pv_name).ok_or_else(|| ProvisionError::Infeasible("unsafe volume name".into()))?;
+        let dir = self.dir(&req.pv_name).ok_or_else(|| ProvisionError::infeasible("unsafe volume name"))?;
         // An existing directory is success: after a crash the engine asks
-        // again for the same PV name and must get the same volume.
+        // again for the same PV name and must get the same volume. The
+        // io::Error is kept as the source: the event reads
+        // "creating /tmp/local-dir/pvc-...: Permission denied (os error 13)".
         tokio::fs::create_dir_all(&dir)
             .await
-            .map_err(|e| ProvisionError::Final(format!("creating {}: {e}", dir.display())))?;
+            .map_err(|e| ProvisionError::failed(Cause::context(format!("creating {}", dir.display()), e)))?;
         Ok(ProvisionedVolume::new(PersistentVolumeSpec {
             host_path: Some(HostPathVolumeSource {
                 path: dir.display().to_string(),
@@ -69,13 +71,13 @@ impl Provisioner for LocalDir {
     async fn delete(&self, volume: &PersistentVolume) -> Result<(), DeleteError> {
         // Derived from the PV's name, never from its (editable) hostPath.
         let name = volume.metadata.name.as_deref().unwrap_or_default();
-        let dir = self.dir(name).ok_or_else(|| DeleteError::Failed(format!("unsafe volume name {name:?}")))?;
+        let dir = self.dir(name).ok_or_else(|| DeleteError::failed(format!("unsafe volume name {name:?}")))?;
         let shown = dir.display().to_string();
         let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         match removed.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()), // already gone
-            Err(e) => Err(DeleteError::Failed(format!("removing {shown}: {e}"))),
+            Err(e) => Err(DeleteError::failed(Cause::context(format!("removing {shown}"), e))),
         }
     }
 }

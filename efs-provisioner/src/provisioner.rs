@@ -56,7 +56,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::ResourceExt;
-use provisioner_core::{DeleteError, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
+use provisioner_core::{
+    BoxError, Cause, DeleteError, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner,
+};
 use tracing::{debug, info, warn};
 
 use crate::api::{
@@ -196,24 +198,23 @@ pub enum Teardown {
     Pending,
 }
 
-/// The message for an error that retrying will not fix.
-pub fn explain(e: &ApiError) -> String {
+/// The cause for an error that retrying will not fix: what it means for the
+/// user, over the [`ApiError`] itself (its source).
+pub fn explain(e: &ApiError) -> Cause {
     match (&e.kind, e.code.as_str()) {
-        (ErrorKind::AccessDenied, _) => format!(
-            "not authorized: the provisioner's IAM role needs {} ({}: {})",
-            e.operation.iam_actions(),
-            e.code,
-            e.message
+        (ErrorKind::AccessDenied, _) => Cause::context(
+            format!("not authorized: the provisioner's IAM role needs {}", e.operation.iam_actions()),
+            e.clone(),
         ),
-        (ErrorKind::LimitExceeded, "FileSystemLimitExceeded") => format!(
+        (ErrorKind::LimitExceeded, "FileSystemLimitExceeded") => Cause::context(
             "the AWS account has reached its quota of EFS file systems in this region (1,000 by default, \
-             adjustable in Service Quotas): delete unused file systems or request an increase ({})",
-            e.message
+             adjustable in Service Quotas): delete unused file systems or request an increase",
+            e.clone(),
         ),
         (ErrorKind::LimitExceeded, "AccessPointLimitExceeded") => {
-            format!("the file system has reached its quota of access points (10,000 per file system): {}", e.message)
+            Cause::context("the file system has reached its quota of access points (10,000 per file system)", e.clone())
         }
-        _ => e.to_string(),
+        _ => Cause::new(e.clone()),
     }
 }
 
@@ -283,18 +284,21 @@ pub fn check_topology(
     Ok(())
 }
 
-/// The hint for an error a user has to fix outside the cluster's objects.
-pub fn explain_setup(e: &ApiError, region: &str) -> Option<String> {
+/// The hint for an error a user has to fix outside the cluster's objects,
+/// over the [`ApiError`] itself (its source).
+pub fn explain_setup(e: &ApiError, region: &str) -> Option<Cause> {
     match e.kind {
-        ErrorKind::Credentials => Some(format!(
-            "could not get AWS credentials: {}; check the IRSA role annotation (eks.amazonaws.com/role-arn) on \
-             the provisioner's ServiceAccount, or its EKS Pod Identity association",
-            e.message
+        ErrorKind::Credentials => Some(Cause::context(
+            "could not get AWS credentials; check the IRSA role annotation (eks.amazonaws.com/role-arn) on the \
+             provisioner's ServiceAccount, or its EKS Pod Identity association",
+            e.clone(),
         )),
-        ErrorKind::Unreachable => Some(format!(
-            "could not reach EFS in {region} ({}): {}; check the network path from the provisioner's pods \
-             (NAT or a VPC endpoint for elasticfilesystem) and AWS_ENDPOINT_URL_EFS",
-            e.operation, e.message
+        ErrorKind::Unreachable => Some(Cause::context(
+            format!(
+                "could not reach EFS in {region}; check the network path from the provisioner's pods (NAT or a VPC \
+                 endpoint for elasticfilesystem) and AWS_ENDPOINT_URL_EFS"
+            ),
+            e.clone(),
         )),
         ErrorKind::AccessDenied => Some(explain(e)),
         _ => None,
@@ -357,20 +361,21 @@ impl<A: EfsApi> EfsProvisioner<A> {
     /// A failure the user must see while backend work may exist: `Stalled`,
     /// a warning on the claim and a retry that finishes the work even after
     /// the claim is deleted.
-    fn attention(&self, _req: &ProvisionRequest, msg: String) -> ProvisionError {
-        ProvisionError::Stalled(msg)
+    fn attention(&self, _req: &ProvisionRequest, cause: impl Into<BoxError>) -> ProvisionError {
+        ProvisionError::stalled(cause)
     }
 
     /// What a failed call means for the claim, when no rollback follows.
     fn after_error(&self, req: &ProvisionRequest, e: &ApiError, doing: &str) -> ProvisionError {
-        if let Some(msg) = explain_setup(e, &self.defaults.region) {
-            return self.attention(req, format!("{doing}: {msg}"));
+        if let Some(setup) = explain_setup(e, &self.defaults.region) {
+            return self.attention(req, Cause::context(doing, setup));
         }
         match e.kind {
-            ErrorKind::Throttled => {
-                ProvisionError::InProgress(format!("EFS is throttling {} while {doing}; slowing down", e.operation))
-            }
-            _ => ProvisionError::InProgress(format!("{doing}: {e}; retrying")),
+            ErrorKind::Throttled => ProvisionError::in_progress(Cause::context(
+                format!("EFS is throttling {} while {doing}; slowing down", e.operation),
+                e.clone(),
+            )),
+            _ => ProvisionError::in_progress(Cause::context(doing, e.clone())),
         }
     }
 
@@ -384,7 +389,7 @@ impl<A: EfsApi> EfsProvisioner<A> {
             .await
             .map_err(|e| self.after_error(req, &e, doing))?;
         check_topology(&class.subnets, &class.security_groups, &subnets, &groups).map_err(|reason| {
-            ProvisionError::Infeasible(format!(
+            ProvisionError::infeasible(format!(
                 "StorageClass {}: {reason} (region {}); nothing was created",
                 req.class.name_any(),
                 self.defaults.region
@@ -420,7 +425,7 @@ impl<A: EfsApi> EfsProvisioner<A> {
                         .map_err(|e| self.after_error(req, &e, "looking up the file system"))?;
                     return match earlier {
                         Some(fs) if owned(&fs.tags, &req.pv_name, &self.defaults.cluster_id).is_ok() => {
-                            Err(self.start_rollback(req, &fs, infeasible.message().to_string()).await)
+                            Err(self.start_rollback(req, &fs, infeasible.chain()).await)
                         }
                         _ => Err(infeasible),
                     };
@@ -435,14 +440,14 @@ impl<A: EfsApi> EfsProvisioner<A> {
         match fs.state {
             LifeCycle::Available | LifeCycle::Updating => {}
             LifeCycle::Creating => {
-                return Err(ProvisionError::RetryAfter(
+                return Err(ProvisionError::retry_after(
                     format!("EFS file system {} is being created", fs.id),
                     POLL_FILE_SYSTEM,
                 ));
             }
             LifeCycle::Deleting | LifeCycle::Deleted => {
                 self.known().remove(&req.pv_name);
-                return Err(ProvisionError::InProgress(format!(
+                return Err(ProvisionError::in_progress(format!(
                     "EFS file system {} with creation token {token} is being deleted; a new one is created \
                      once it is gone",
                     fs.id
@@ -510,7 +515,7 @@ impl<A: EfsApi> EfsProvisioner<A> {
             return Err(self.start_rollback(req, &fs, reason).await);
         }
         if !plan.ready() {
-            return Err(ProvisionError::RetryAfter(
+            return Err(ProvisionError::retry_after(
                 format!(
                     "waiting for mount targets {} of EFS file system {} to become available",
                     plan.waiting.join(", "),
@@ -558,13 +563,13 @@ impl<A: EfsApi> EfsProvisioner<A> {
                     Ok(Some(fs)) => match owned(&fs.tags, &req.pv_name, &self.defaults.cluster_id) {
                         Ok(()) => Ok((fs, false)),
                         // Not ours: nothing of ours exists under this token.
-                        Err(wrong) => Err(ProvisionError::Final(format!(
+                        Err(wrong) => Err(ProvisionError::failed(format!(
                             "EFS file system {} already has creation token {token}, but its tags do not show this \
                              provisioner created it for this volume ({wrong}); not using it",
                             fs.id
                         ))),
                     },
-                    Ok(None) => Err(ProvisionError::InProgress(format!(
+                    Ok(None) => Err(ProvisionError::in_progress(format!(
                         "EFS reports a file system with creation token {token} that it does not list yet"
                     ))),
                     Err(e) => Err(self.after_error(req, &e, "looking up the existing file system")),
@@ -572,17 +577,15 @@ impl<A: EfsApi> EfsProvisioner<A> {
             }
             // Nothing was created in these cases.
             Err(e) if e.kind == ErrorKind::Throttled => Err(self.after_error(req, &e, "creating the file system")),
-            Err(e) if e.kind == ErrorKind::BadRequest => Err(ProvisionError::Infeasible(format!(
-                "EFS rejected the file system for StorageClass {}: {}: {}",
-                req.class.name_any(),
-                e.code,
-                e.message
+            Err(e) if e.kind == ErrorKind::BadRequest => Err(ProvisionError::infeasible(Cause::context(
+                format!("EFS rejected the file system for StorageClass {}", req.class.name_any()),
+                e,
             ))),
             // The request may have been carried out before the answer was lost.
             Err(e) if matches!(e.kind, ErrorKind::Transient | ErrorKind::Unreachable | ErrorKind::Credentials) => {
                 Err(self.after_error(req, &e, "creating the file system"))
             }
-            Err(e) => Err(ProvisionError::Final(explain(&e))),
+            Err(e) => Err(ProvisionError::failed(explain(&e))),
         }
     }
 
@@ -596,7 +599,7 @@ impl<A: EfsApi> EfsProvisioner<A> {
         if retryable(e) || matches!(e.kind, ErrorKind::Credentials | ErrorKind::Unreachable) {
             return self.after_error(req, e, doing);
         }
-        self.start_rollback(req, fs, format!("{doing}: {}", explain(e))).await
+        self.start_rollback(req, fs, Cause::context(doing, explain(e)).chain()).await
     }
 
     /// Why `fs` is being rolled back, if it is: this process's memo (the
@@ -626,7 +629,7 @@ impl<A: EfsApi> EfsProvisioner<A> {
             Ok(Teardown::Gone) => {
                 self.known().remove(&req.pv_name);
                 lock(&self.rolling_back).remove(&req.pv_name);
-                ProvisionError::Infeasible(format!(
+                ProvisionError::infeasible(format!(
                     "{reason}; the file system {fs_id} was deleted; a new one is tried after the retry delay or \
                      when the StorageClass changes"
                 ))
@@ -638,7 +641,7 @@ impl<A: EfsApi> EfsProvisioner<A> {
             }
             Err(e) => self.attention(
                 req,
-                format!("{}; removing it failed: {}", rolling_back_message(reason, fs_id), explain(&e)),
+                Cause::context(format!("{}; removing it failed", rolling_back_message(reason, fs_id)), explain(&e)),
             ),
         }
     }
@@ -703,18 +706,22 @@ impl<A: EfsApi> EfsProvisioner<A> {
     ) -> Result<ProvisionedVolume, ProvisionError> {
         let fs_id = &class.file_system_id;
         let ns = req.claim.namespace().unwrap_or_default();
-        let path = root_directory(class, &req.pv_name, &ns, &req.claim.name_any())
-            .map_err(|e| ProvisionError::Infeasible(format!("StorageClass {}: {e}", req.class.name_any())))?;
+        let path = root_directory(class, &req.pv_name, &ns, &req.claim.name_any()).map_err(|e| {
+            ProvisionError::infeasible(Cause::context(format!("StorageClass {}", req.class.name_any()), e))
+        })?;
         let token = creation_token(&req.pv_name);
         let lock = self.allocation_lock(fs_id);
         let _serialised = lock.lock().await;
         let existing = match self.list_access_points(fs_id).await {
             Ok(list) => list,
             Err(e) if e.kind == ErrorKind::NotFound => {
-                return Err(ProvisionError::Infeasible(format!(
-                    "StorageClass {}: fileSystemId {fs_id} does not exist in {}",
-                    req.class.name_any(),
-                    self.defaults.region
+                return Err(ProvisionError::infeasible(Cause::context(
+                    format!(
+                        "StorageClass {}: fileSystemId {fs_id} does not exist in {}",
+                        req.class.name_any(),
+                        self.defaults.region
+                    ),
+                    e,
                 )));
             }
             Err(e) => return Err(self.after_error(req, &e, "listing access points")),
@@ -729,7 +736,7 @@ impl<A: EfsApi> EfsProvisioner<A> {
                     Identity::Fixed { uid, gid } => (uid, gid),
                     Identity::Range { start, end, uid } => {
                         let gid = free_gid(start, end, &existing).ok_or_else(|| {
-                            ProvisionError::Final(format!(
+                            ProvisionError::failed(format!(
                                 "no free gid in gidRangeStart..gidRangeEnd {start}..{end}: every one is used by an \
                                  access point of {fs_id}; widen the range"
                             ))
@@ -755,33 +762,31 @@ impl<A: EfsApi> EfsProvisioner<A> {
                         self.existing_access_point(req, id.as_deref(), &token).await?
                     }
                     Err(e) if e.kind == ErrorKind::BadRequest => {
-                        return Err(ProvisionError::Infeasible(format!(
-                            "EFS rejected the access point for StorageClass {}: {}: {}",
-                            req.class.name_any(),
-                            e.code,
-                            e.message
+                        return Err(ProvisionError::infeasible(Cause::context(
+                            format!("EFS rejected the access point for StorageClass {}", req.class.name_any()),
+                            e,
                         )));
                     }
                     Err(e) if retryable(&e) || explain_setup(&e, &self.defaults.region).is_some() => {
                         return Err(self.after_error(req, &e, "creating the access point"));
                     }
-                    Err(e) => return Err(ProvisionError::Final(explain(&e))),
+                    Err(e) => return Err(ProvisionError::failed(explain(&e))),
                 }
             }
         };
         match ap.state {
             LifeCycle::Available | LifeCycle::Updating => Ok(access_point_volume(fs_id, &ap.id, &self.defaults.region)),
-            LifeCycle::Creating => Err(ProvisionError::RetryAfter(
+            LifeCycle::Creating => Err(ProvisionError::retry_after(
                 format!("EFS access point {} is being created", ap.id),
                 POLL_ACCESS_POINT,
             )),
-            LifeCycle::Deleting | LifeCycle::Deleted => Err(ProvisionError::InProgress(format!(
+            LifeCycle::Deleting | LifeCycle::Deleted => Err(ProvisionError::in_progress(format!(
                 "EFS access point {} for this volume is being deleted; a new one is created once it is gone",
                 ap.id
             ))),
             LifeCycle::Error => {
                 let _ = self.api.delete_access_point(&ap.id).await;
-                Err(ProvisionError::Final(format!("EFS access point {} failed (state error); it was deleted", ap.id)))
+                Err(ProvisionError::failed(format!("EFS access point {} failed (state error); it was deleted", ap.id)))
             }
         }
     }
@@ -795,7 +800,7 @@ impl<A: EfsApi> EfsProvisioner<A> {
         token: &str,
     ) -> Result<AccessPoint, ProvisionError> {
         let Some(id) = id else {
-            return Err(ProvisionError::InProgress(format!(
+            return Err(ProvisionError::in_progress(format!(
                 "EFS reports an access point with client token {token} that it does not list yet"
             )));
         };
@@ -807,12 +812,12 @@ impl<A: EfsApi> EfsProvisioner<A> {
                 info!(pv = req.pv_name, access_point = ap.id, "found the access point an earlier attempt created");
                 Ok(ap)
             }
-            Ok(Some(ap)) => Err(ProvisionError::Final(format!(
+            Ok(Some(ap)) => Err(ProvisionError::failed(format!(
                 "EFS says access point {} already has client token {token}, but neither its token nor its tags \
                  show it was created for this volume; not using it",
                 ap.id
             ))),
-            Ok(None) => Err(ProvisionError::InProgress(format!(
+            Ok(None) => Err(ProvisionError::in_progress(format!(
                 "EFS reports access point {id} with client token {token}, which it does not list yet"
             ))),
             Err(e) => Err(self.after_error(req, &e, "looking up the existing access point")),
@@ -827,7 +832,7 @@ impl<A: EfsApi> EfsProvisioner<A> {
             Err(e) => return Err(delete_error(e)),
         };
         if let Err(wrong) = owned(&fs.tags, &pv_name, &self.defaults.cluster_id) {
-            return Err(DeleteError::Failed(format!(
+            return Err(DeleteError::failed(format!(
                 "not deleting EFS file system {fs_id} for volume {pv_name}: its tags do not show this provisioner \
                  created it for this volume in cluster {} ({wrong}); delete it by hand if it should go",
                 self.defaults.cluster_id
@@ -838,7 +843,7 @@ impl<A: EfsApi> EfsProvisioner<A> {
                 self.known().retain(|_, id| id != fs_id);
                 Ok(())
             }
-            Ok(Teardown::Pending) => Err(DeleteError::InUse(format!(
+            Ok(Teardown::Pending) => Err(DeleteError::in_use(format!(
                 "waiting for the mount targets of EFS file system {fs_id} to be deleted"
             ))),
             Err(e) => Err(delete_error(e)),
@@ -853,7 +858,7 @@ impl<A: EfsApi> EfsProvisioner<A> {
             Err(e) => return Err(delete_error(e)),
         };
         if let Err(wrong) = owned(&ap.tags, &pv_name, &self.defaults.cluster_id) {
-            return Err(DeleteError::Failed(format!(
+            return Err(DeleteError::failed(format!(
                 "not deleting EFS access point {ap_id} for volume {pv_name}: its tags do not show this provisioner \
                  created it for this volume in cluster {} ({wrong})",
                 self.defaults.cluster_id
@@ -876,18 +881,20 @@ fn rolling_back_message(reason: &str, fs_id: &str) -> String {
 
 fn delete_error(e: ApiError) -> DeleteError {
     match e.kind {
-        ErrorKind::Throttled => DeleteError::InUse(format!("EFS is throttling {}; slowing down", e.operation)),
-        ErrorKind::InUse => DeleteError::InUse(e.to_string()),
-        ErrorKind::Transient => DeleteError::InUse(format!("{e}; retrying")),
-        _ => DeleteError::Failed(explain_setup(&e, "").unwrap_or_else(|| explain(&e))),
+        ErrorKind::Throttled => {
+            DeleteError::in_use(Cause::context(format!("EFS is throttling {}; slowing down", e.operation), e))
+        }
+        ErrorKind::InUse | ErrorKind::Transient => DeleteError::in_use(e),
+        _ => DeleteError::failed(explain_setup(&e, "").unwrap_or_else(|| explain(&e))),
     }
 }
 
 #[async_trait]
 impl<A: EfsApi> Provisioner for EfsProvisioner<A> {
     async fn provision(&self, req: &ProvisionRequest) -> Result<ProvisionedVolume, ProvisionError> {
-        let config = parse_class(&self.defaults, &req.class.provisioner, req.parameters())
-            .map_err(|e| ProvisionError::Infeasible(format!("StorageClass {}: {e}", req.class.name_any())))?;
+        let config = parse_class(&self.defaults, &req.class.provisioner, req.parameters()).map_err(|e| {
+            ProvisionError::infeasible(Cause::context(format!("StorageClass {}", req.class.name_any()), e))
+        })?;
         match config {
             ClassConfig::FileSystem(c) => self.provision_file_system(req, &c).await,
             ClassConfig::AccessPoint(c) => self.provision_access_point(req, &c).await,
@@ -895,12 +902,14 @@ impl<A: EfsApi> Provisioner for EfsProvisioner<A> {
     }
 
     async fn delete(&self, volume: &PersistentVolume) -> Result<(), DeleteError> {
-        let saved = saved_volume_checked(volume).map_err(|e| DeleteError::Failed(format!("{e}; delete it by hand")))?;
+        let saved = saved_volume_checked(volume).map_err(|e| {
+            DeleteError::failed(Cause::context("not deleting anything; delete the EFS resources by hand", e))
+        })?;
         let region = match &saved {
             SavedVolume::FileSystem { region, .. } | SavedVolume::AccessPoint { region, .. } => region.clone(),
         };
         if let Some(r) = region.filter(|r| *r != self.defaults.region) {
-            return Err(DeleteError::Failed(format!(
+            return Err(DeleteError::failed(format!(
                 "volume {} is in region {r}, this provisioner works in {}",
                 volume.name_any(),
                 self.defaults.region

@@ -100,7 +100,7 @@ fn warnings(answers: &[ProvisionError]) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for a in answers {
         if let ProvisionError::Final(m) | ProvisionError::Stalled(m) | ProvisionError::Infeasible(m) = a {
-            *out.entry(m.clone()).or_default() += 1;
+            *out.entry(m.chain()).or_default() += 1;
         }
     }
     out
@@ -177,7 +177,7 @@ async fn a_file_system_in_error_state_is_removed_and_the_claim_fails_with_a_mess
     let p = provisioner(&aws);
     let (_, answers) = rounds(&p, &seed_request("pvc-1"), Duration::from_secs(5), 20).await;
     let gone = answers.iter().find_map(|a| match a {
-        ProvisionError::Infeasible(m) if m.contains("was deleted") => Some(m.clone()),
+        ProvisionError::Infeasible(m) if m.chain().contains("was deleted") => Some(m.chain()),
         _ => None,
     });
     let gone = gone.unwrap_or_else(|| panic!("never deleted: {answers:?}"));
@@ -189,7 +189,9 @@ async fn a_file_system_in_error_state_is_removed_and_the_claim_fails_with_a_mess
 async fn the_file_system_quota_is_a_final_error_naming_the_quota() {
     let aws = Aws::with(|w| w.max_file_systems = 0);
     match provisioner(&aws).provision(&seed_request("pvc-1")).await {
-        Err(ProvisionError::Final(msg)) => assert!(msg.contains("1,000") && msg.contains("quota"), "{msg}"),
+        Err(ProvisionError::Final(msg)) => {
+            assert!(msg.chain().contains("1,000") && msg.chain().contains("quota"), "{msg:#}")
+        }
         other => panic!("expected Final, got {other:?}"),
     }
 }
@@ -201,7 +203,10 @@ async fn access_denied_names_the_missing_iam_action() {
     });
     match provisioner(&aws).provision(&seed_request("pvc-1")).await {
         Err(ProvisionError::Final(msg)) => {
-            assert!(msg.contains("elasticfilesystem:CreateFileSystem") && msg.contains("TagResource"), "{msg}")
+            assert!(
+                msg.chain().contains("elasticfilesystem:CreateFileSystem") && msg.chain().contains("TagResource"),
+                "{msg:#}"
+            )
         }
         other => panic!("expected Final, got {other:?}"),
     }
@@ -219,7 +224,7 @@ async fn throttling_slows_every_call_down_and_reports_in_progress_not_failure() 
     let req = seed_request("pvc-1");
     for _ in 0..2 {
         match p.provision(&req).await {
-            Err(ProvisionError::InProgress(msg)) => assert!(msg.contains("throttling"), "{msg}"),
+            Err(ProvisionError::InProgress(msg)) => assert!(msg.chain().contains("throttling"), "{msg:#}"),
             other => panic!("throttling must not fail the claim: {other:?}"),
         }
     }
@@ -240,7 +245,7 @@ async fn delete_waits_for_mount_targets_then_deletes_the_file_system() {
     let v = rounds(&p, &seed_request("pvc-1"), Duration::from_secs(5), 60).await.0.unwrap();
     let pv = pv_of(&v, "pvc-1");
     match p.delete(&pv).await {
-        Err(DeleteError::InUse(msg)) => assert!(msg.contains("mount targets"), "{msg}"),
+        Err(DeleteError::InUse(msg)) => assert!(msg.chain().contains("mount targets"), "{msg:#}"),
         other => panic!("expected InUse, got {other:?}"),
     }
     assert_eq!(aws.calls(Operation::DeleteMountTarget), 2);
@@ -283,14 +288,14 @@ async fn a_rollback_survives_a_restart() {
     let req = seed_request("pvc-1");
     let first = provisioner(&aws);
     let (_, answers) = rounds(&first, &req, Duration::from_secs(5), 8).await;
-    assert!(answers.iter().any(|a| a.message().contains("creating nothing new")), "{answers:?}");
+    assert!(answers.iter().any(|a| a.chain().contains("creating nothing new")), "{answers:?}");
     let fs_id = aws.world().file_systems.keys().next().cloned().unwrap();
     assert!(aws.world().file_systems[&fs_id].tags.contains_key(TAG_ROLLBACK), "recorded on the file system");
     drop(first);
     let second = provisioner(&aws);
     let (_, answers) = rounds(&second, &req, Duration::from_secs(5), 40).await;
     assert_eq!(aws.calls(Operation::CreateMountTarget), 2, "the new process does not retry it: {answers:?}");
-    assert!(answers.iter().any(|a| a.message().contains("was deleted")), "{answers:?}");
+    assert!(answers.iter().any(|a| a.chain().contains("was deleted")), "{answers:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -305,7 +310,7 @@ async fn a_rollback_goes_on_after_the_claim_is_deleted() {
     // The engine keeps finishing only while the answer says work may exist
     // (InProgress, Stalled); Stalled also keeps the warning visible.
     match p.provision(&req).await {
-        Err(ProvisionError::Stalled(m)) => assert!(m.contains("creating nothing new"), "{m}"),
+        Err(ProvisionError::Stalled(m)) => assert!(m.chain().contains("creating nothing new"), "{m:#}"),
         other => panic!("expected Stalled while the file system exists, got {other:?}"),
     }
 }
@@ -336,7 +341,10 @@ async fn a_class_whose_network_efs_cannot_use_is_infeasible_and_nothing_is_creat
         let req = request_with("pvc-1", &[("subnets", subnets), ("securityGroups", groups)]);
         match provisioner(&aws).provision(&req).await {
             Err(ProvisionError::Infeasible(m)) => {
-                assert!(m.contains(needle) && m.contains("nothing was created"), "{subnets} {groups}: {m}")
+                assert!(
+                    m.chain().contains(needle) && m.chain().contains("nothing was created"),
+                    "{subnets} {groups}: {m:#}"
+                )
             }
             other => panic!("{subnets} {groups}: expected Infeasible, got {other:?}"),
         }
@@ -360,7 +368,7 @@ async fn a_lifecycle_rule_efs_rejects_is_infeasible_and_nothing_is_created() {
         let (_, answers) =
             rounds(&provisioner(&aws), &request_with("pvc-1", &params), Duration::from_secs(5), 40).await;
         assert!(
-            matches!(answers.first(), Some(ProvisionError::Infeasible(m)) if m.contains("transitionToArchive")),
+            matches!(answers.first(), Some(ProvisionError::Infeasible(m)) if m.chain().contains("transitionToArchive")),
             "{answers:?}"
         );
         assert_eq!(aws.calls(Operation::CreateFileSystem), 0, "{params:?}");
@@ -408,7 +416,7 @@ async fn an_access_point_volume_missing_its_access_point_never_deletes_the_share
     let mut pv = pv_of(&v, "pvc-1");
     pv.metadata.annotations.as_mut().unwrap().remove(ACCESS_POINT_ID);
     match p.delete(&pv).await {
-        Err(DeleteError::Failed(m)) => assert!(m.contains("never deleted"), "{m}"),
+        Err(DeleteError::Failed(m)) => assert!(m.chain().contains("never deleted"), "{m:#}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(aws.calls(Operation::DeleteFileSystem) + aws.calls(Operation::DeleteMountTarget), 0);
@@ -424,7 +432,9 @@ async fn a_file_system_whose_tags_do_not_prove_it_ours_is_not_deleted() {
     let other_cluster = EfsProvisioner::new(aws.clone(), Defaults { cluster_id: "other".into(), ..defaults() });
     for (who, pv) in [(&other_cluster, pv_of(&v, "pvc-1")), (&p, pv_of(&v, "pvc-2"))] {
         match who.delete(&pv).await {
-            Err(DeleteError::Failed(m)) => assert!(m.contains("not deleting") && m.contains("tags"), "{m}"),
+            Err(DeleteError::Failed(m)) => {
+                assert!(m.chain().contains("not deleting") && m.chain().contains("tags"), "{m:#}")
+            }
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
@@ -458,7 +468,10 @@ async fn broken_credentials_warn_on_the_claim_naming_irsa() {
     let aws = Aws::with(|w| w.credentials_broken = true);
     match provisioner_without_network(&aws).provision(&seed_request("pvc-1")).await {
         Err(ProvisionError::Stalled(m)) => {
-            assert!(m.contains("could not get AWS credentials") && m.contains("IRSA role annotation"), "{m}")
+            assert!(
+                m.chain().contains("could not get AWS credentials") && m.chain().contains("IRSA role annotation"),
+                "{m:#}"
+            )
         }
         other => panic!("expected a warning (Stalled), got {other:?}"),
     }
@@ -468,7 +481,9 @@ async fn broken_credentials_warn_on_the_claim_naming_irsa() {
 async fn an_unreachable_efs_warns_on_the_claim_naming_the_network() {
     let aws = Aws::with(|w| w.unreachable = true);
     match provisioner(&aws).provision(&seed_request("pvc-1")).await {
-        Err(ProvisionError::Stalled(m)) => assert!(m.contains("could not reach EFS") && m.contains("NAT"), "{m}"),
+        Err(ProvisionError::Stalled(m)) => {
+            assert!(m.chain().contains("could not reach EFS") && m.chain().contains("NAT"), "{m:#}")
+        }
         other => panic!("expected a warning (Stalled), got {other:?}"),
     }
 }
@@ -484,7 +499,9 @@ async fn permission_failures_after_the_file_system_exists_warn_too() {
         matches!(p.provision(&req).await, Err(e) if e.may_have_created() && !matches!(e, ProvisionError::Stalled(_)))
     );
     match p.provision(&req).await {
-        Err(ProvisionError::Stalled(m)) => assert!(m.contains("elasticfilesystem:DescribeFileSystems"), "{m}"),
+        Err(ProvisionError::Stalled(m)) => {
+            assert!(m.chain().contains("elasticfilesystem:DescribeFileSystems"), "{m:#}")
+        }
         other => panic!("expected a warning, got {other:?}"),
     }
 }
@@ -502,7 +519,7 @@ async fn an_answer_that_never_comes_frees_the_worker_and_the_allocation_lock() {
     let start = Instant::now();
     let (first, second) = tokio::join!(p.provision(&a), p.provision(&b));
     match first {
-        Err(ProvisionError::InProgress(m)) => assert!(m.contains("Timeout"), "{m}"),
+        Err(ProvisionError::InProgress(m)) => assert!(m.chain().contains("Timeout"), "{m:#}"),
         other => panic!("expected InProgress after the deadline, got {other:?}"),
     }
     second.expect("the next claim on the file system is not stuck behind it");
@@ -569,7 +586,7 @@ async fn a_file_system_found_by_token_without_our_tags_is_not_adopted() {
     let aws = Aws::with(|w| w.timing = Timing::instant());
     aws.add_file_system("pvc-1", BTreeMap::from([(TAG_MANAGED_BY.to_string(), "someone-else".to_string())]));
     match provisioner(&aws).provision(&seed_request("pvc-1")).await {
-        Err(ProvisionError::Final(m)) => assert!(m.contains("not using it"), "{m}"),
+        Err(ProvisionError::Final(m)) => assert!(m.chain().contains("not using it"), "{m:#}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(aws.calls(Operation::CreateMountTarget), 0);

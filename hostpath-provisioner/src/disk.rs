@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::gauge::Gauge;
+use provisioner_core::Cause;
 use tracing::{info, warn};
 
 use crate::capacity::{self, Candidate};
@@ -27,17 +28,18 @@ use crate::config::{ClassOptions, OnDelete};
 use crate::fs::{self, Created, DirIdentity, Entry, Found, Ledgers, Removed, VolumeDirError};
 use crate::layout::{RelPath, placement};
 
-/// Why no directory was handed out; each maps to one engine answer.
+/// Why no directory was handed out; each maps to one engine answer, and
+/// carries the error behind it (an I/O error, a ledger error) as its cause.
 #[derive(Debug, PartialEq, Eq)]
 pub enum NotMade {
     /// No base dir has room: another node may.
-    NoRoom(String),
+    NoRoom(Cause),
     /// The claim cannot be served as written (its path collides).
-    Infeasible(String),
+    Infeasible(Cause),
     /// Nothing of this PV is left on disk; a retry may succeed.
-    Failed(String),
+    Failed(Cause),
     /// Something of this PV may be left on disk: retry to finish or clean it.
-    Unsure(String),
+    Unsure(Cause),
 }
 
 /// Which base dirs were found unusable, for the log and the
@@ -156,7 +158,7 @@ pub fn make(
         }
     }
     if usable.is_empty() {
-        return Err(NotMade::Failed(format!("no usable base dir: {}", unusable.join("; "))));
+        return Err(NotMade::Failed(format!("no usable base dir: {}", unusable.join("; ")).into()));
     }
     let candidates: Vec<Candidate> = usable
         .iter()
@@ -178,22 +180,22 @@ pub fn make(
             .zip(&refused)
             .map(|(u, r)| format!("base dir {}: {}", u.base.display(), r.explain(needed, rules.overcommit_ratio)))
             .collect();
-        NotMade::NoRoom(format!("no base dir can take the claim's {needed} bytes: {}", why.join("; ")))
+        NotMade::NoRoom(format!("no base dir can take the claim's {needed} bytes: {}", why.join("; ")).into())
     })?;
     let base = usable[i].base.clone();
-    let ledger = ledgers.of(&base).map_err(|e| NotMade::Failed(e.to_string()))?;
+    let ledger = ledgers.of(&base).map_err(|e| NotMade::Failed(Cause::new(e)))?;
     // Anything already there that the ledger does not record is not handed
     // out; a path that cannot be examined counts as taken.
     let unrecorded = |rel: &RelPath| !matches!(fs::examine(&base, rel), Ok(Found::Nothing));
     let path = placement(wanted, pv, &ledger.live(), unrecorded)
-        .map_err(|e| NotMade::Infeasible(format!("in base dir {}: {e}", base.display())))?;
+        .map_err(|e| NotMade::Infeasible(Cause::context(format!("in base dir {}", base.display()), e)))?;
     // The request is recorded with the intent: it is promised from then on, crash or not.
     let entry = Entry { path: path.clone(), identity: None, requested: Some(needed) };
     ledger.record(pv, entry.clone()).map_err(|e| {
         if e.is_out_of_space() {
-            NotMade::NoRoom(format!("base dir {}: recording the volume: {e}", base.display()))
+            NotMade::NoRoom(Cause::context(format!("base dir {}: recording the volume", base.display()), e))
         } else {
-            NotMade::Failed(e.to_string())
+            NotMade::Failed(Cause::new(e))
         }
     })?;
     let created = make_recorded(ledger, &base, pv, &entry, options)?;
@@ -220,16 +222,17 @@ fn make_recorded(
         }
         // Not ours: nothing of this PV is there.
         Err(e @ (VolumeDirError::Replaced { .. } | VolumeDirError::NotCreatedHere { .. })) => {
-            Err(NotMade::Failed(e.to_string()))
+            Err(NotMade::Failed(Cause::new(e)))
         }
         Err(e) => match (entry.identity, fs::examine(base, &entry.path)) {
             (None, Ok(Found::Nothing)) => match ledger.forget(pv) {
                 // The filesystem is full (bytes or inodes): another node may have room.
-                Ok(()) if e.is_out_of_space() => Err(NotMade::NoRoom(e.to_string())),
-                Ok(()) => Err(NotMade::Failed(e.to_string())),
-                Err(f) => Err(NotMade::Unsure(format!("{e}; and {f}"))),
+                Ok(()) if e.is_out_of_space() => Err(NotMade::NoRoom(Cause::new(e))),
+                Ok(()) => Err(NotMade::Failed(Cause::new(e))),
+                // Two failures: the first is the answer, the second is why nothing was undone.
+                Err(f) => Err(NotMade::Unsure(Cause::context(format!("{e}; and forgetting the intent failed"), f))),
             },
-            _ => Err(NotMade::Unsure(e.to_string())),
+            _ => Err(NotMade::Unsure(Cause::new(e))),
         },
     }
 }
@@ -248,23 +251,23 @@ fn undo_when_full(
     error: fs::LedgerError,
 ) -> NotMade {
     if !error.is_out_of_space() || created != Created::New {
-        return NotMade::Unsure(error.to_string());
+        return NotMade::Unsure(Cause::new(error));
     }
     let undone = fs::remove_volume_dir(base, &entry.path, Some(identity))
-        .map_err(|e| e.to_string())
-        .and_then(|_| ledger.forget(pv).map_err(|e| e.to_string()));
+        .map_err(Cause::new)
+        .and_then(|_| ledger.forget(pv).map_err(Cause::new));
     match undone {
         Ok(()) => {
             fs::prune_parents(base, &entry.path);
-            NotMade::NoRoom(format!("base dir {}: recording the volume: {error}", base.display()))
+            NotMade::NoRoom(Cause::context(format!("base dir {}: recording the volume", base.display()), error))
         }
-        Err(e) => NotMade::Unsure(format!("{error}; and undoing the new directory: {e}")),
+        Err(e) => NotMade::Unsure(Cause::context(format!("{error}; and undoing the new directory"), e)),
     }
 }
 
 /// Removes (or archives as `archive_name`) the directory of volume `pv`
 /// at `base/rel`, if the ledger says `pv` made it there; then forgets it.
-/// The error is a message for a `VolumeFailedDelete` event.
+/// The error is the cause of a `VolumeFailedDelete` event.
 pub fn remove(
     ledgers: &Ledgers,
     base: &Path,
@@ -272,11 +275,11 @@ pub fn remove(
     pv: &str,
     on_delete: OnDelete,
     archive_name: &str,
-) -> Result<Removed, String> {
+) -> Result<Removed, Cause> {
     let shown = rel.under(base);
     let identity = {
         let mut guard = ledgers.lock();
-        let ledger = guard.of(base).map_err(|e| e.to_string())?;
+        let ledger = guard.of(base).map_err(Cause::new)?;
         match ledger.get(pv).cloned() {
             None => {
                 return match fs::examine(base, rel) {
@@ -286,8 +289,9 @@ pub fn remove(
                          for it); left alone",
                         shown.display(),
                         base.display()
-                    )),
-                    Err(e) => Err(format!("examining {}: {e}", shown.display())),
+                    )
+                    .into()),
+                    Err(e) => Err(Cause::context(format!("examining {}", shown.display()), e)),
                 };
             }
             Some(entry) if entry.path != *rel => {
@@ -295,26 +299,28 @@ pub fn remove(
                     "volume {pv} names {}, but the ledger records its directory at {}; nothing was deleted",
                     shown.display(),
                     entry.path.under(base).display()
-                ));
+                )
+                .into());
             }
             Some(Entry { identity: Some(identity), .. }) => identity,
             Some(Entry { identity: None, .. }) => {
                 // Only the intent was recorded: no volume was handed out.
                 return match fs::examine(base, rel) {
-                    Ok(Found::Nothing) => ledger.forget(pv).map(|()| Removed::Missing).map_err(|e| e.to_string()),
+                    Ok(Found::Nothing) => ledger.forget(pv).map(|()| Removed::Missing).map_err(Cause::new),
                     Ok(_) => Err(format!(
                         "{} exists, but the provisioner never recorded creating it for volume {pv}; left alone",
                         shown.display()
-                    )),
-                    Err(e) => Err(format!("examining {}: {e}", shown.display())),
+                    )
+                    .into()),
+                    Err(e) => Err(Cause::context(format!("examining {}", shown.display()), e)),
                 };
             }
         }
     };
     let removed = remove_recorded(base, rel, on_delete, archive_name, identity)?;
     let mut guard = ledgers.lock();
-    let ledger = guard.of(base).map_err(|e| e.to_string())?;
-    ledger.forget(pv).map_err(|e| e.to_string())?;
+    let ledger = guard.of(base).map_err(Cause::new)?;
+    ledger.forget(pv).map_err(Cause::new)?;
     fs::prune_parents(base, rel);
     Ok(removed)
 }
@@ -325,11 +331,11 @@ fn remove_recorded(
     on_delete: OnDelete,
     archive_name: &str,
     identity: DirIdentity,
-) -> Result<Removed, String> {
+) -> Result<Removed, Cause> {
     let shown = rel.under(base);
     match on_delete {
-        OnDelete::Delete => fs::remove_volume_dir(base, rel, Some(identity)).map_err(|e| e.to_string()),
+        OnDelete::Delete => fs::remove_volume_dir(base, rel, Some(identity)).map_err(Cause::new),
         OnDelete::Archive => fs::archive_volume_dir(base, rel, archive_name, Some(identity))
-            .map_err(|e| format!("archive {}: {e}", shown.display())),
+            .map_err(|e| Cause::context(format!("archive {}", shown.display()), e)),
     }
 }

@@ -52,7 +52,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::ResourceExt;
 use provisioner_core::decision::selected_node;
-use provisioner_core::{DeleteError, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
+use provisioner_core::{Cause, DeleteError, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
 use tracing::info;
 
 use crate::config::{ClassOptions, OnDelete, SharedSettings, VolumeType, class_options};
@@ -146,7 +146,7 @@ impl HostPathProvisioner {
     }
 
     fn options(&self, request: &ProvisionRequest) -> Result<ClassOptions, ProvisionError> {
-        class_options(&self.settings.get(), request.parameters()).map_err(ProvisionError::Infeasible)
+        class_options(&self.settings.get(), request.parameters()).map_err(ProvisionError::infeasible)
     }
 }
 
@@ -200,8 +200,8 @@ pub fn volume_spec(path: &str, hostname: &str, volume_type: VolumeType) -> Persi
     }
 }
 
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| format!("filesystem task failed: {e}"))
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Cause> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| Cause::context("filesystem task failed", e))
 }
 
 #[async_trait]
@@ -216,17 +216,16 @@ impl Provisioner for HostPathProvisioner {
             if wffc {
                 return Err(ProvisionError::Ignored);
             }
-            return Err(ProvisionError::Infeasible(immediate_binding_message(&request.class.name_any())));
+            return Err(ProvisionError::infeasible(immediate_binding_message(&request.class.name_any())));
         }
         let options = self.options(request)?;
         let namespace = request.claim.namespace().unwrap_or_default();
         let name = request.claim.name_any();
         let vars = PathVars { namespace: &namespace, name: &name, pv: &request.pv_name };
         let rel = options.path_pattern.expand(&vars).map_err(|e| {
-            ProvisionError::Infeasible(format!(
-                "path pattern {} for claim {}: {e}",
-                options.path_pattern,
-                request.claim_key()
+            ProvisionError::infeasible(Cause::context(
+                format!("path pattern {} for claim {}", options.path_pattern, request.claim_key()),
+                e,
             ))
         })?;
         let needed = request.requested_bytes().unwrap_or(0);
@@ -234,24 +233,24 @@ impl Provisioner for HostPathProvisioner {
         let health = self.health.clone();
         let made = blocking(move || disk::make(&ledgers, &health, &opts, &pv, &wanted, needed))
             .await
-            .map_err(ProvisionError::InProgress)?;
+            .map_err(ProvisionError::in_progress)?;
         let claim = request.claim_key();
         let (base, rel, created) = match made {
             Ok(done) => done,
             Err(NotMade::NoRoom(m)) if selected.is_some() => {
-                return Err(ProvisionError::Reschedule(format!("node {}: {m}", self.node.name)));
+                return Err(ProvisionError::reschedule(Cause::context(format!("node {}", self.node.name), m)));
             }
             Err(NotMade::NoRoom(m) | NotMade::Failed(m)) => return Err(ProvisionError::Final(m)),
             Err(NotMade::Infeasible(m)) => {
-                return Err(ProvisionError::Infeasible(format!(
-                    "claim {claim}, pattern {}: {m}",
-                    options.path_pattern
+                return Err(ProvisionError::infeasible(Cause::context(
+                    format!("claim {claim}, pattern {}", options.path_pattern),
+                    m,
                 )));
             }
             Err(NotMade::Unsure(m)) => return Err(ProvisionError::InProgress(m)),
         };
         let path = rel.under(&base);
-        let path_text = path.to_str().ok_or_else(|| ProvisionError::Infeasible("path is not UTF-8".into()))?;
+        let path_text = path.to_str().ok_or_else(|| ProvisionError::infeasible("path is not UTF-8"))?;
         info!(claim = request.claim_key(), path = path_text, ?created, "volume directory ready");
         let mut volume = ProvisionedVolume::new(volume_spec(path_text, &self.node.hostname, options.volume_type));
         volume.annotations = BTreeMap::from([
@@ -267,16 +266,19 @@ impl Provisioner for HostPathProvisioner {
         }
         let pv = volume.name_any();
         let Some(path) = volume_path(volume) else {
-            return Err(DeleteError::Failed(format!("volume {pv} has neither a local nor a hostPath source")));
+            return Err(DeleteError::failed(format!("volume {pv} has neither a local nor a hostPath source")));
         };
         let settings = self.settings.get();
         let (base, rel) = contained(&settings.base_dirs, path).map_err(|e| {
-            DeleteError::Failed(format!(
-                "refusing to delete {path}: {e}; delete the directory by hand and remove the finalizer of volume {pv}"
+            DeleteError::failed(Cause::context(
+                format!(
+                    "refusing to delete {path} (delete the directory by hand and remove the finalizer of volume {pv})"
+                ),
+                e,
             ))
         })?;
         let on_delete = match volume.annotations().get(ON_DELETE_ANNOTATION) {
-            Some(text) => OnDelete::parse(text).map_err(DeleteError::Failed)?,
+            Some(text) => OnDelete::parse(text).map_err(DeleteError::failed)?,
             None => OnDelete::Delete,
         };
         let base = base.to_path_buf();
@@ -285,8 +287,8 @@ impl Provisioner for HostPathProvisioner {
         let (b, r, p, ledgers) = (base.clone(), rel.clone(), pv.clone(), self.ledgers.clone());
         let done = blocking(move || disk::remove(&ledgers, &b, &r, &p, on_delete, &archive))
             .await
-            .map_err(DeleteError::Failed)?
-            .map_err(|e| DeleteError::Failed(format!("{} {path}: {e}", on_delete.as_str())))?;
+            .map_err(DeleteError::failed)?
+            .map_err(|e| DeleteError::failed(Cause::context(format!("{} {path}", on_delete.as_str()), e)))?;
         if done == Removed::Done {
             info!(volume = pv, path, action = on_delete.as_str(), "volume directory removed");
         }
@@ -408,7 +410,7 @@ mod tests {
         class.volume_binding_mode = Some("Immediate".into());
         req.class = Arc::new(class);
         let err = provisioner(tmp.path()).provision(&req).await.unwrap_err();
-        assert_eq!(err, ProvisionError::Infeasible(immediate_binding_message("local")));
+        assert_eq!(err, ProvisionError::infeasible(immediate_binding_message("local")));
         assert!(provisioner(tmp.path()).single_node(true).provision(&req).await.is_ok());
     }
 
@@ -425,7 +427,7 @@ mod tests {
     async fn a_bad_parameter_is_infeasible_and_creates_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let err = provisioner(tmp.path()).provision(&request(Some("node-a"), &[("mode", "0777")], "1Mi")).await;
-        assert!(matches!(err, Err(ProvisionError::Infeasible(m)) if m.contains("world-writable")));
+        assert!(matches!(err, Err(ProvisionError::Infeasible(m)) if m.chain().contains("world-writable")));
         assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none());
     }
 
@@ -456,7 +458,10 @@ mod tests {
                 spec: Some(volume_spec(&path, "host-a", VolumeType::HostPath)),
                 ..Default::default()
             };
-            assert!(matches!(p.delete(&pv).await, Err(DeleteError::Failed(m)) if m.contains("refusing")), "{path}");
+            assert!(
+                matches!(p.delete(&pv).await, Err(DeleteError::Failed(m)) if m.chain().contains("refusing")),
+                "{path}"
+            );
         }
         assert!(victim.path().exists());
     }
@@ -467,7 +472,7 @@ mod tests {
         let p = provisioner(tmp.path());
         let err = provision_pv(&p, "pvc-1", "team-a", "db", "{namespace}-{name}").await.unwrap_err();
         let ProvisionError::Infeasible(m) = err else { panic!("expected Infeasible, got {err:?}") };
-        assert!(m.contains("team-a/db and team/a-db"), "the reason is given: {m}");
+        assert!(m.chain().contains("team-a/db and team/a-db"), "the reason is given: {m:#}");
         assert!(!tmp.path().join("team-a-db").exists());
     }
 
@@ -483,13 +488,13 @@ mod tests {
         assert!(!path_of(&second).join("data").exists(), "it cannot read the first volume");
         // A third class's pattern would put a volume inside the first: refused.
         let err = provision_pv(&p, "pvc-3", "x", "y", "{namespace}/{name}/{pv}").await.unwrap_err();
-        assert!(matches!(&err, ProvisionError::Infeasible(m) if m.contains("lie inside")), "{err:?}");
+        assert!(matches!(&err, ProvisionError::Infeasible(m) if m.chain().contains("lie inside")), "{err:?}");
         assert!(!path_of(&first).join("pvc-3").exists());
         // Nor around it.
         let err = provision_pv(&p, "pvc-4", "x", "pvc-4", "{namespace}/{pv}").await;
         assert!(err.is_ok(), "x/pvc-4 is beside x/y, not around it: {err:?}");
         let err = provision_pv(&p, "x", "ns", "n", "{pv}").await.unwrap_err();
-        assert!(matches!(&err, ProvisionError::Infeasible(m) if m.contains("contain")), "{err:?}");
+        assert!(matches!(&err, ProvisionError::Infeasible(m) if m.chain().contains("contain")), "{err:?}");
         p.delete(&second).await.unwrap();
         assert_eq!(std::fs::read(path_of(&first).join("data")).unwrap(), b"first");
     }
@@ -524,10 +529,13 @@ mod tests {
         }
         // A PV naming the pattern directory above all three.
         let err = p.delete(&forged_pv("pvc-evil", &tmp.path().join("ns"))).await.unwrap_err();
-        assert!(matches!(&err, DeleteError::Failed(m) if m.contains("not created by this provisioner")), "{err:?}");
+        assert!(
+            matches!(&err, DeleteError::Failed(m) if m.chain().contains("not created by this provisioner")),
+            "{err:?}"
+        );
         // A PV naming another volume's directory.
         let err = p.delete(&forged_pv("pvc-2", &path_of(&made[0]))).await.unwrap_err();
-        assert!(matches!(&err, DeleteError::Failed(m) if m.contains("ledger records")), "{err:?}");
+        assert!(matches!(&err, DeleteError::Failed(m) if m.chain().contains("ledger records")), "{err:?}");
         // A PV naming the ledger.
         let ledger = tmp.path().join(crate::layout::LEDGER_DIR);
         assert!(p.delete(&forged_pv("pvc-1", &ledger)).await.is_err());
@@ -540,7 +548,7 @@ mod tests {
         std::fs::create_dir(path_of(&made[2])).unwrap();
         std::fs::write(path_of(&made[2]).join("other"), b"x").unwrap();
         let err = p.delete(&made[2]).await.unwrap_err();
-        assert!(matches!(&err, DeleteError::Failed(m) if m.contains("replaced")), "{err:?}");
+        assert!(matches!(&err, DeleteError::Failed(m) if m.chain().contains("replaced")), "{err:?}");
         assert!(path_of(&made[2]).join("other").exists());
         p.delete(&made[0]).await.unwrap();
         assert!(!path_of(&made[0]).exists());

@@ -83,7 +83,7 @@ fn saved(pv: &str, v: provisioner_core::ProvisionedVolume) -> PersistentVolume {
 
 fn reschedule_message(result: Result<provisioner_core::ProvisionedVolume, ProvisionError>) -> String {
     match result {
-        Err(ProvisionError::Reschedule(m)) => m,
+        Err(ProvisionError::Reschedule(m)) => m.chain(),
         other => panic!("expected Reschedule, got {other:?}"),
     }
 }
@@ -145,7 +145,7 @@ async fn five_claims_each_asking_60_percent_of_the_disk_do_not_all_succeed() {
         let pv = format!("pvc-{i}");
         match p.provision(&request(&pv, each)).await {
             Ok(v) => made.push(saved(&pv, v)),
-            Err(ProvisionError::Reschedule(m)) => refused.push(m),
+            Err(ProvisionError::Reschedule(m)) => refused.push(m.chain()),
             Err(e) => panic!("{pv}: {e:?}"),
         }
     }

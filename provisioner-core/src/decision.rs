@@ -548,7 +548,7 @@ pub struct FollowUp {
 /// use provisioner_core::decision::{after_provision_error, ProvisionPlan, Then};
 /// use provisioner_core::ProvisionError;
 /// let plan = ProvisionPlan { pv_name: "pvc-1".into(), selected_node: None, data_source: None, record_intent: true, finishing_only: false };
-/// let f = after_provision_error(&ProvisionError::Final("no space".into()), &plan, "ns/data", 2, Some(3));
+/// let f = after_provision_error(&ProvisionError::failed("no space"), &plan, "ns/data", 2, Some(3));
 /// assert_eq!(f.then, Then::GiveUp);
 /// ```
 pub fn after_provision_error(
@@ -574,36 +574,36 @@ pub fn after_provision_error(
             },
         },
         // Work may exist: warn, and keep finishing it whatever happens to the claim.
-        ProvisionError::Stalled(msg) => failed(Note::warning("ProvisioningFailed", msg.clone()), Then::Retry),
+        ProvisionError::Stalled(cause) => failed(Note::warning("ProvisioningFailed", cause.chain()), Then::Retry),
         // Not this instance's claim: its record, if any, belongs to the
         // instance that wrote it (another node's, another shard's).
         ProvisionError::Ignored => quiet(Then::Done),
         // Nothing was created and the claim is going away: let it go.
         _ if plan.finishing_only => quiet(Then::RemoveIntent { reschedule: false }),
-        ProvisionError::Reschedule(msg) if plan.selected_node.is_some() => failed(
-            Note::warning("ProvisioningFailed", format!("{msg}; asking the scheduler for another node")),
+        ProvisionError::Reschedule(cause) if plan.selected_node.is_some() => failed(
+            Note::warning("ProvisioningFailed", format!("{cause:#}; asking the scheduler for another node")),
             Then::RemoveIntent { reschedule: true },
         ),
-        ProvisionError::Infeasible(msg) => {
-            failed(Note::warning("ProvisioningFailed", msg.clone()), Then::RetryInfeasible)
+        ProvisionError::Infeasible(cause) => {
+            failed(Note::warning("ProvisioningFailed", cause.chain()), Then::RetryInfeasible)
         }
         // A variant added later that this engine does not know: work may
         // exist, so finish it like `InProgress` and say so.
-        _ if err.may_have_created() => {
-            failed(Note::warning("ProvisioningFailed", err.message().to_string()), Then::Retry)
-        }
-        ProvisionError::Final(msg) | ProvisionError::Reschedule(msg) => {
+        _ if err.may_have_created() => failed(Note::warning("ProvisioningFailed", err.chain()), Then::Retry),
+        ProvisionError::Final(cause) | ProvisionError::Reschedule(cause) => {
             let attempts = failures.saturating_add(1);
             if give_up_after.is_some_and(|limit| attempts >= limit) {
                 failed(
                     Note::warning(
                         "ProvisioningFailed",
-                        format!("{msg}; giving up after {attempts} attempts: edit the claim or its class to try again"),
+                        format!(
+                            "{cause:#}; giving up after {attempts} attempts: edit the claim or its class to try again"
+                        ),
                     ),
                     Then::GiveUp,
                 )
             } else {
-                failed(Note::warning("ProvisioningFailed", msg.clone()), Then::Retry)
+                failed(Note::warning("ProvisioningFailed", cause.chain()), Then::Retry)
             }
         }
     }
@@ -615,14 +615,14 @@ pub fn after_provision_error(
 /// use provisioner_core::decision::{after_delete_error, Then};
 /// use provisioner_core::DeleteError;
 /// assert_eq!(after_delete_error(&DeleteError::Ignored).then, Then::Done);
-/// assert!(after_delete_error(&DeleteError::Failed("denied".into())).note.is_some());
+/// assert!(after_delete_error(&DeleteError::failed("denied")).note.is_some());
 /// ```
 pub fn after_delete_error(err: &DeleteError) -> FollowUp {
     match err {
         DeleteError::Ignored => FollowUp { note: None, counts_as_failure: false, then: Then::Done },
         DeleteError::InUse(_) => FollowUp { note: None, counts_as_failure: false, then: Then::Retry },
-        DeleteError::Failed(msg) => FollowUp {
-            note: Some(Note::warning("VolumeFailedDelete", msg.clone())),
+        DeleteError::Failed(cause) => FollowUp {
+            note: Some(Note::warning("VolumeFailedDelete", cause.chain())),
             counts_as_failure: true,
             then: Then::Retry,
         },

@@ -21,6 +21,7 @@
 
 pub mod backoff;
 mod cache;
+mod cause;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod client;
@@ -53,4 +54,4 @@ pub use shutdown::shutdown_on_signals;
 pub use async_trait::async_trait;
 pub use k8s_openapi;
 pub use kube;
-pub use provisioner::{DeleteError, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
+pub use provisioner::{BoxError, Cause, DeleteError, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};

@@ -16,6 +16,8 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Persis
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::ResourceExt;
 
+pub use crate::cause::{BoxError, Cause};
+
 /// Everything a provisioner needs to create one backend volume.
 ///
 /// `pv_name` is the idempotency key: a repeated call with the same name (after
@@ -190,6 +192,31 @@ impl ProvisionedVolume {
 /// Why a provision call did not return a volume. Each variant tells the
 /// engine whether backend work may still be running.
 ///
+/// Every variant but `Ignored` carries a [`Cause`]: the error the call failed
+/// with, kept whole with its chain of sources, or just a message. Build them
+/// with the constructors, which take any error, a `String` or a `&str`:
+///
+/// ```
+/// use provisioner_core::{Cause, ProvisionError};
+/// fn create_dir(path: &str) -> Result<(), ProvisionError> {
+///     std::fs::create_dir(path).map_err(|e| ProvisionError::failed(Cause::context(format!("creating {path}"), e)))
+/// }
+/// let err = create_dir("/nonexistent/parent/pvc-1").unwrap_err();
+/// assert!(matches!(err, ProvisionError::Final(_)));
+/// assert_eq!(err.message(), "creating /nonexistent/parent/pvc-1");
+/// // Events and logs show the whole chain:
+/// assert!(err.chain().starts_with("creating /nonexistent/parent/pvc-1: "), "{}", err.chain());
+/// // and the io::Error is still there for a caller that wants it:
+/// assert!(err.cause().and_then(|c| c.find::<std::io::Error>()).is_some());
+/// ```
+///
+/// The source chain goes on from the cause: the `Display` of a
+/// `ProvisionError` already shows the cause's message (`failed: creating
+/// ...`), so [`source`](std::error::Error::source) returns the cause's own
+/// source, and a chain printer (`anyhow`'s `{:#}`, `tracing`'s error fields)
+/// shows each message once. `{:#}` on a `ProvisionError` prints the whole
+/// chain too.
+///
 /// New variants may be added: match with a wildcard arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -203,19 +230,19 @@ pub enum ProvisionError {
     /// A `Provisioning` event is published on the first such answer only;
     /// later ones are logged. To show the user why work does not progress,
     /// answer [`Stalled`](ProvisionError::Stalled).
-    InProgress(String),
+    InProgress(Cause),
     /// Backend work may exist and cannot go on until something outside
     /// changes (credentials, permissions, the network): a
     /// `ProvisioningFailed` warning with the message on every attempt (they
     /// aggregate), retries with backoff, and, as for `InProgress`, the work
     /// is finished even if the claim is deleted meanwhile. Never counts
     /// toward the give-up limit.
-    Stalled(String),
+    Stalled(Cause),
     /// Backend work is running and will be done in about this long (an EFS
     /// file system `creating`): the engine looks again after the given
     /// delay, a fixed poll instead of a growing backoff. Otherwise as
     /// `InProgress`.
-    RetryAfter(String, std::time::Duration),
+    RetryAfter(Cause, std::time::Duration),
     /// Nothing was created and nothing runs. The engine reports the message in
     /// a `ProvisioningFailed` event and retries with backoff.
     ///
@@ -224,18 +251,18 @@ pub enum ProvisionError {
     /// `Final` (like `Reschedule`, `Infeasible` and `Ignored`) makes the
     /// engine drop its intent record, and anything left behind would leak.
     /// When unsure, answer [`InProgress`](ProvisionError::InProgress).
-    Final(String),
+    Final(Cause),
     /// The selected node cannot host this volume (no space, wrong topology);
     /// nothing was created. The engine removes the claim's selected node so the
     /// scheduler picks another. For a claim without a selected node (an
     /// `Immediate` class) there is nothing to reschedule: it is handled as
     /// [`Final`](ProvisionError::Final).
-    Reschedule(String),
+    Reschedule(Cause),
     /// The claim can never succeed as written (a bad class parameter); nothing
     /// was created. A `ProvisioningFailed` event, a slow retry, and an
     /// immediate retry when the class changes. It does not count toward the
     /// give-up limit (the slow retry is already the answer to it).
-    Infeasible(String),
+    Infeasible(Cause),
     /// Not this provisioner's claim (another shard or node): no event, no
     /// retry, and the claim is left untouched. Prefer declining such claims
     /// in [`Provisioner::should_provision`], which saves the call.
@@ -243,26 +270,86 @@ pub enum ProvisionError {
 }
 
 impl ProvisionError {
+    /// [`InProgress`](ProvisionError::InProgress): backend work may still be
+    /// running. The engine retries with backoff, even if the claim is deleted
+    /// meanwhile, so the work is finished and then deleted normally; a
+    /// `Provisioning` event on the first such answer only.
+    pub fn in_progress(cause: impl Into<BoxError>) -> Self {
+        ProvisionError::InProgress(Cause::new(cause))
+    }
+
+    /// [`Stalled`](ProvisionError::Stalled): backend work may exist and cannot
+    /// go on until something outside changes. A `ProvisioningFailed` warning
+    /// with the whole chain on every attempt, retries with backoff, and the
+    /// work is finished even if the claim is deleted; never counts toward the
+    /// give-up limit.
+    pub fn stalled(cause: impl Into<BoxError>) -> Self {
+        ProvisionError::Stalled(Cause::new(cause))
+    }
+
+    /// [`RetryAfter`](ProvisionError::RetryAfter): backend work is running and
+    /// will be done in about `after`. The engine looks again after that
+    /// delay (a fixed poll, not a growing backoff); otherwise as `InProgress`.
+    pub fn retry_after(cause: impl Into<BoxError>, after: std::time::Duration) -> Self {
+        ProvisionError::RetryAfter(Cause::new(cause), after)
+    }
+
+    /// [`Final`](ProvisionError::Final): nothing was created and nothing runs.
+    /// A `ProvisioningFailed` warning with the whole chain, and a retry with
+    /// backoff (until the give-up limit, if one is set). Only when certain no
+    /// backend volume exists for this `pv_name`: for a claim going away, the
+    /// engine then drops its intent record.
+    pub fn failed(cause: impl Into<BoxError>) -> Self {
+        ProvisionError::Final(Cause::new(cause))
+    }
+
+    /// [`Reschedule`](ProvisionError::Reschedule): the selected node cannot
+    /// host this volume, and nothing was created. The engine removes the
+    /// claim's selected node so the scheduler picks another (without one, as
+    /// `Final`).
+    pub fn reschedule(cause: impl Into<BoxError>) -> Self {
+        ProvisionError::Reschedule(Cause::new(cause))
+    }
+
+    /// [`Infeasible`](ProvisionError::Infeasible): the claim can never succeed
+    /// as written, and nothing was created. A `ProvisioningFailed` warning, a
+    /// slow retry, and an immediate one when the class changes.
+    pub fn infeasible(cause: impl Into<BoxError>) -> Self {
+        ProvisionError::Infeasible(Cause::new(cause))
+    }
+
     /// Whether backend work may still be running after this error.
     pub fn may_have_created(&self) -> bool {
         matches!(self, ProvisionError::InProgress(_) | ProvisionError::Stalled(_) | ProvisionError::RetryAfter(..))
     }
 
-    /// The message for events and logs.
-    pub fn message(&self) -> &str {
+    /// The cause the provisioner gave (`None` for `Ignored`).
+    pub fn cause(&self) -> Option<&Cause> {
         match self {
-            ProvisionError::InProgress(m)
-            | ProvisionError::Stalled(m)
-            | ProvisionError::RetryAfter(m, _)
-            | ProvisionError::Final(m)
-            | ProvisionError::Reschedule(m)
-            | ProvisionError::Infeasible(m) => m,
-            ProvisionError::Ignored => "ignored by the provisioner",
+            ProvisionError::InProgress(c)
+            | ProvisionError::Stalled(c)
+            | ProvisionError::RetryAfter(c, _)
+            | ProvisionError::Final(c)
+            | ProvisionError::Reschedule(c)
+            | ProvisionError::Infeasible(c) => Some(c),
+            ProvisionError::Ignored => None,
         }
+    }
+
+    /// The cause's own message, without its sources.
+    pub fn message(&self) -> &str {
+        self.cause().map_or("ignored by the provisioner", Cause::message)
+    }
+
+    /// The cause's message and each source's, `": "`-separated (see
+    /// [`Cause::chain`]): the text of the engine's events and logs.
+    pub fn chain(&self) -> String {
+        self.cause().map_or_else(|| self.message().to_string(), Cause::chain)
     }
 }
 
 impl fmt::Display for ProvisionError {
+    /// `kind: message`; with `{:#}`, `kind: message: source: ...`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self {
             ProvisionError::InProgress(_) | ProvisionError::RetryAfter(..) => "in progress",
@@ -272,14 +359,27 @@ impl fmt::Display for ProvisionError {
             ProvisionError::Infeasible(_) => "infeasible",
             ProvisionError::Ignored => return f.write_str("ignored"),
         };
-        write!(f, "{kind}: {}", self.message())
+        write!(f, "{kind}: ")?;
+        match self.cause() {
+            Some(cause) => fmt::Display::fmt(cause, f),
+            None => f.write_str(self.message()),
+        }
     }
 }
 
-impl std::error::Error for ProvisionError {}
+impl std::error::Error for ProvisionError {
+    /// The cause's source: the cause's own message is already in this
+    /// error's `Display`.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause().and_then(std::error::Error::source)
+    }
+}
 
 /// Why a delete call did not finish. A backend volume that does not exist is
 /// **not** an error: return `Ok(())`.
+///
+/// Like [`ProvisionError`], the variants carry a [`Cause`] (any error, or a
+/// message), built with [`DeleteError::in_use`] and [`DeleteError::failed`].
 ///
 /// New variants may be added: match with a wildcard arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -290,22 +390,73 @@ pub enum DeleteError {
     Ignored,
     /// The backend volume is still in use (mounted, has mount targets being
     /// removed); the engine retries with backoff, without a warning event.
-    InUse(String),
+    InUse(Cause),
     /// The delete failed; a `VolumeFailedDelete` event and a retry with backoff.
-    Failed(String),
+    Failed(Cause),
+}
+
+impl DeleteError {
+    /// [`InUse`](DeleteError::InUse): the backend volume is still in use. The
+    /// engine retries with backoff, without a warning event.
+    pub fn in_use(cause: impl Into<BoxError>) -> Self {
+        DeleteError::InUse(Cause::new(cause))
+    }
+
+    /// [`Failed`](DeleteError::Failed): the delete failed. A
+    /// `VolumeFailedDelete` warning with the whole chain, and a retry with
+    /// backoff.
+    ///
+    /// ```
+    /// use provisioner_core::{Cause, DeleteError};
+    /// let err = DeleteError::failed(Cause::context("removing /srv/pvc-1", std::io::Error::other("device busy")));
+    /// assert_eq!(err.chain(), "removing /srv/pvc-1: device busy");
+    /// ```
+    pub fn failed(cause: impl Into<BoxError>) -> Self {
+        DeleteError::Failed(Cause::new(cause))
+    }
+
+    /// The cause the provisioner gave (`None` for `Ignored`).
+    pub fn cause(&self) -> Option<&Cause> {
+        match self {
+            DeleteError::InUse(c) | DeleteError::Failed(c) => Some(c),
+            DeleteError::Ignored => None,
+        }
+    }
+
+    /// The cause's own message, without its sources.
+    pub fn message(&self) -> &str {
+        self.cause().map_or("ignored by the provisioner", Cause::message)
+    }
+
+    /// The cause's message and each source's, `": "`-separated (see
+    /// [`Cause::chain`]): the text of the engine's events and logs.
+    pub fn chain(&self) -> String {
+        self.cause().map_or_else(|| self.message().to_string(), Cause::chain)
+    }
 }
 
 impl fmt::Display for DeleteError {
+    /// The message (`in use: message` for `InUse`); with `{:#}`, with every
+    /// source's.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DeleteError::Ignored => f.write_str("ignored"),
-            DeleteError::InUse(m) => write!(f, "in use: {m}"),
-            DeleteError::Failed(m) => f.write_str(m),
+            DeleteError::InUse(c) => {
+                f.write_str("in use: ")?;
+                fmt::Display::fmt(c, f)
+            }
+            DeleteError::Failed(c) => fmt::Display::fmt(c, f),
         }
     }
 }
 
-impl std::error::Error for DeleteError {}
+impl std::error::Error for DeleteError {
+    /// The cause's source: the cause's own message is already in this
+    /// error's `Display`.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause().and_then(std::error::Error::source)
+    }
+}
 
 /// A storage backend the engine drives.
 ///

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use clap::Parser;
 use k8s_openapi::api::core::v1::{HostPathVolumeSource, PersistentVolume, PersistentVolumeSpec};
 use provisioner_core::backoff::Backoff;
-use provisioner_core::{DeleteError, Engine, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
+use provisioner_core::{Cause, DeleteError, Engine, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -158,10 +158,10 @@ impl FileBackend {
 impl Provisioner for FileBackend {
     async fn provision(&self, req: &ProvisionRequest) -> Result<ProvisionedVolume, ProvisionError> {
         let call = self.append("calls", format!("provision {} {}", req.pv_name, std::process::id()));
-        call.map_err(|e| ProvisionError::Final(format!("recording the call: {e}")))?;
+        call.map_err(|e| ProvisionError::failed(Cause::context("recording the call", e)))?;
         // A failure after the file may exist counts as "in progress": the
         // engine must finish it, never forget it.
-        self.create(&req.pv_name).map_err(ProvisionError::InProgress)?;
+        self.create(&req.pv_name).map_err(ProvisionError::in_progress)?;
         tokio::time::sleep(self.provision_delay).await;
         Ok(ProvisionedVolume::new(PersistentVolumeSpec {
             host_path: Some(HostPathVolumeSource {
@@ -175,8 +175,8 @@ impl Provisioner for FileBackend {
     async fn delete(&self, volume: &PersistentVolume) -> Result<(), DeleteError> {
         let pv = volume.metadata.name.clone().unwrap_or_default();
         let call = self.append("calls", format!("delete {pv} {}", std::process::id()));
-        call.map_err(|e| DeleteError::Failed(format!("recording the call: {e}")))?;
-        self.remove(&pv).map_err(DeleteError::Failed)?;
+        call.map_err(|e| DeleteError::failed(Cause::context("recording the call", e)))?;
+        self.remove(&pv).map_err(DeleteError::failed)?;
         tokio::time::sleep(self.delete_delay).await;
         Ok(())
     }

@@ -36,8 +36,8 @@ use provisioner_core::engine::EngineStatus;
 use provisioner_core::metrics::Metrics;
 use provisioner_core::testing::{FakeCluster, Verb};
 use provisioner_core::{
-    DeleteError, Engine, EngineBuilder, EngineError, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner,
-    keys,
+    Cause, DeleteError, Engine, EngineBuilder, EngineError, ProvisionError, ProvisionRequest, ProvisionedVolume,
+    Provisioner, keys,
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -190,7 +190,7 @@ async fn a_provisioner_asking_to_be_polled_is_looked_at_on_its_interval_not_a_gr
     let kit = Kit::new();
     kit.class("polled", "Delete", false).await;
     let backend = FakeBackend::new();
-    let creating = || Scripted::Fail(ProvisionError::RetryAfter("creating".into(), std::time::Duration::from_secs(15)));
+    let creating = || Scripted::Fail(ProvisionError::retry_after("creating", std::time::Duration::from_secs(15)));
     backend.script([creating(), creating(), creating()]);
     let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
 
@@ -213,7 +213,7 @@ async fn a_stalled_provisioner_warns_on_the_claim_and_finishes_after_the_claim_i
     let kit = Kit::new();
     kit.class("stalled", "Delete", false).await;
     let backend = FakeBackend::new();
-    let stalled = || Scripted::Fail(ProvisionError::Stalled("could not get credentials".into()));
+    let stalled = || Scripted::Fail(ProvisionError::stalled("could not get credentials"));
     backend.script([stalled(), stalled()]);
     let engine = kit.engine(Arc::new(backend.clone()), |b| b.give_up_after(1)).await;
 
@@ -254,8 +254,8 @@ async fn provisioner_failing_twice_then_succeeding_reports_failures_and_success(
     kit.class("flaky", "Delete", false).await;
     let backend = FakeBackend::new();
     backend.script([
-        Scripted::Fail(ProvisionError::Final("backend unavailable".into())),
-        Scripted::Fail(ProvisionError::Final("backend unavailable".into())),
+        Scripted::Fail(ProvisionError::failed("backend unavailable")),
+        Scripted::Fail(ProvisionError::failed("backend unavailable")),
     ]);
     let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
 
@@ -277,6 +277,41 @@ async fn provisioner_failing_twice_then_succeeding_reports_failures_and_success(
     assert!(text.contains("controller_persistentvolumeclaim_provision_failed_total{class=\"flaky\"} 2"), "{text}");
     assert!(text.contains("controller_persistentvolumeclaim_provision_total{class=\"flaky\"} 1"), "{text}");
     assert!(text.contains("controller_persistentvolumeclaim_provision_duration_seconds_count"), "{text}");
+    engine.stop().await.expect("clean shutdown");
+}
+
+/// An SDK-style error: a short message, the detail in its source.
+#[derive(Debug)]
+struct DispatchFailure(std::io::Error);
+
+impl std::fmt::Display for DispatchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dispatch failure")
+    }
+}
+
+impl std::error::Error for DispatchFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_provision_shows_the_whole_error_chain_in_the_claims_event() {
+    let kit = Kit::new();
+    kit.class("chained", "Delete", false).await;
+    let backend = FakeBackend::new();
+    let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+    backend.script([Scripted::Fail(ProvisionError::failed(Cause::context(
+        "could not create file system",
+        DispatchFailure(refused),
+    )))]);
+    let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
+
+    kit.create_claim(claim("data", "chained", "1Gi")).await;
+    let failed = wait_for_event(&kit.client, NS, "data", "ProvisioningFailed").await;
+    assert_eq!(failed.note.as_deref(), Some("could not create file system: dispatch failure: connection refused"));
+    kit.bound("data").await;
     engine.stop().await.expect("clean shutdown");
 }
 
@@ -312,8 +347,7 @@ async fn reschedule_removes_the_selected_node() {
     let kit = Kit::new();
     kit.class("local", "Delete", true).await;
     let backend = FakeBackend::new();
-    backend
-        .script([Scripted::Fail(ProvisionError::Reschedule("node-a has 1 GiB free, the claim asks for 5 GiB".into()))]);
+    backend.script([Scripted::Fail(ProvisionError::reschedule("node-a has 1 GiB free, the claim asks for 5 GiB"))]);
     let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
 
     let mut c = claim("data", "local", "5Gi");

@@ -152,7 +152,7 @@ impl Provisioner for FakeBackend {
                 Some(Scripted::Fail(e)) => Err(e),
                 Some(Scripted::CreateButInProgress(msg)) => {
                     self.create(&mut s, &req.pv_name, req.selected_node.clone());
-                    Err(ProvisionError::InProgress(msg))
+                    Err(ProvisionError::in_progress(msg))
                 }
                 None => {
                     self.create(&mut s, &req.pv_name, req.selected_node.clone());

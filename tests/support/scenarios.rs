@@ -532,7 +532,7 @@ pub async fn released_and_retained(p: &Plane) {
 pub async fn failing_then_succeeding(p: &Plane) {
     let class = p.class("flaky", "Delete", false).await;
     let backend = FakeBackend::new();
-    let busy = ProvisionError::Final("backend busy".into());
+    let busy = ProvisionError::failed("backend busy");
     backend.script([Scripted::Fail(busy.clone()), Scripted::Fail(busy)]);
     let engine = p.engine(&backend).await;
     p.claim("data", &class, "1Gi").await;

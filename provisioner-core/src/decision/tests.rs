@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::fixtures::{claim, class, volume};
-use crate::provisioner::{ProvisionRequest, ProvisionedVolume};
+use crate::provisioner::{Cause, ProvisionRequest, ProvisionedVolume};
 use proptest::prelude::*;
 
 const NAME: &str = "example.com/x";
@@ -20,10 +20,10 @@ struct Hooks {
 #[async_trait::async_trait]
 impl Provisioner for Hooks {
     async fn provision(&self, _: &ProvisionRequest) -> Result<ProvisionedVolume, ProvisionError> {
-        Err(ProvisionError::Final("not called by decide".into()))
+        Err(ProvisionError::failed("not called by decide"))
     }
     async fn delete(&self, _: &PersistentVolume) -> Result<(), DeleteError> {
-        Err(DeleteError::Failed("not called by decide".into()))
+        Err(DeleteError::failed("not called by decide"))
     }
     fn supports_block(&self, _: &StorageClass) -> bool {
         self.block
@@ -422,7 +422,7 @@ fn a_plan(node: Option<&str>, finishing_only: bool) -> ProvisionPlan {
 
 #[test]
 fn in_progress_says_provisioning_once_and_retries() {
-    let err = ProvisionError::InProgress("creating".into());
+    let err = ProvisionError::in_progress("creating");
     let first = after_provision_error(&err, &a_plan(None, false), "ns/data", 0, None);
     assert_eq!(first.then, Then::Retry);
     assert_eq!(first.note.map(|n| n.reason), Some("Provisioning"));
@@ -432,7 +432,7 @@ fn in_progress_says_provisioning_once_and_retries() {
 
 #[test]
 fn reschedule_with_a_node_removes_the_intent_and_the_node() {
-    let err = ProvisionError::Reschedule("full".into());
+    let err = ProvisionError::reschedule("full");
     let f = after_provision_error(&err, &a_plan(Some("n1"), false), "ns/data", 0, None);
     assert_eq!(f.then, Then::RemoveIntent { reschedule: true });
     assert!(f.note.is_some_and(|n| n.message.contains("another node")));
@@ -442,19 +442,19 @@ fn reschedule_with_a_node_removes_the_intent_and_the_node() {
 
 #[test]
 fn nothing_created_for_a_claim_going_away_removes_its_intent_quietly() {
-    for err in [ProvisionError::Final("x".into()), ProvisionError::Infeasible("x".into())] {
+    for err in [ProvisionError::failed("x"), ProvisionError::infeasible("x")] {
         let f = after_provision_error(&err, &a_plan(None, true), "ns/data", 3, None);
         assert_eq!((f.note, f.then), (None, Then::RemoveIntent { reschedule: false }));
     }
-    let busy = after_provision_error(&ProvisionError::InProgress("x".into()), &a_plan(None, true), "ns/data", 3, None);
+    let busy = after_provision_error(&ProvisionError::in_progress("x"), &a_plan(None, true), "ns/data", 3, None);
     assert_eq!(busy.then, Then::Retry, "work that may run is finished, never dropped");
 }
 
 #[test]
 fn infeasible_retries_slowly_and_final_gives_up_at_the_limit() {
-    let inf = after_provision_error(&ProvisionError::Infeasible("bad".into()), &a_plan(None, false), "ns/d", 0, None);
+    let inf = after_provision_error(&ProvisionError::infeasible("bad"), &a_plan(None, false), "ns/d", 0, None);
     assert_eq!(inf.then, Then::RetryInfeasible);
-    let fin = ProvisionError::Final("no".into());
+    let fin = ProvisionError::failed("no");
     assert_eq!(after_provision_error(&fin, &a_plan(None, false), "ns/d", 1, Some(3)).then, Then::Retry);
     let last = after_provision_error(&fin, &a_plan(None, false), "ns/d", 2, Some(3));
     assert_eq!(last.then, Then::GiveUp);
@@ -471,10 +471,10 @@ fn ignored_answers_leave_everything_alone() {
 
 #[test]
 fn a_failed_delete_warns_and_an_in_use_one_retries_quietly() {
-    let failed = after_delete_error(&DeleteError::Failed("denied".into()));
+    let failed = after_delete_error(&DeleteError::failed("denied"));
     assert_eq!(failed.note.map(|n| (n.reason, n.message)), Some(("VolumeFailedDelete", "denied".to_string())));
     assert_eq!(failed.then, Then::Retry);
-    let busy = after_delete_error(&DeleteError::InUse("mounted".into()));
+    let busy = after_delete_error(&DeleteError::in_use("mounted"));
     assert_eq!((busy.note, busy.then, busy.counts_as_failure), (None, Then::Retry, false));
 }
 
@@ -763,7 +763,7 @@ fn an_unavailable_api_server_retries_quietly_and_a_taken_name_warns() {
 
 #[test]
 fn a_stalled_answer_warns_and_keeps_finishing_even_for_a_claim_going_away() {
-    let err = ProvisionError::Stalled("could not get AWS credentials".into());
+    let err = ProvisionError::stalled("could not get AWS credentials");
     for finishing_only in [false, true] {
         let f = after_provision_error(&err, &a_plan(None, finishing_only), "ns/d", 7, Some(3));
         assert_eq!(f.then, Then::Retry, "work that may exist is never dropped nor given up on");
@@ -773,10 +773,37 @@ fn a_stalled_answer_warns_and_keeps_finishing_even_for_a_claim_going_away() {
 
 #[test]
 fn a_retry_after_answer_polls_at_the_provisioners_pace() {
-    let err = ProvisionError::RetryAfter("creating".into(), std::time::Duration::from_secs(5));
+    let err = ProvisionError::retry_after("creating", std::time::Duration::from_secs(5));
     let first = after_provision_error(&err, &a_plan(None, false), "ns/d", 0, None);
     assert_eq!(first.then, Then::Poll(std::time::Duration::from_secs(5)));
     assert_eq!(first.note.map(|n| n.reason), Some("Provisioning"));
     let going = after_provision_error(&err, &a_plan(None, true), "ns/d", 4, None);
     assert_eq!((going.note, going.then), (None, Then::Poll(std::time::Duration::from_secs(5))));
+}
+
+#[test]
+fn the_provisioning_failed_event_shows_every_level_of_the_chain() {
+    use crate::cause::tests::{FULL, backend_error};
+    let cases = [
+        (ProvisionError::failed(backend_error()), a_plan(None, false), None),
+        (ProvisionError::failed(backend_error()), a_plan(None, false), Some(1)),
+        (ProvisionError::stalled(backend_error()), a_plan(None, false), None),
+        (ProvisionError::infeasible(backend_error()), a_plan(None, false), None),
+        (ProvisionError::reschedule(backend_error()), a_plan(Some("node-a"), false), None),
+    ];
+    for (err, plan, give_up_after) in cases {
+        let f = after_provision_error(&err, &plan, "ns/data", 0, give_up_after);
+        let note = f.note.unwrap_or_else(|| panic!("{err:?}: a warning"));
+        assert_eq!(note.reason, "ProvisioningFailed");
+        assert!(note.message.starts_with(FULL), "{err:?}: {}", note.message);
+    }
+}
+
+#[test]
+fn the_delete_failed_event_shows_every_level_of_the_chain() {
+    use crate::cause::tests::{FULL, backend_error};
+    let f = after_delete_error(&DeleteError::failed(Cause::context("deleting pvc-1", backend_error())));
+    let note = f.note.expect("a warning");
+    assert_eq!(note.reason, "VolumeFailedDelete");
+    assert_eq!(note.message, format!("deleting pvc-1: {FULL}"));
 }

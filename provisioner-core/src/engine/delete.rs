@@ -69,12 +69,12 @@ pub(super) async fn delete_backend(ctx: &Ctx, key: &str, volume: &PersistentVolu
     let started = Instant::now();
     let result = ctx
         .backend_call(ctx.config.delete_timeout, ctx.provisioner.delete(volume), |t| {
-            Err(DeleteError::Failed(format!("delete call timed out after {t:?}")))
+            Err(DeleteError::failed(format!("delete call timed out after {t:?}")))
         })
         .await;
     if let Err(err) = result {
         let follow = after_delete_error(&err);
-        tracing::debug!(volume = key, %err, ?follow, "the backend volume was not deleted");
+        tracing::debug!(volume = key, err = %format_args!("{err:#}"), ?follow, "the backend volume was not deleted");
         if follow.counts_as_failure {
             ctx.metrics.delete_failed(&label);
         }

@@ -51,7 +51,7 @@ pub(super) async fn provision(
     let started = Instant::now();
     let result = ctx
         .backend_call(ctx.config.provision_timeout, ctx.provisioner.provision(&request), |t| {
-            Err(ProvisionError::InProgress(format!("provision call timed out after {t:?}")))
+            Err(ProvisionError::in_progress(format!("provision call timed out after {t:?}")))
         })
         .await;
 
@@ -64,7 +64,7 @@ pub(super) async fn provision(
     };
     let name = format!("{}/{}", claim.namespace().unwrap_or_default(), claim.name_any());
     let follow = after_provision_error(&err, &plan, &name, failures, ctx.config.give_up_after);
-    debug!(volume = key, %err, ?follow, "provisioning did not return a volume");
+    debug!(volume = key, err = %format_args!("{err:#}"), ?follow, "provisioning did not return a volume");
     if follow.counts_as_failure {
         ctx.metrics.provision_failed(&class_label(&class));
     }
@@ -124,7 +124,7 @@ pub(super) async fn save_volume(
             ctx.state().memory.update(key, |m| m.unsaved = None);
             let cleanup = match ctx.provisioner.delete(&pv).await {
                 Ok(()) | Err(DeleteError::Ignored) => Ok(()),
-                Err(de) => Err(de.to_string()),
+                Err(de) => Err(format!("{de:#}")),
             };
             let follow = after_save_failure(key, &SaveFailure::Rejected { message: &e.message, cleanup });
             return carry_out(ctx, claim, &label, follow);
