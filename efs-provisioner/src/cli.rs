@@ -1,10 +1,17 @@
-//! The binary's EFS flags (each also read from the seed's environment
-//! variables) and the wiring from flags to a running provisioner.
+//! The binary's flags and the wiring from flags to a running provisioner.
+//!
+//! Each flag is also read from an environment variable: the seed's
+//! `EFS_PERFORMANCE`, `AWS_REGION`, `AWS_SECURITY_GROUP` and `AWS_SUBNETS`
+//! exactly as the original deployment sets them, the AWS SDK's
+//! `AWS_ENDPOINT_URL_EFS`, and `PROVISIONER_<FLAG>` for the rest
+//! ([`provisioner_core::cli::variable_for`]). The 0.1.0 names of renamed
+//! variables ([`renamed_variables`]) are still read, with a warning.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
+use provisioner_core::cli::{ENGINE_RENAMED, EngineArgs, Renamed};
 
 use crate::api::PerformanceMode;
 use crate::config::{Defaults, parse_performance_mode, split_list};
@@ -15,12 +22,69 @@ use crate::provisioner::{EfsProvisioner, tag_text};
 /// The provisioner names of the original deployment.
 pub const SEED_NAMES: [&str; 2] = ["efs.aws.skpr.io/generalPurpose", "efs.aws.skpr.io/maxIO"];
 
+/// The variables of the seed's deployment, read under these names
+/// (they are the exception to the `PROVISIONER_` names), and the AWS SDK's own.
+pub const SEED_VARIABLES: [&str; 5] =
+    ["EFS_PERFORMANCE", "AWS_REGION", "AWS_SECURITY_GROUP", "AWS_SUBNETS", "AWS_ENDPOINT_URL_EFS"];
+
+/// The EFS flags' variables renamed since 0.1.0.
+pub const EFS_RENAMED: &[Renamed] = &[
+    Renamed { old: "PROVISIONER_NAMES", new: "PROVISIONER_NAME" },
+    Renamed { old: "CLUSTER_ID", new: "PROVISIONER_CLUSTER_ID" },
+    Renamed { old: "EFS_API_RATE", new: "PROVISIONER_EFS_API_RATE" },
+    Renamed { old: "EFS_READ_TIMEOUT", new: "PROVISIONER_EFS_READ_TIMEOUT" },
+    Renamed { old: "EFS_WRITE_TIMEOUT", new: "PROVISIONER_EFS_WRITE_TIMEOUT" },
+];
+
+/// Every variable of `efs-provisioner` renamed since 0.1.0: the engine's and the EFS flags'.
+pub fn renamed_variables() -> Vec<Renamed> {
+    [ENGINE_RENAMED, EFS_RENAMED].concat()
+}
+
+/// Flags of `efs-provisioner`.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "efs-provisioner",
+    version,
+    about = "Provisions AWS EFS file systems or access points for PersistentVolumeClaims"
+)]
+pub struct Args {
+    /// The engine's flags.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// The EFS flags.
+    #[command(flatten)]
+    pub efs: EfsArgs,
+    /// Deadlines of EFS requests.
+    #[command(flatten)]
+    pub deadlines: EfsDeadlineArgs,
+}
+
+/// `efs-provisioner release`: the uninstall step (see the README).
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "efs-provisioner release",
+    bin_name = "efs-provisioner release",
+    about = "With every replica stopped, remove the provisioner's \
+    finalizers and intent records from claims and volumes, and list the EFS file systems and access points \
+    that leaves to you"
+)]
+pub struct ReleaseArgs {
+    /// The provisioner names to release, as the running provisioner had them
+    /// (repeat or comma-separate for several).
+    #[arg(long = "provisioner-name", env = "PROVISIONER_NAME", value_delimiter = ',', required = true)]
+    pub provisioner_names: Vec<String>,
+    /// Only say what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 /// EFS flags.
 #[derive(Clone, Debug, clap::Args)]
 pub struct EfsArgs {
-    /// A provisioner name to serve (repeat for several; the first names the Lease and events).
-    /// `.../maxIO` implies performance mode maxIO, `.../generalPurpose` generalPurpose.
-    #[arg(long = "provisioner-name", env = "PROVISIONER_NAMES", value_delimiter = ',',
+    /// A provisioner name to serve (repeat or comma-separate for several; the first names the
+    /// Lease and events). `.../maxIO` implies performance mode maxIO, `.../generalPurpose` generalPurpose.
+    #[arg(long = "provisioner-name", env = "PROVISIONER_NAME", value_delimiter = ',',
           default_values_t = SEED_NAMES.map(String::from))]
     pub provisioner_names: Vec<String>,
     /// Performance mode for names that imply none: generalPurpose or maxIO.
@@ -40,18 +104,18 @@ pub struct EfsArgs {
     pub endpoint_url: Option<String>,
     /// Cluster id, tagged on everything created; deletes need it to match. Set it per cluster:
     /// with the default, clusters sharing an AWS account can delete each other's volumes.
-    #[arg(long, env = "CLUSTER_ID", default_value = "kubernetes")]
+    #[arg(long, env = "PROVISIONER_CLUSTER_ID", default_value = "kubernetes")]
     pub cluster_id: String,
     /// Ceiling of EFS requests per second (the limiter halves it on throttling, then recovers).
-    #[arg(long, env = "EFS_API_RATE", default_value_t = 10.0)]
+    #[arg(long, env = "PROVISIONER_EFS_API_RATE", default_value_t = 10.0)]
     pub efs_api_rate: f64,
 }
 
 impl EfsArgs {
     /// The defaults for every class; `region` is the resolved region.
     pub fn defaults(&self, region: &str) -> Result<Defaults, String> {
-        let performance_mode: PerformanceMode =
-            parse_performance_mode(&self.efs_performance).map_err(|e| format!("EFS_PERFORMANCE: {e}"))?;
+        let performance_mode: PerformanceMode = parse_performance_mode(&self.efs_performance)
+            .map_err(|e| format!("EFS_PERFORMANCE (--efs-performance): {e}"))?;
         let security_groups = split_list(&self.security_group);
         if security_groups.is_empty() {
             return Err("AWS_SECURITY_GROUP (--security-group) is empty: mount targets need a security group that \
@@ -60,7 +124,7 @@ impl EfsArgs {
         }
         if self.cluster_id.is_empty() || tag_text(&self.cluster_id) != self.cluster_id {
             return Err(format!(
-                "CLUSTER_ID (--cluster-id) {:?} is not a valid EFS tag value (1 to 256 letters, digits, spaces, \
+                "PROVISIONER_CLUSTER_ID (--cluster-id) {:?} is not a valid EFS tag value (1 to 256 letters, digits, spaces, \
                  _.:/=+-@)",
                 self.cluster_id
             ));
@@ -89,11 +153,11 @@ impl EfsArgs {
 #[derive(Clone, Debug, clap::Args)]
 pub struct EfsDeadlineArgs {
     /// Seconds a describe request to EFS may take before it counts as lost.
-    #[arg(long, env = "EFS_READ_TIMEOUT", default_value_t = 10)]
+    #[arg(long, env = "PROVISIONER_EFS_READ_TIMEOUT", default_value_t = 10)]
     pub efs_read_timeout: u64,
     /// Seconds a create, delete or tag request to EFS may take before it counts as lost
     /// (the provisioner then looks again: it may have been carried out).
-    #[arg(long, env = "EFS_WRITE_TIMEOUT", default_value_t = 30)]
+    #[arg(long, env = "PROVISIONER_EFS_WRITE_TIMEOUT", default_value_t = 30)]
     pub efs_write_timeout: u64,
 }
 
@@ -178,7 +242,7 @@ mod tests {
     #[test]
     fn a_cluster_id_efs_cannot_tag_is_refused_at_start_up() {
         let f = flags(&["--security-group", "sg-1", "--cluster-id", "prod;east"]);
-        assert!(f.efs.defaults("us-east-1").unwrap_err().contains("CLUSTER_ID"));
+        assert!(f.efs.defaults("us-east-1").unwrap_err().contains("PROVISIONER_CLUSTER_ID"));
     }
 
     #[test]
@@ -189,5 +253,122 @@ mod tests {
         assert_eq!(d.write, Duration::from_secs(30));
         let d = flags(&["--efs-read-timeout", "0"]).deadlines.deadlines();
         assert_eq!(d.read, Duration::from_secs(1), "never unbounded");
+    }
+
+    #[test]
+    fn every_efs_provisioner_variable_is_provisioner_and_its_flag_except_the_seeds() {
+        use clap::CommandFactory;
+        for cmd in [Args::command(), ReleaseArgs::command()] {
+            for arg in cmd.get_arguments() {
+                let (Some(long), Some(env)) = (arg.get_long(), arg.get_env().and_then(|e| e.to_str())) else {
+                    continue;
+                };
+                if !SEED_VARIABLES.contains(&env) {
+                    assert_eq!(env, provisioner_core::cli::variable_for(long), "--{long}");
+                }
+            }
+            let envs: Vec<_> = cmd.get_arguments().filter_map(|a| a.get_env()?.to_str()).collect();
+            for r in renamed_variables() {
+                assert!(!envs.contains(&r.old), "{} is still read directly", r.old);
+            }
+        }
+        let cmd = Args::command();
+        let envs: Vec<_> = cmd.get_arguments().filter_map(|a| a.get_env()?.to_str()).collect();
+        for seed in SEED_VARIABLES {
+            assert!(envs.contains(&seed), "{seed} is read");
+        }
+        for r in renamed_variables() {
+            assert!(envs.contains(&r.new), "{} is no flag's variable", r.new);
+        }
+    }
+
+    #[test]
+    fn the_seed_deployments_variables_still_configure_the_provisioner() {
+        // The environment of the original `aws-efs-max-io` Deployment, and nothing else.
+        let env = [
+            ("EFS_PERFORMANCE", "maxIO"),
+            ("AWS_REGION", "ap-southeast-2"),
+            ("AWS_SECURITY_GROUP", "sg-xxxxxxxxx"),
+            ("AWS_SUBNETS", "subnet-xxxxxx,subnet-yyyyyy"),
+        ];
+        let test = "cli::tests::the_seed_deployments_variables_still_configure_the_provisioner";
+        provisioner_core::cli::in_child_process(test, &env, || {
+            let (args, warnings) =
+                provisioner_core::cli::try_parse_from::<Args, _, _>(["efs-provisioner"], &renamed_variables()).unwrap();
+            assert!(warnings.is_empty(), "{warnings:?}");
+            assert_eq!(args.efs.provisioner_names, SEED_NAMES.map(String::from));
+            assert_eq!(args.efs.region.as_deref(), Some("ap-southeast-2"));
+            let d = args.efs.defaults("ap-southeast-2").unwrap();
+            assert_eq!(d.performance_mode, PerformanceMode::MaxIo);
+            assert_eq!(d.security_groups, ["sg-xxxxxxxxx"]);
+            assert_eq!(d.subnets, ["subnet-xxxxxx", "subnet-yyyyyy"]);
+        });
+    }
+
+    #[test]
+    fn efs_flags_are_read_from_their_provisioner_variables() {
+        let env = [
+            ("PROVISIONER_NAME", "efs.example.com/a,efs.example.com/b"),
+            ("PROVISIONER_CLUSTER_ID", "prod-eu"),
+            ("PROVISIONER_EFS_API_RATE", "2.5"),
+            ("PROVISIONER_EFS_READ_TIMEOUT", "4"),
+            ("PROVISIONER_EFS_WRITE_TIMEOUT", "40"),
+            ("PROVISIONER_WORKERS", "12"),
+            ("PROVISIONER_LOG_FORMAT", "json"),
+            ("AWS_SECURITY_GROUP", "sg-1"),
+        ];
+        let test = "cli::tests::efs_flags_are_read_from_their_provisioner_variables";
+        provisioner_core::cli::in_child_process(test, &env, || {
+            let (args, warnings) =
+                provisioner_core::cli::try_parse_from::<Args, _, _>(["efs-provisioner"], &renamed_variables()).unwrap();
+            assert!(warnings.is_empty(), "{warnings:?}");
+            assert_eq!(args.efs.provisioner_names, ["efs.example.com/a", "efs.example.com/b"]);
+            assert_eq!(args.efs.defaults("us-east-1").unwrap().cluster_id, "prod-eu");
+            assert_eq!(args.efs.limiter().max_rate, 2.5);
+            assert_eq!(
+                args.deadlines.deadlines(),
+                Deadlines { read: Duration::from_secs(4), write: Duration::from_secs(40) }
+            );
+            assert_eq!((args.engine.workers, args.engine.log_format.as_str()), (12, "json"));
+            let (release, _) = provisioner_core::cli::try_parse_from::<ReleaseArgs, _, _>(
+                ["efs-provisioner release", "--dry-run"],
+                &renamed_variables(),
+            )
+            .unwrap();
+            assert_eq!(release.provisioner_names, args.efs.provisioner_names, "release reads the same variable");
+        });
+    }
+
+    #[test]
+    fn the_0_1_0_variable_names_still_work_with_a_warning() {
+        let env = [
+            ("PROVISIONER_NAMES", "efs.example.com/a,efs.example.com/b"),
+            ("CLUSTER_ID", "prod-eu"),
+            ("EFS_API_RATE", "2.5"),
+            ("WORKERS", "12"),
+            ("AWS_SECURITY_GROUP", "sg-1"),
+        ];
+        let test = "cli::tests::the_0_1_0_variable_names_still_work_with_a_warning";
+        provisioner_core::cli::in_child_process(test, &env, || {
+            let (args, warnings) =
+                provisioner_core::cli::try_parse_from::<Args, _, _>(["efs-provisioner"], &renamed_variables()).unwrap();
+            assert_eq!(args.efs.provisioner_names, ["efs.example.com/a", "efs.example.com/b"]);
+            assert_eq!(args.efs.defaults("us-east-1").unwrap().cluster_id, "prod-eu");
+            assert_eq!((args.efs.limiter().max_rate, args.engine.workers), (2.5, 12));
+            assert_eq!(warnings.len(), 4, "{warnings:?}");
+            assert!(
+                warnings.iter().any(|w| w.starts_with("PROVISIONER_NAMES is deprecated")
+                    && w.ends_with("rename it to PROVISIONER_NAME")),
+                "{warnings:?}"
+            );
+            assert!(warnings.iter().any(|w| w.contains("rename it to PROVISIONER_CLUSTER_ID")), "{warnings:?}");
+            let (release, warnings) = provisioner_core::cli::try_parse_from::<ReleaseArgs, _, _>(
+                ["efs-provisioner release"],
+                &renamed_variables(),
+            )
+            .unwrap();
+            assert_eq!(release.provisioner_names, args.efs.provisioner_names);
+            assert_eq!(warnings.len(), 1, "only the name is release's: {warnings:?}");
+        });
     }
 }

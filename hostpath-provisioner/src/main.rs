@@ -1,31 +1,17 @@
 //! `hostpath-provisioner`: a directory per claim on this node's disk.
 
-use clap::Parser;
-use hostpath_provisioner::cli::{Args, run};
-use hostpath_provisioner::provisioner::DEFAULT_PROVISIONER_NAME;
-
-/// `hostpath-provisioner release`: the uninstall step (see the README).
-#[derive(Parser)]
-#[command(
-    name = "hostpath-provisioner release",
-    bin_name = "hostpath-provisioner release",
-    about = "With the DaemonSet removed, remove the provisioner's \
-    finalizers and intent records from claims and volumes, and list the directories that leaves to you"
-)]
-struct ReleaseArgs {
-    /// The provisioner name to release.
-    #[arg(long, env = "PROVISIONER_NAME", default_value = DEFAULT_PROVISIONER_NAME)]
-    provisioner_name: String,
-    /// Only say what would be removed.
-    #[arg(long)]
-    dry_run: bool,
-}
+use hostpath_provisioner::cli::{Args, ReleaseArgs, renamed_variables, run};
+use provisioner_core::cli::{init_logging, log_deprecations, parse, run_release, try_parse_from};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     if std::env::args().nth(1).as_deref() == Some("release") {
-        let release = ReleaseArgs::parse_from(std::env::args().skip(1));
-        return match provisioner_core::cli::run_release(&[release.provisioner_name], release.dry_run).await {
+        let (release, deprecations) =
+            try_parse_from::<ReleaseArgs, _, _>(std::env::args_os().skip(1), &renamed_variables())
+                .unwrap_or_else(|e| e.exit());
+        init_logging("text");
+        log_deprecations(&deprecations);
+        return match run_release(&release.provisioner_names, release.dry_run).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("hostpath-provisioner release: {e}");
@@ -33,7 +19,9 @@ async fn main() -> std::process::ExitCode {
             }
         };
     }
-    let args = Args::parse();
+    let (args, deprecations) = parse::<Args>(&renamed_variables());
+    init_logging(&args.engine.log_format);
+    log_deprecations(&deprecations);
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

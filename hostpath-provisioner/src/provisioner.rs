@@ -73,7 +73,7 @@ pub const DEFAULT_PROVISIONER_NAME: &str = "hostpath.provisioner-rs.io/local";
 /// The node this instance runs on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeIdentity {
-    /// The Node object's name (`NODE_NAME`), as in `selected-node`.
+    /// The Node object's name (`--node-name`), as in `selected-node`.
     pub name: String,
     /// Its `kubernetes.io/hostname` label value, which the PV's node affinity uses.
     pub hostname: String,
