@@ -24,7 +24,7 @@ YAML
   if [[ -f "$dir/provisioner.pid" ]] && kill -0 "$(cat "$dir/provisioner.pid")" 2>/dev/null; then
     log "hostpath-provisioner already running (pid $(cat "$dir/provisioner.pid"))"
   else
-    NODE_NAME=demo-node BASE_DIRS="$dir/volumes" METRICS_ADDRESS="" \
+    PROVISIONER_NODE_NAME=demo-node PROVISIONER_BASE_DIRS="$dir/volumes" PROVISIONER_METRICS_ADDRESS="" \
       setsid "$bin" >"$dir/provisioner.log" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$dir/provisioner.pid"
