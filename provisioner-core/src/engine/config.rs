@@ -211,9 +211,10 @@ impl EngineBuilder {
         self
     }
     /// Elect a leader among replicas with a Lease named after the provisioner
-    /// name in `namespace` (usually the pod's, `POD_NAMESPACE`), with the
-    /// default timings (lease 15 s, renew deadline 10 s, retry 2 s). On
-    /// shutdown the leader releases the Lease, so failover is immediate.
+    /// name in `namespace` (usually the pod's; `cli` reads it from the pod's
+    /// ServiceAccount), with the default timings (lease 15 s, renew deadline
+    /// 10 s, retry 2 s). On shutdown the leader releases the Lease, so
+    /// failover is immediate.
     pub fn leader_election_in(self, namespace: impl Into<String>) -> Self {
         let config = LeaderElectionConfig::new(lease_name_for(&self.primary), namespace, self.config.identity.clone());
         self.leader_election(config)
