@@ -72,7 +72,13 @@ pub struct Args {
 pub struct ReleaseArgs {
     /// The provisioner names to release, as the running provisioner had them
     /// (repeat or comma-separate for several).
-    #[arg(long = "provisioner-name", env = "PROVISIONER_NAME", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "provisioner-name",
+        env = "PROVISIONER_NAME",
+        value_name = "NAME",
+        value_delimiter = ',',
+        required = true
+    )]
     pub provisioner_names: Vec<String>,
     /// Only say what would be removed.
     #[arg(long)]
@@ -84,7 +90,7 @@ pub struct ReleaseArgs {
 pub struct EfsArgs {
     /// A provisioner name to serve (repeat or comma-separate for several; the first names the
     /// Lease and events). `.../maxIO` implies performance mode maxIO, `.../generalPurpose` generalPurpose.
-    #[arg(long = "provisioner-name", env = "PROVISIONER_NAME", value_delimiter = ',',
+    #[arg(long = "provisioner-name", env = "PROVISIONER_NAME", value_name = "NAME", value_delimiter = ',',
           default_values_t = SEED_NAMES.map(String::from))]
     pub provisioner_names: Vec<String>,
     /// Performance mode for names that imply none: generalPurpose or maxIO.

@@ -52,7 +52,7 @@ pub fn renamed_variables() -> Vec<Renamed> {
 )]
 pub struct ReleaseArgs {
     /// The provisioner names to release (repeat or comma-separate for several).
-    #[arg(long = "provisioner-name", env = "PROVISIONER_NAME", value_delimiter = ',',
+    #[arg(long = "provisioner-name", env = "PROVISIONER_NAME", value_name = "NAME", value_delimiter = ',',
           default_value = DEFAULT_PROVISIONER_NAME)]
     pub provisioner_names: Vec<String>,
     /// Only say what would be removed.
@@ -65,11 +65,11 @@ pub struct ReleaseArgs {
 #[command(name = "hostpath-provisioner", version, about = "A directory per claim on this node's disk")]
 pub struct Args {
     /// This node's name (from the downward API: spec.nodeName).
-    #[arg(long, env = "PROVISIONER_NODE_NAME")]
+    #[arg(long, env = "PROVISIONER_NODE_NAME", value_name = "NODE")]
     pub node_name: String,
     /// The provisioner name StorageClasses use (repeat or comma-separate for several;
     /// the first names the events).
-    #[arg(long = "provisioner-name", env = "PROVISIONER_NAME", value_delimiter = ',',
+    #[arg(long = "provisioner-name", env = "PROVISIONER_NAME", value_name = "NAME", value_delimiter = ',',
           default_value = DEFAULT_PROVISIONER_NAME)]
     pub provisioner_names: Vec<String>,
     /// Base dirs for volumes (repeat or comma-separate for several); the one with most free space is used.
@@ -77,6 +77,7 @@ pub struct Args {
         long = "base-dirs",
         visible_alias = "base-dir",
         env = "PROVISIONER_BASE_DIRS",
+        value_name = "DIR",
         value_delimiter = ',',
         default_value = "/var/lib/hostpath-provisioner"
     )]
