@@ -458,13 +458,19 @@ fn decide_existing_volume(
     {
         return Decision::RemoveIntent;
     }
+    // Only the instance whose delete filter takes the volume writes it (a
+    // node-local provisioner: the instance of the volume's node).
+    let mine = || rules.provisioner.should_delete(volume);
     if !policy_delete {
         // The backend is kept: our finalizer has no work to guard.
-        return if finalizer { Decision::RemoveVolumeFinalizer } else { Decision::Idle(IdleReason::VolumeSettled) };
+        return match (finalizer, mine()) {
+            (true, true) => Decision::RemoveVolumeFinalizer,
+            (true, false) => Decision::Idle(IdleReason::Filtered),
+            (false, _) => Decision::Idle(IdleReason::VolumeSettled),
+        };
     }
-    // From here on the backend goes with the volume; only the instance whose
-    // delete filter takes the volume acts on it.
-    if !rules.provisioner.should_delete(volume) {
+    // From here on the backend goes with the volume.
+    if !mine() {
         return Decision::Idle(IdleReason::Filtered);
     }
     let call_backend = !memory.backend_deleted_for(volume.metadata.uid.as_deref());

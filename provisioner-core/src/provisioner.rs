@@ -509,9 +509,10 @@ pub trait Provisioner: Send + Sync + 'static {
     }
 
     /// Whether this instance deletes the backend of `volume` (one of ours,
-    /// `Delete` policy). Where several instances serve one provisioner name,
-    /// answer `false` for another instance's volumes: the engine then leaves
-    /// the volume entirely to that instance, finalizer included. Default: yes.
+    /// `Delete` policy) and keeps its finalizer (any policy). Where several
+    /// instances serve one provisioner name, answer `false` for another
+    /// instance's volumes: the engine then leaves the volume entirely to that
+    /// instance, finalizer included, and never writes it. Default: yes.
     fn should_delete(&self, _volume: &PersistentVolume) -> bool {
         true
     }

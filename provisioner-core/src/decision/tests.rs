@@ -375,6 +375,17 @@ fn delete_filter_can_keep_a_released_volume() {
     );
 }
 
+/// Until this rule, every instance of a per-node DaemonSet removed our
+/// finalizer from every node's `Retain` volumes: writes to other nodes'
+/// volumes, refused where a policy confines each node to its own.
+#[test]
+fn retained_volume_of_another_instance_keeps_its_finalizer_for_that_instance() {
+    let v = volume("pvc-u1", NAME, &ours().build()).phase("Released").reclaim_policy("Retain").build();
+    let hooks = Hooks { refuse_deletes: true, ..Default::default() };
+    assert_eq!(with(&hooks, &Memory::default(), None, Some(&v), None), Decision::Idle(IdleReason::Filtered));
+    assert_eq!(with(&Hooks::default(), &Memory::default(), None, Some(&v), None), Decision::RemoveVolumeFinalizer);
+}
+
 /// Until this rule, a `kubectl delete pv` on a Bound volume deleted its
 /// backend at once, under the running pods.
 #[test]
