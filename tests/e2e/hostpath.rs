@@ -2,6 +2,11 @@
 //! directories in temporary base dirs. Node objects are created by the
 //! tests (there is no kubelet), with a hostname label that differs from the
 //! node name, as it can on real clusters.
+//!
+//! The first tests drive `WaitForFirstConsumer` as a cluster does: a pod
+//! that uses the claim makes the real kube-scheduler pick a node and set the
+//! claim's selected node, and binds the pod there once the volume is bound.
+//! The others set the selected node by hand, for the provisioner's own cases.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,6 +14,7 @@ use std::sync::Arc;
 use e2e_support::TestEnv;
 use e2e_support::engine::{RunningEngine, provisioner_name, start};
 use e2e_support::fixtures::{claim, claim_phase, storage_class, volume_phase};
+use e2e_support::scheduling::{delete_pod, pod_using, schedulable_node, scheduled_node};
 use e2e_support::wait_for_event;
 use hostpath_provisioner::cli::node_identity;
 use hostpath_provisioner::provisioner::{HOSTNAME_LABEL, immediate_binding_message};
@@ -31,7 +37,21 @@ async fn node_instance(env: &TestEnv, n: &str, base: &Path) -> RunningEngine {
         ..Default::default()
     };
     env.create(&env.cluster_api(), node).await;
-    let identity = node_identity(&env.client, &env.name(&format!("node-{n}"))).await.expect("node identity");
+    instance_for(env, &env.name(&format!("node-{n}")), base).await
+}
+
+/// A Node `node-<n>-<id>` (hostname `host-<n>-<id>`) that the scheduler can
+/// use, reported Ready with `cpu` allocatable CPUs, and an engine running
+/// the hostpath provisioner for it over `base`.
+async fn schedulable_instance(env: &TestEnv, n: &str, base: &Path, cpu: &str) -> RunningEngine {
+    let node = env.name(&format!("node-{n}"));
+    schedulable_node(env, &node, &env.name(&format!("host-{n}")), cpu).await;
+    instance_for(env, &node, base).await
+}
+
+/// An engine running the hostpath provisioner for Node `node` over `base`.
+async fn instance_for(env: &TestEnv, node: &str, base: &Path) -> RunningEngine {
+    let identity = node_identity(&env.client, node).await.expect("node identity");
     let settings = Settings::from_values(&[base.display().to_string()], None, "0770", None, None, "local", "delete")
         .expect("settings");
     let provisioner = HostPathProvisioner::new(identity, SharedSettings::new(settings));
@@ -82,6 +102,118 @@ fn entries(dir: &Path) -> Vec<String> {
 
 async fn delete_claim(env: &TestEnv, name: &str) {
     env.api::<PersistentVolumeClaim>().delete(name, &DeleteParams::default()).await.expect("delete claim");
+}
+
+/// The hostname label value a PV's node affinity requires.
+fn pinned_hostname(pv: &PersistentVolume) -> Option<String> {
+    let terms = pv.spec.as_ref()?.node_affinity.as_ref()?.required.as_ref()?.node_selector_terms.clone();
+    let expr = terms.first()?.match_expressions.as_ref()?.first()?.clone();
+    (expr.key == HOSTNAME_LABEL).then(|| expr.values.unwrap_or_default().join(","))
+}
+
+/// A tmpfs of `size` mounted on `dir` for the life of the guard: a small
+/// disk, for a node that is full. `None` (with the reason printed) where this
+/// process may not mount.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallDisk(dir.to_path_buf())),
+            Ok(o) => {
+                eprintln!("skipped: mounting a tmpfs needs root ({})", String::from_utf8_lossy(&o.stderr).trim());
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_pod_makes_the_scheduler_pick_a_node_whose_instance_provisions_and_a_second_pod_follows_the_volume() {
+    let env = TestEnv::new("hostpath-scheduled").await;
+    let (base_a, base_b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let class = env.name("local");
+    env.create(&env.cluster_api(), class_for(&env, &class, "Delete", &[])).await;
+    let a = schedulable_instance(&env, "a", base_a.path(), "4").await;
+    let b = schedulable_instance(&env, "b", base_b.path(), "4").await;
+
+    // No selected node is set by the test: the scheduler sets it for the pod.
+    env.create(&env.api(), claim("data", &class, "10Mi")).await;
+    pod_using(&env, "app-1", "data").await;
+    let node = scheduled_node(&env, "app-1").await;
+    let pv = bound_volume(&env, "data").await;
+    let claim_now = env.api::<PersistentVolumeClaim>().get("data").await.expect("claim");
+    assert_eq!(claim_now.annotations().get(keys::SELECTED_NODE), Some(&node), "the scheduler's choice");
+    let (mine, other, host) = if node == env.name("node-a") {
+        (base_a.path(), base_b.path(), env.name("host-a"))
+    } else {
+        assert_eq!(node, env.name("node-b"), "one of this test's nodes");
+        (base_b.path(), base_a.path(), env.name("host-b"))
+    };
+    assert_eq!(pinned_hostname(&pv), Some(host), "pinned to the chosen node's hostname label");
+    assert_eq!(local_path(&pv), mine.join(pv.name_any()).display().to_string(), "made by the chosen node's instance");
+    assert!(Path::new(&local_path(&pv)).is_dir());
+    assert!(entries(other).is_empty(), "the other node's instance made nothing");
+
+    // A second pod of the claim can only go where the volume is.
+    pod_using(&env, "app-2", "data").await;
+    assert_eq!(scheduled_node(&env, "app-2").await, node, "the volume's node affinity decides");
+
+    delete_pod(&env, "app-1").await;
+    delete_pod(&env, "app-2").await;
+    delete_claim(&env, "data").await;
+    env.wait_for(&env.cluster_api::<PersistentVolume>(), &pv.name_any(), "the volume to be deleted", |v| v.is_none())
+        .await;
+    assert!(!Path::new(&local_path(&pv)).exists(), "delete removes the directory");
+    a.stop().await.expect("clean shutdown");
+    b.stop().await.expect("clean shutdown");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_full_nodes_reschedule_makes_the_scheduler_pick_another_node() {
+    let env = TestEnv::new("hostpath-reschedule").await;
+    let (base_a, base_b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let Some(_disk) = SmallDisk::mount(base_a.path(), "4m") else { return env.cleanup().await };
+    let class = env.name("local");
+    env.create(&env.cluster_api(), class_for(&env, &class, "Delete", &[])).await;
+    // Node A is the only node at first, and its disk is too small for the claim.
+    let a = schedulable_instance(&env, "a", base_a.path(), "2").await;
+    env.create(&env.api(), claim("data", &class, "64Mi")).await;
+    pod_using(&env, "app", "data").await;
+    let ev = wait_for_event(&env.client, &env.namespace, "data", "ProvisioningFailed").await;
+    assert!(ev.note.as_deref().unwrap_or_default().contains("free space"), "{:?}", ev.note);
+    assert!(entries(base_a.path()).is_empty(), "nothing made on the full node");
+
+    // A node with room joins (and scores higher: more CPU free for the pod's request).
+    let b = schedulable_instance(&env, "b", base_b.path(), "64").await;
+    assert_eq!(scheduled_node(&env, "app").await, env.name("node-b"), "the scheduler picked the node with room");
+    let pv = bound_volume(&env, "data").await;
+    assert_eq!(pinned_hostname(&pv), Some(env.name("host-b")));
+    assert_eq!(local_path(&pv), base_b.path().join(pv.name_any()).display().to_string());
+    assert!(entries(base_a.path()).is_empty(), "still nothing on the full node");
+
+    delete_pod(&env, "app").await;
+    delete_claim(&env, "data").await;
+    env.wait_for(&env.cluster_api::<PersistentVolume>(), &pv.name_any(), "the volume to be deleted", |v| v.is_none())
+        .await;
+    a.stop().await.expect("clean shutdown");
+    b.stop().await.expect("clean shutdown");
+    env.cleanup().await;
 }
 
 #[tokio::test]

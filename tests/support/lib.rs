@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::watcher;
@@ -184,6 +184,9 @@ async fn cleanup(client: &Client, namespace: &str, id: &str) {
         }
     }
     let _ = claims.delete_collection(&dp, &ListParams::default()).await;
+    // No kubelet confirms that a scheduled pod stopped: delete pods at once.
+    let now = DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::background() };
+    let _ = Api::<Pod>::namespaced(client.clone(), namespace).delete_collection(&now, &ListParams::default()).await;
     let volumes: Api<PersistentVolume> = Api::all(client.clone());
     if let Ok(list) = volumes.list(&ListParams::default()).await {
         for v in list.items {
@@ -416,6 +419,7 @@ pub mod fixtures {
 
 pub mod backend;
 pub mod scenarios;
+pub mod scheduling;
 
 /// Running an engine inside a test.
 pub mod engine {
