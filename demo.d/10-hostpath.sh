@@ -1,8 +1,10 @@
-# The hostpath provisioner part of ./demo: a Node object `demo-node` (as a
-# kubelet would register it), the provisioner running in the background for
-# it with a base dir under $DEMO_DIR, the WaitForFirstConsumer class of
-# hostpath-provisioner/deploy, and a claim with the selected node set (as the
-# scheduler would).
+# The hostpath provisioner part of ./demo: a Node object `demo-node` reported
+# Ready (as a kubelet would register it; no kubelet runs, so pods are
+# scheduled, never run), the provisioner running in the background for it
+# with a base dir under $DEMO_DIR, the WaitForFirstConsumer class of
+# hostpath-provisioner/deploy, a claim, and a pod that uses it: the
+# kube-scheduler picks the node and sets the claim's selected node, the
+# node's instance provisions, and the scheduler binds the pod there.
 
 hostpath_up() {
   local dir="$DEMO_DIR/hostpath" bin pid
@@ -20,6 +22,14 @@ metadata:
   labels:
     kubernetes.io/hostname: demo-host
 YAML
+  # What a kubelet reports, and the node lifecycle controller's lifting of
+  # the not-ready taint once the node is Ready.
+  kubectl patch node demo-node --subresource=status --type=merge -p "{\"status\":{
+    \"capacity\":{\"cpu\":\"4\",\"memory\":\"8Gi\",\"pods\":\"110\"},
+    \"allocatable\":{\"cpu\":\"4\",\"memory\":\"8Gi\",\"pods\":\"110\"},
+    \"conditions\":[{\"type\":\"Ready\",\"status\":\"True\",\"reason\":\"KubeletReady\",
+      \"lastHeartbeatTime\":\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\",\"lastTransitionTime\":\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\"}]}}" >/dev/null
+  kubectl patch node demo-node --type=merge -p '{"spec":{"taints":null}}' >/dev/null
 
   if [[ -f "$dir/provisioner.pid" ]] && kill -0 "$(cat "$dir/provisioner.pid")" 2>/dev/null; then
     log "hostpath-provisioner already running (pid $(cat "$dir/provisioner.pid"))"
@@ -38,8 +48,6 @@ kind: PersistentVolumeClaim
 metadata:
   name: demo-data
   namespace: default
-  annotations:
-    volume.kubernetes.io/selected-node: demo-node
 spec:
   storageClassName: hostpath
   accessModes: ["ReadWriteOnce"]
@@ -47,7 +55,22 @@ spec:
     requests:
       storage: 1Gi
 YAML
-  log "waiting for the claim to be Bound"
+  kubectl apply -f - <<YAML
+apiVersion: v1
+kind: Pod
+metadata:
+  name: demo-app
+  namespace: default
+spec:
+  containers:
+    - name: app
+      image: registry.invalid/demo-app:never-pulled
+      volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+    - name: data
+      persistentVolumeClaim: {claimName: demo-data}
+YAML
+  log "waiting for the scheduler to place the pod and the claim to be Bound"
   if ! kubectl wait --for=jsonpath='{.status.phase}'=Bound pvc/demo-data -n default --timeout=90s >/dev/null; then
     log "the claim did not bind; the provisioner's log:"
     tail -n 30 "$dir/provisioner.log" >&2
@@ -59,6 +82,10 @@ YAML
   echo
   echo "\$ kubectl get pvc -n default"
   kubectl get pvc -n default
+  echo
+  echo "\$ kubectl get pod demo-app -n default -o wide"
+  kubectl wait --for=jsonpath='{.spec.nodeName}'=demo-node pod/demo-app -n default --timeout=60s >/dev/null
+  kubectl get pod demo-app -n default -o wide
   echo
   echo "\$ kubectl get pv"
   kubectl get pv

@@ -34,7 +34,7 @@ efs_up() {
   EFS_PERFORMANCE=generalPurpose AWS_REGION="$EFS_DEMO_REGION" AWS_SECURITY_GROUP="$sg" AWS_SUBNETS="$subnets" \
   AWS_ENDPOINT_URL_EFS="$AWS_ENDPOINT_URL_EFS" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
   AWS_EC2_METADATA_DISABLED=true PROVISIONER_METRICS_ADDRESS="" \
-    setsid "$EFS_DEMO_ROOT/target/debug/efs-provisioner" >"$EFS_DEMO_STATE/provisioner.log" 2>&1 </dev/null &
+    setsid "${CARGO_TARGET_DIR:-$EFS_DEMO_ROOT/target}/debug/efs-provisioner" >"$EFS_DEMO_STATE/provisioner.log" 2>&1 </dev/null &
   echo $! >"$EFS_DEMO_STATE/provisioner.pid"
   efs_kubectl create namespace test-project --dry-run=client -o yaml | efs_kubectl apply -f - >/dev/null
   efs_kubectl apply -f "$EFS_DEMO_ROOT/efs-provisioner/deploy/storageclasses.yaml"
