@@ -3,41 +3,34 @@
 //! tests (there is no kubelet), with a hostname label that differs from the
 //! node name, as it can on real clusters.
 //!
-//! The first tests drive `WaitForFirstConsumer` as a cluster does: a pod
-//! that uses the claim makes the real kube-scheduler pick a node and set the
-//! claim's selected node, and binds the pod there once the volume is bound.
-//! The others set the selected node by hand, for the provisioner's own cases.
+//! `WaitForFirstConsumer` is driven as in a cluster: a pod that uses the
+//! claim makes the real kube-scheduler pick a node and set the claim's
+//! selected node, and binds the pod there once the volume is bound. The
+//! tests that need a given node select it by its hostname label.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use e2e_support::TestEnv;
 use e2e_support::engine::{RunningEngine, provisioner_name, start};
 use e2e_support::fixtures::{claim, claim_phase, storage_class, volume_phase};
-use e2e_support::scheduling::{delete_pod, pod_using, schedulable_node, scheduled_node};
+use e2e_support::scheduling::{delete_pod, pod_selecting, pod_using, schedulable_node, scheduled_node};
 use e2e_support::wait_for_event;
 use hostpath_provisioner::cli::node_identity;
 use hostpath_provisioner::provisioner::{HOSTNAME_LABEL, immediate_binding_message};
 use hostpath_provisioner::{HostPathProvisioner, Settings, SharedSettings};
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::ResourceExt;
-use kube::api::{DeleteParams, ObjectMeta};
+use kube::api::DeleteParams;
 use provisioner_core::keys;
 
-/// A Node `node-<n>-<id>` labelled with hostname `host-<n>-<id>`, and an
-/// engine running the hostpath provisioner for it over `base`.
+/// A Node `node-<n>-<id>` labelled with hostname `host-<n>-<id>`, Ready
+/// for the scheduler, and an engine running the hostpath provisioner for it
+/// over `base`.
 async fn node_instance(env: &TestEnv, n: &str, base: &Path) -> RunningEngine {
-    let node = Node {
-        metadata: ObjectMeta {
-            name: Some(env.name(&format!("node-{n}"))),
-            labels: Some([(HOSTNAME_LABEL.to_string(), env.name(&format!("host-{n}")))].into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    env.create(&env.cluster_api(), node).await;
-    instance_for(env, &env.name(&format!("node-{n}")), base).await
+    schedulable_instance(env, n, base, "8").await
 }
 
 /// A Node `node-<n>-<id>` (hostname `host-<n>-<id>`) that the scheduler can
@@ -66,11 +59,14 @@ fn class_for(env: &TestEnv, name: &str, policy: &str, params: &[(&str, &str)]) -
     k
 }
 
-/// Creates claim `name` with the selected node already set, as the scheduler would.
+/// Creates claim `name` and pod `<name>-pod` that uses it and may run only on
+/// node `node-<node>-<id>` (a node selector on its hostname label): the
+/// scheduler picks that node and sets the claim's selected node.
 async fn claim_on(env: &TestEnv, name: &str, class: &str, size: &str, node: &str) -> PersistentVolumeClaim {
-    let mut c = claim(name, class, size);
-    c.metadata.annotations = Some([(keys::SELECTED_NODE.to_string(), env.name(&format!("node-{node}")))].into());
-    env.create(&env.api(), c).await
+    let created = env.create(&env.api(), claim(name, class, size)).await;
+    let on = BTreeMap::from([(HOSTNAME_LABEL.to_string(), env.name(&format!("host-{node}")))]);
+    pod_selecting(env, &format!("{name}-pod"), name, on).await;
+    created
 }
 
 async fn bound_volume(env: &TestEnv, name: &str) -> PersistentVolume {
@@ -100,7 +96,12 @@ fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Deletes claim `name`, after the pod `claim_on` made for it (a claim in
+/// use by a pod stays until the pod is gone).
 async fn delete_claim(env: &TestEnv, name: &str) {
+    if env.api::<Pod>().get_opt(&format!("{name}-pod")).await.expect("get pod").is_some() {
+        delete_pod(env, &format!("{name}-pod")).await;
+    }
     env.api::<PersistentVolumeClaim>().delete(name, &DeleteParams::default()).await.expect("delete claim");
 }
 
@@ -331,6 +332,10 @@ async fn claim_larger_than_the_free_space_is_sent_back_to_the_scheduler() {
     let engine = node_instance(&env, "a", base.path()).await;
 
     claim_on(&env, "huge", &class, "1Ei", "a").await;
+    env.wait_for(&env.api::<PersistentVolumeClaim>(), "huge", "the scheduler to select the node", |c| {
+        c.is_some_and(|c| c.annotations().contains_key(keys::SELECTED_NODE))
+    })
+    .await;
     env.wait_for(&env.api::<PersistentVolumeClaim>(), "huge", "the selected node to be removed", |c| {
         c.is_some_and(|c| !c.annotations().contains_key(keys::SELECTED_NODE))
     })

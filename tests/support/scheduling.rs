@@ -60,10 +60,16 @@ fn now() -> String {
 /// node selector on this test's label, so that only this test's nodes can
 /// take it.
 pub async fn pod_using(env: &TestEnv, name: &str, claim: &str) -> Pod {
+    pod_selecting(env, name, claim, env.labels()).await
+}
+
+/// Creates pod `name` that mounts claim `claim`, asks for one CPU, and may
+/// go only to nodes with these labels.
+pub async fn pod_selecting(env: &TestEnv, name: &str, claim: &str, node_selector: BTreeMap<String, String>) -> Pod {
     let pod = Pod {
         metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
         spec: Some(PodSpec {
-            node_selector: Some(env.labels()),
+            node_selector: Some(node_selector),
             containers: vec![Container {
                 name: "app".into(),
                 image: Some("registry.invalid/app:never-pulled".into()),
