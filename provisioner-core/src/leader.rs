@@ -634,9 +634,6 @@ fn release_spec(current: Option<&LeaseSpec>, now: Timestamp) -> LeaseSpec {
 }
 
 #[cfg(test)]
-mod fake_apiserver;
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -1035,19 +1032,21 @@ mod tests {
         }
     }
 
-    /// The election loop against an in-memory API server, under paused time:
-    /// every instant below is exact.
+    /// The election loop against the testing kit's API server, under paused
+    /// time: every instant below is exact.
     mod election_loop {
-        use super::super::fake_apiserver::FakeApiServer;
         use super::*;
+        use crate::testing::{FakeCluster, HistoryEntry};
+        use kube::api::PostParams;
         use tokio::time::timeout;
 
         const LEASE: &str = "lease";
+        const NAMESPACE: &str = "default";
         /// A retry period, inclusive: the retry timer and the test's timeout may fire at the same instant.
         const WITHIN_A_RETRY: Duration = DEFAULT_RETRY_PERIOD.saturating_add(Duration::from_millis(1));
 
         fn spawn(client: Client, identity: &str) -> (watch::Receiver<bool>, JoinHandle<()>, CancellationToken) {
-            let config = LeaderElectionConfig::new(LEASE, "default", identity);
+            let config = LeaderElectionConfig::new(LEASE, NAMESPACE, identity);
             let shutdown = CancellationToken::new();
             let (leading, task) = LeaderElector::new(client, config).expect("valid config").spawn(shutdown.clone());
             (leading, task, shutdown)
@@ -1058,15 +1057,34 @@ mod tests {
             matches!(timeout(within, rx.wait_for(|v| *v == want)).await, Ok(Ok(_)))
         }
 
+        fn lease(cluster: &FakeCluster) -> Option<Lease> {
+            cluster.get::<Lease>(NAMESPACE, LEASE)
+        }
+
+        fn holder_of(lease: &Lease) -> Option<String> {
+            lease.spec.as_ref()?.holder_identity.clone().filter(|h| !h.is_empty())
+        }
+
+        /// The lease's holder, if it has one.
+        fn holder(cluster: &FakeCluster) -> Option<String> {
+            lease(cluster).as_ref().and_then(holder_of)
+        }
+
+        /// When the last write naming `holder` landed.
+        fn last_write_by(cluster: &FakeCluster, holder: &str) -> Option<Instant> {
+            let history: Vec<HistoryEntry<Lease>> = cluster.history();
+            history.iter().rev().find(|w| holder_of(&w.object).as_deref() == Some(holder)).map(|w| w.at)
+        }
+
         #[tokio::test(start_paused = true)]
         async fn the_first_elector_creates_the_lease_and_the_second_follows() {
-            let server = FakeApiServer::default();
-            let (mut a, _ta, _sa) = spawn(server.client().0, "a");
+            let cluster = FakeCluster::new();
+            let (mut a, _ta, _sa) = spawn(cluster.client(), "a");
             assert!(becomes(&mut a, true, secs(1)).await);
-            let (mut b, _tb, _sb) = spawn(server.client().0, "b");
+            let (mut b, _tb, _sb) = spawn(cluster.client(), "b");
             assert!(!becomes(&mut b, true, secs(60)).await, "b took over a live lease");
             assert!(*a.borrow());
-            let spec = server.lease(LEASE).and_then(|l| l.spec).expect("lease");
+            let spec = lease(&cluster).and_then(|l| l.spec).expect("lease");
             assert_eq!(spec.holder_identity.as_deref(), Some("a"));
             assert_eq!(spec.lease_transitions, Some(0));
             assert_eq!(spec.lease_duration_seconds, Some(15));
@@ -1074,34 +1092,34 @@ mod tests {
 
         #[tokio::test(start_paused = true)]
         async fn a_partitioned_leader_steps_down_before_the_follower_takes_over() {
-            let server = FakeApiServer::default();
-            let (client_a, link_a) = server.client();
+            let cluster = FakeCluster::new();
+            let (client_a, link_a) = cluster.connect();
             let (mut a, _ta, _sa) = spawn(client_a, "a");
             assert!(becomes(&mut a, true, secs(1)).await);
-            let (mut b, _tb, _sb) = spawn(server.client().0, "b");
+            let (mut b, _tb, _sb) = spawn(cluster.client(), "b");
             assert!(!becomes(&mut b, true, secs(30)).await);
 
-            link_a.cut();
+            link_a.sever();
             assert!(becomes(&mut a, false, secs(30)).await, "a never stepped down");
             let stepped_down = Instant::now();
             assert!(becomes(&mut b, true, secs(30)).await, "b never took over");
             let took_over = Instant::now();
-            let last_renewal = server.last_write_by("a").expect("a wrote the lease");
+            let last_renewal = last_write_by(&cluster, "a").expect("a wrote the lease");
 
             assert!(stepped_down <= last_renewal + DEFAULT_RENEW_DEADLINE, "a acted past its renew deadline");
             assert!(stepped_down < took_over);
             assert!(took_over >= last_renewal + DEFAULT_LEASE_DURATION, "b took an unexpired lease");
             assert!(took_over <= last_renewal + DEFAULT_LEASE_DURATION + DEFAULT_RETRY_PERIOD);
-            assert_eq!(server.holder(LEASE).as_deref(), Some("b"));
+            assert_eq!(holder(&cluster).as_deref(), Some("b"));
         }
 
         #[tokio::test(start_paused = true)]
         async fn a_leader_rides_out_a_partition_shorter_than_its_renew_deadline() {
-            let server = FakeApiServer::default();
-            let (client_a, link_a) = server.client();
+            let cluster = FakeCluster::new();
+            let (client_a, link_a) = cluster.connect();
             let (mut a, _ta, _sa) = spawn(client_a, "a");
             assert!(becomes(&mut a, true, secs(1)).await);
-            link_a.cut();
+            link_a.sever();
             assert!(timeout(secs(4), a.changed()).await.is_err(), "leadership changed during the partition");
             link_a.restore();
             assert!(timeout(secs(60), a.changed()).await.is_err(), "leadership changed after the partition");
@@ -1110,14 +1128,16 @@ mod tests {
 
         #[tokio::test(start_paused = true)]
         async fn a_leader_steps_down_at_once_when_it_sees_another_holder() {
-            let server = FakeApiServer::default();
-            let (mut a, _ta, _sa) = spawn(server.client().0, "a");
+            let cluster = FakeCluster::new();
+            let (mut a, _ta, _sa) = spawn(cluster.client(), "a");
             assert!(becomes(&mut a, true, secs(1)).await);
-            let mut stolen = server.lease(LEASE).expect("lease");
+            // Another party overwrites the lease (its write carries the current resourceVersion).
+            let mut stolen = lease(&cluster).expect("lease");
             let spec = stolen.spec.get_or_insert_with(Default::default);
             spec.holder_identity = Some("intruder".into());
             spec.lease_transitions = Some(7);
-            server.overwrite(stolen);
+            let leases: Api<Lease> = Api::namespaced(cluster.client(), NAMESPACE);
+            leases.replace(LEASE, &PostParams::default(), &stolen).await.expect("the intruder's write");
             let stolen_at = Instant::now();
 
             assert!(becomes(&mut a, false, WITHIN_A_RETRY).await, "a kept leading");
@@ -1126,49 +1146,61 @@ mod tests {
             let regained = Instant::now() - stolen_at;
             assert!(regained >= DEFAULT_LEASE_DURATION, "regained after {regained:?}");
             assert!(regained <= DEFAULT_LEASE_DURATION + DEFAULT_RETRY_PERIOD, "regained after {regained:?}");
-            let spec = server.lease(LEASE).and_then(|l| l.spec).expect("lease");
+            let spec = lease(&cluster).and_then(|l| l.spec).expect("lease");
             assert_eq!(spec.lease_transitions, Some(8));
         }
 
         #[tokio::test(start_paused = true)]
         async fn shutdown_publishes_false_and_releases_so_the_follower_takes_over_within_a_retry_period() {
-            let server = FakeApiServer::default();
-            let (mut a, ta, sa) = spawn(server.client().0, "a");
+            let cluster = FakeCluster::new();
+            let (mut a, ta, sa) = spawn(cluster.client(), "a");
             assert!(becomes(&mut a, true, secs(1)).await);
-            let (mut b, _tb, _sb) = spawn(server.client().0, "b");
+            let (mut b, _tb, _sb) = spawn(cluster.client(), "b");
             assert!(!becomes(&mut b, true, secs(20)).await);
 
             sa.cancel();
             let cancelled_at = Instant::now();
             ta.await.expect("a ends cleanly");
             assert!(!*a.borrow());
-            assert_eq!(server.holder(LEASE), None, "a did not release the lease");
+            assert_eq!(holder(&cluster), None, "a did not release the lease");
             assert!(becomes(&mut b, true, WITHIN_A_RETRY).await, "b did not take over within a retry period");
             assert!(Instant::now() - cancelled_at <= DEFAULT_RETRY_PERIOD);
         }
 
         #[tokio::test(start_paused = true)]
         async fn an_aborted_elector_publishes_false_but_leaves_the_lease_to_expire() {
-            let server = FakeApiServer::default();
-            let (mut a, ta, _sa) = spawn(server.client().0, "a");
+            let cluster = FakeCluster::new();
+            let (mut a, ta, _sa) = spawn(cluster.client(), "a");
             assert!(becomes(&mut a, true, secs(1)).await);
             ta.abort();
             assert!(ta.await.expect_err("aborted").is_cancelled());
             assert!(!*a.borrow());
             assert!(a.has_changed().is_err(), "the channel closes with the task");
-            assert_eq!(server.holder(LEASE).as_deref(), Some("a"));
+            assert_eq!(holder(&cluster).as_deref(), Some("a"));
         }
 
         #[tokio::test(start_paused = true)]
         async fn an_unreachable_api_server_makes_no_leader_until_it_answers() {
-            let server = FakeApiServer::default();
-            let (client, link) = server.client();
-            link.cut();
+            let cluster = FakeCluster::new();
+            let (client, link) = cluster.connect();
+            link.sever();
             let (mut a, _ta, _sa) = spawn(client, "a");
             assert!(!becomes(&mut a, true, secs(60)).await);
             link.restore();
             // The hung request is abandoned after half the renew deadline, then a retry succeeds.
             assert!(becomes(&mut a, true, DEFAULT_RENEW_DEADLINE / 2 + DEFAULT_RETRY_PERIOD).await);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn of_two_electors_racing_for_a_new_lease_exactly_one_leads() {
+            let cluster = FakeCluster::new();
+            let (mut a, _ta, _sa) = spawn(cluster.client(), "a");
+            let (mut b, _tb, _sb) = spawn(cluster.client(), "b");
+            let (a_leads, b_leads) = (becomes(&mut a, true, secs(5)).await, becomes(&mut b, true, secs(5)).await);
+            assert!(a_leads != b_leads, "exactly one leads: a {a_leads}, b {b_leads}");
+            let created: Vec<HistoryEntry<Lease>> = cluster.history();
+            assert_eq!(created.iter().filter(|w| w.change == crate::testing::ChangeType::Added).count(), 1);
+            assert_eq!(holder(&cluster).as_deref(), Some(if a_leads { "a" } else { "b" }));
         }
     }
 }

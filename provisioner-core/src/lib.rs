@@ -42,7 +42,8 @@ pub mod removals;
 #[cfg(feature = "serve")]
 pub mod serve;
 mod shutdown;
-#[cfg(feature = "testing")]
+// Built for the crate's own tests too: its unit tests use the kit.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod volume;
 

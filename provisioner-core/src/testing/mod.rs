@@ -5,7 +5,8 @@
 //!
 //! It serves what provisioning touches: PersistentVolumeClaims,
 //! PersistentVolumes, StorageClasses, Events (`events.k8s.io/v1` and core
-//! `v1`, one storage as in the real server), Leases, Nodes and Namespaces,
+//! `v1`, one storage as in the real server), Leases (`coordination.k8s.io/v1`,
+//! which leader election uses), Nodes and Namespaces,
 //! with get, list, watch, create, update, patch, delete, delete-collection
 //! and `/status`. Everything runs on Tokio timers, so tests work under
 //! `#[tokio::test(start_paused = true)]`: backoff and lease timings pass
@@ -62,8 +63,12 @@
 //!   resourceVersion. [`FakeCluster::compact`] forgets the history, so that
 //!   resumption gets `410 Gone` and the watchers re-list.
 //! - [`FakeCluster::send_bookmarks`]: open watches that allow bookmarks get one now.
+//! - [`FakeCluster::connect`]: a client and its [`Connection`], which
+//!   [`sever`](Connection::sever)s it (a network partition: its requests
+//!   hang) and [`restore`](Connection::restore)s it.
 //!
 //! Faults and latency apply to clients; the binder writes to the store directly.
+//! [`FakeCluster::history`] tells when each write landed, by the Tokio clock.
 //!
 //! # Crashing an engine
 //! [`FakeCluster::spawn_engine`] runs an engine on its own client. [`RunningEngine::crash`]
@@ -128,6 +133,8 @@ mod store;
 #[cfg(test)]
 mod tests;
 mod validation;
+
+pub use store::ChangeType;
 
 use std::convert::Infallible;
 use std::fmt::Debug;
@@ -268,6 +275,29 @@ impl Connection {
         self.severed.store(true, Ordering::SeqCst);
         self.signal.send_replace(true);
     }
+
+    /// Reconnects the client: requests it sends from now on are served.
+    /// Requests and watches caught by [`sever`](Self::sever) stay hung, as
+    /// on a connection that died: the client must give up on them (its own
+    /// timeouts) and try again.
+    pub fn restore(&self) {
+        self.severed.store(false, Ordering::SeqCst);
+        self.signal.send_replace(false);
+    }
+}
+
+/// One change in a [`FakeCluster`]'s history (see [`FakeCluster::history`]).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct HistoryEntry<K> {
+    /// When the write landed, by the Tokio clock.
+    pub at: tokio::time::Instant,
+    /// The cluster's resourceVersion after the write.
+    pub resource_version: u64,
+    /// What the write did.
+    pub change: ChangeType,
+    /// The object after the write (its last state, for a deletion).
+    pub object: K,
 }
 
 /// [`FakeCluster::wait_for`] gave up.
@@ -388,6 +418,27 @@ impl FakeCluster {
     /// Keeps at most `changes` changes for resuming watches (default 10 000).
     pub fn set_history_limit(&self, changes: usize) {
         self.inner.lock().history_limit = changes.max(1);
+    }
+
+    /// The changes to objects of kind `K` that the history still holds,
+    /// oldest first: creates, updates (the binder's too) and deletions, each
+    /// with the Tokio instant it landed. The history keeps the last 10 000
+    /// changes of all kinds ([`set_history_limit`](Self::set_history_limit))
+    /// and [`compact`](Self::compact) empties it.
+    pub fn history<K>(&self) -> Vec<HistoryEntry<K>>
+    where
+        K: Resource<DynamicType = ()> + DeserializeOwned,
+    {
+        let Some(kind) = kind_of::<K>() else { return Vec::new() };
+        let store = self.inner.lock();
+        let changes = store.changes_since(kind, store.compacted).unwrap_or_default();
+        changes
+            .into_iter()
+            .filter_map(|c| {
+                let object = serde_json::from_value(c.object).ok()?;
+                Some(HistoryEntry { at: c.at, resource_version: c.rv, change: c.type_, object })
+            })
+            .collect()
     }
 
     /// The object `namespace/name` of kind `K` (`namespace` is ignored for

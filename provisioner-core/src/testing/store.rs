@@ -182,16 +182,19 @@ pub(crate) fn reason_for(code: u16) -> &'static str {
     }
 }
 
-/// What a watch event says happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ChangeType {
+/// What a write did to an object, as a watch event says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChangeType {
+    /// Created it (`ADDED`).
     Added,
+    /// Changed it (`MODIFIED`), including setting its `deletionTimestamp`.
     Modified,
+    /// Removed it (`DELETED`).
     Deleted,
 }
 
 impl ChangeType {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ChangeType::Added => "ADDED",
             ChangeType::Modified => "MODIFIED",
@@ -204,6 +207,8 @@ impl ChangeType {
 #[derive(Clone, Debug)]
 pub(crate) struct Change {
     pub rv: u64,
+    /// When it landed, by the Tokio clock.
+    pub at: Instant,
     pub storage: &'static str,
     pub namespace: String,
     pub type_: ChangeType,
@@ -571,6 +576,7 @@ impl Store {
     fn record(&mut self, kind: &KindInfo, ns: &str, type_: ChangeType, object: Value, old: Option<Value>) {
         self.history.push_back(Change {
             rv: self.rv,
+            at: Instant::now(),
             storage: kind.storage,
             namespace: ns.to_string(),
             type_,

@@ -313,6 +313,59 @@ async fn injected_failures_and_latency_apply_to_the_named_verb_and_resource() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_restored_connection_is_served_again_while_requests_caught_by_the_cut_stay_hung() {
+    let cluster = FakeCluster::new();
+    let (client, connection) = cluster.connect();
+    create_claim(&client, "data").await;
+    connection.sever();
+    let hung = tokio::spawn({
+        let client = client.clone();
+        async move { claims(&client).get("data").await }
+    });
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!hung.is_finished(), "a request of a severed client does not answer");
+    connection.restore();
+    let c = tokio::time::timeout(Duration::from_secs(1), claims(&client).get("data")).await;
+    assert!(c.expect("answered at once").is_ok(), "a request sent after the restore is served");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!hung.is_finished(), "the request caught by the cut stays hung");
+    hung.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_history_tells_what_each_write_did_and_when_it_landed() {
+    let cluster = FakeCluster::new();
+    let client = cluster.client();
+    let started = tokio::time::Instant::now();
+    create_claim(&client, "data").await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let touch = json!({ "metadata": { "labels": { "touched": "yes" } } });
+    claims(&client).patch("data", &PatchParams::default(), &Patch::Merge(&touch)).await.expect("patch");
+    claims(&client).delete("data", &DeleteParams::default()).await.expect("delete");
+    Api::<StorageClass>::all(client.clone())
+        .create(&PostParams::default(), &class("fast", NAME).build())
+        .await
+        .expect("class");
+
+    let history = cluster.history::<PersistentVolumeClaim>();
+    let changes: Vec<_> = history.iter().map(|h| (h.change, h.at - started)).collect();
+    let ten = Duration::from_secs(10);
+    assert_eq!(
+        changes,
+        [
+            (super::ChangeType::Added, Duration::ZERO),
+            (super::ChangeType::Modified, ten),
+            (super::ChangeType::Deleted, ten)
+        ]
+    );
+    assert!(history[1].object.labels().contains_key("touched"));
+    assert!(history.windows(2).all(|w| w[0].resource_version < w[1].resource_version));
+    assert_eq!(cluster.history::<StorageClass>().len(), 1, "each kind its own");
+    cluster.compact();
+    assert!(cluster.history::<PersistentVolumeClaim>().is_empty(), "compaction forgets it");
+}
+
+#[tokio::test(start_paused = true)]
 async fn both_event_apis_share_one_storage() {
     let cluster = FakeCluster::new();
     let client = cluster.client();
