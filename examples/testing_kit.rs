@@ -10,10 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{HostPathVolumeSource, PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec};
 use kube::api::{Api, DeleteParams, PostParams};
-use provisioner_core::testing::{FakeCluster, Verb};
-use provisioner_core::{
-    DeleteError, Engine, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner, fixtures,
-};
+use provisioner_core::testing::{FakeCluster, Fault, Verb, fixtures};
+use provisioner_core::{DeleteError, Engine, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
 
 /// The provisioner under test: "directories" in a set.
 #[derive(Default)]
@@ -48,12 +46,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A class and a running engine; the first PV create fails, as an API server might.
     Api::all(client.clone()).create(&PostParams::default(), &fixtures::class("fast", NAME).build()).await?;
-    cluster.fail_next(Verb::Create, "persistentvolumes", 1, 500);
+    cluster.fail_next::<PersistentVolume>(Verb::Create, Fault::InternalError, 1);
     let engine = cluster.spawn_engine(|c| Engine::builder(c, NAME, dirs.clone()).build())?;
 
     // A claim: the binder hands it to us, the engine provisions, the binder binds.
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client, "default");
-    claims.create(&PostParams::default(), &fixtures::claim("default", "data", "").class("fast").build()).await?;
+    claims.create(&PostParams::default(), &fixtures::claim("default", "data").class("fast").build()).await?;
     let phase = |c: Option<&PersistentVolumeClaim>| c.and_then(|c| c.status.as_ref()?.phase.clone());
     let bound = cluster.wait_for("default", "data", |c| phase(c).as_deref() == Some("Bound")).await?;
     let volume = bound.and_then(|c| c.spec?.volume_name).unwrap_or_default();

@@ -20,7 +20,7 @@ use efs_provisioner::{Defaults, EfsProvisioner};
 use k8s_openapi::api::core::v1::PersistentVolume;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
-use provisioner_core::fixtures::{claim, request};
+use provisioner_core::testing::fixtures::{claim, request};
 use provisioner_core::{DeleteError, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
 use stand_in::{Aws, Timing};
 use tokio::time::Instant;
@@ -454,7 +454,7 @@ async fn a_file_system_whose_tags_do_not_prove_it_ours_is_not_deleted() {
 async fn a_claim_with_a_long_name_gets_a_name_tag_efs_accepts() {
     let aws = Aws::with(|w| w.timing = Timing::instant());
     let mut req = seed_request("pvc-1");
-    req.claim = Arc::new(claim(&"n".repeat(63), &"c".repeat(253), "uid-1").build());
+    req.claim = Arc::new(claim(&"n".repeat(63), &"c".repeat(253)).as_stored("uid-1").build());
     provisioner(&aws).provision(&req).await.expect("provisioned");
     let w = aws.world();
     let name = &w.file_systems.values().next().unwrap().tags["Name"];

@@ -13,7 +13,7 @@ use efs_provisioner::volume::{FILE_SYSTEM_ID, saved_volume};
 use efs_provisioner::{Defaults, EfsProvisioner};
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::ObjectMeta;
-use provisioner_core::fixtures::{claim, class};
+use provisioner_core::testing::fixtures::{claim, class};
 use provisioner_core::{ProvisionRequest, ProvisionedVolume, Provisioner};
 
 const REGION: &str = "us-east-1";
@@ -58,12 +58,16 @@ fn rand_u64() -> u64 {
 }
 
 fn request(pv: &str, provisioner_name: &str, params: &[(&str, &str)]) -> ProvisionRequest {
-    let mut req = provisioner_core::fixtures::request(pv, "general", params.iter().copied());
+    let mut req = provisioner_core::testing::fixtures::request(pv, "general", params.iter().copied());
     let mut k = class("general", provisioner_name).build();
     k.parameters = (!params.is_empty()).then(|| params.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect());
     req.class = Arc::new(k);
     req.claim = Arc::new(
-        claim("test-project", "files", "uid-1").legacy_class("general").access_modes(&["ReadWriteMany"]).build(),
+        claim("test-project", "files")
+            .as_stored("uid-1")
+            .legacy_class("general")
+            .access_modes(&["ReadWriteMany"])
+            .build(),
     );
     req
 }

@@ -308,7 +308,7 @@ impl Provisioner for HostPathProvisioner {
 mod tests {
     use super::*;
     use crate::config::Settings;
-    use provisioner_core::fixtures;
+    use provisioner_core::testing::fixtures;
     use std::sync::Arc;
 
     fn node() -> NodeIdentity {
@@ -339,7 +339,7 @@ mod tests {
         }
         ProvisionRequest::new(
             pv,
-            Arc::new(fixtures::claim(namespace, name, pv).request(size).build()),
+            Arc::new(fixtures::claim(namespace, name).as_stored(pv).request(size).build()),
             Arc::new(class.build()),
         )
         .with_selected_node(node.map(str::to_string))

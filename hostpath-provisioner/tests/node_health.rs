@@ -20,7 +20,8 @@ use hostpath_provisioner::layout::{LEDGER_DIR, RelPath};
 use hostpath_provisioner::provisioner::DEFAULT_PROVISIONER_NAME;
 use hostpath_provisioner::{HostPathProvisioner, NodeIdentity, Settings, SharedSettings};
 use k8s_openapi::api::core::v1::PersistentVolume;
-use provisioner_core::{ProvisionError, ProvisionRequest, Provisioner, fixtures};
+use provisioner_core::testing::fixtures;
+use provisioner_core::{ProvisionError, ProvisionRequest, Provisioner};
 
 const CHILD_ENV: &str = "HOSTPATH_NODE_HEALTH_CHILD";
 
@@ -63,7 +64,7 @@ fn request(pv: &str, bytes: u64) -> ProvisionRequest {
     let class = fixtures::class("local", DEFAULT_PROVISIONER_NAME).wait_for_first_consumer();
     ProvisionRequest::new(
         pv,
-        Arc::new(fixtures::claim("ns", pv, pv).request(&bytes.to_string()).build()),
+        Arc::new(fixtures::claim("ns", pv).as_stored(pv).request(&bytes.to_string()).build()),
         Arc::new(class.build()),
     )
     .with_selected_node(Some("node-a".into()))

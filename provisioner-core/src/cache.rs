@@ -205,19 +205,19 @@ mod tests {
 
     #[test]
     fn a_stored_object_decodes_to_itself() {
-        use crate::fixtures::{claim, volume};
-        let pv = volume("pvc-u1", "example.com/x", &claim("ns", "data", "u1").build()).build();
+        use crate::testing::fixtures::{claim, volume};
+        let pv = volume("pvc-u1", "example.com/x", &claim("ns", "data").as_stored("u1").build()).build();
         let (volumes, mut writer) = store();
         writer.insert(&pv);
         assert_eq!(volumes.get(None, "pvc-u1").expect("stored").decode().expect("decodes"), pv);
         assert_eq!(Cached::new(&pv).decode().expect("decodes"), pv);
     }
-    use crate::fixtures::{claim, volume};
+    use crate::testing::fixtures::{claim, volume};
     use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 
     #[test]
     fn a_cached_object_decodes_to_the_same_object() {
-        let c = claim("ns", "data", "u1").class("fast").request("5Gi").provisioner("example.com/x").build();
+        let c = claim("ns", "data").as_stored("u1").class("fast").request("5Gi").provisioner("example.com/x").build();
         assert_eq!(Cached::new(&c).decode().expect("decodes"), c);
         let v = volume("pvc-u1", "example.com/x", &c).phase("Released").build();
         assert_eq!(Cached::new(&v).decode().expect("decodes"), v);
@@ -225,7 +225,8 @@ mod tests {
 
     #[test]
     fn a_cached_volume_takes_less_than_its_json() {
-        let c = claim("ns", "data", "0b7c2e34-6f1d-4a57-9d3e-8f2a1c5b7e90")
+        let c = claim("ns", "data")
+            .as_stored("0b7c2e34-6f1d-4a57-9d3e-8f2a1c5b7e90")
             .class("fast")
             .request("5Gi")
             .provisioner("example.com/x")
@@ -239,7 +240,7 @@ mod tests {
     #[test]
     fn objects_are_found_by_namespace_and_name() {
         let (claims, mut writer) = store::<PersistentVolumeClaim>();
-        let c = claim("ns", "data", "u1").build();
+        let c = claim("ns", "data").as_stored("u1").build();
         writer.insert(&c);
         assert_eq!(claims.get(Some("ns"), "data").expect("cached").decode().expect("decodes"), c);
         assert_eq!(
@@ -255,7 +256,7 @@ mod tests {
     #[test]
     fn a_relist_replaces_the_contents_only_when_complete() {
         let (volumes, mut writer) = store::<PersistentVolume>();
-        let c = claim("ns", "data", "u1").build();
+        let c = claim("ns", "data").as_stored("u1").build();
         let old = volume("pvc-old", "example.com/x", &c).build();
         let new = volume("pvc-new", "example.com/x", &c).build();
         writer.insert(&old);
@@ -290,7 +291,8 @@ mod tests {
 
     #[test]
     fn bytes_that_do_not_decode_are_an_error_not_an_empty_object() {
-        let mut cached = Cached::new(&volume("pvc-u1", "example.com/x", &claim("ns", "data", "u1").build()).build());
+        let mut cached =
+            Cached::new(&volume("pvc-u1", "example.com/x", &claim("ns", "data").as_stored("u1").build()).build());
         cached.packed = Vec::new().into();
         assert!(Cached::<PersistentVolume>::decode(&cached).is_err(), "nothing cached");
         cached.packed = zstd::bulk::compress(b"{\"spec\":", LEVEL).expect("compresses").into();

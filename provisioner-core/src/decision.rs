@@ -252,13 +252,15 @@ pub fn claim_is_relevant(claim: &PersistentVolumeClaim, names: &Names) -> bool {
 /// volumes are cached, written or handed to the backend.
 ///
 /// ```
+/// # #[cfg(feature = "testing")] {
 /// use provisioner_core::decision::{volume_is_ours, Names};
-/// use provisioner_core::fixtures::{claim, volume};
+/// use provisioner_core::testing::fixtures::{claim, volume};
 /// let names = Names::new("example.com/x", Vec::<String>::new());
-/// let c = claim("ns", "data", "u1").build();
+/// let c = claim("ns", "data").build();
 /// assert!(volume_is_ours(&volume("pvc-u1", "example.com/x", &c).build(), &names));
 /// // Another provisioner's volume carries the same finalizer: still not ours.
 /// assert!(!volume_is_ours(&volume("pvc-u2", "csi.example.com", &c).build(), &names));
+/// # }
 /// ```
 pub fn volume_is_ours(volume: &PersistentVolume, names: &Names) -> bool {
     annotation(volume, keys::PROVISIONED_BY).is_some_and(|p| names.contains(p))
@@ -308,8 +310,9 @@ fn has_selector(claim: &PersistentVolumeClaim) -> bool {
 /// Decides what to do about the volume named `pv_name`.
 ///
 /// ```
+/// # #[cfg(feature = "testing")] {
 /// use provisioner_core::decision::{decide, Decision, Names, Rules, Snapshot};
-/// use provisioner_core::fixtures::{claim, class};
+/// use provisioner_core::testing::fixtures::{claim, class};
 /// use provisioner_core::memory::Memory;
 /// # use provisioner_core::{DeleteError, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
 /// # use k8s_openapi::api::core::v1::PersistentVolume;
@@ -321,10 +324,11 @@ fn has_selector(claim: &PersistentVolumeClaim) -> bool {
 /// # }
 /// let names = Names::new("example.com/x", Vec::<String>::new());
 /// let rules = Rules { names: &names, provisioner: &P, finalizer: true, give_up_after: None };
-/// let c = claim("ns", "data", "u1").class("fast").provisioner("example.com/x").build();
+/// let c = claim("ns", "data").as_stored("u1").class("fast").provisioner("example.com/x").build();
 /// let k = class("fast", "example.com/x").build();
 /// let snap = Snapshot { claim: Some(&c), class: Some(&k), ..Default::default() };
 /// assert!(matches!(decide("pvc-u1", &snap, &Memory::default(), &rules), Decision::Provision(p) if p.record_intent));
+/// # }
 /// ```
 pub fn decide(pv_name: &str, snap: &Snapshot<'_>, memory: &Memory, rules: &Rules<'_>) -> Decision {
     // A volume the backend returned and the API server has not taken yet is

@@ -15,9 +15,13 @@
 //! the I/O shell is [`engine`]. How it stays crash-safe is described in
 //! [`engine`]'s documentation.
 //!
-//! With the `testing` feature, `testing::FakeCluster` is an in-process API
-//! server with a PV binder and fault injection, for testing provisioners
-//! end to end in `cargo test` (see the `testing` module).
+//! With the `testing` feature, the `testing` module is a kit for tests of
+//! provisioners: `testing::FakeCluster`, an in-process API server with a PV
+//! binder and fault injection; `testing::ScriptedBackend`, a provisioner
+//! whose answers a test scripts; waits for events and backend states under
+//! paused time; and `testing::fixtures`, builders for the objects tests
+//! create. Enable it for tests only (in `[dev-dependencies]`); without it,
+//! none of the kit is built.
 
 pub mod backoff;
 mod cache;
@@ -28,7 +32,6 @@ pub mod client;
 pub mod decision;
 pub mod engine;
 mod events;
-pub mod fixtures;
 pub mod keys;
 pub mod leader;
 pub mod memory;

@@ -120,12 +120,14 @@ impl ProvisionRequest {
     /// selected node and no data source.
     ///
     /// ```
+    /// # #[cfg(feature = "testing")] {
     /// use std::sync::Arc;
-    /// use provisioner_core::fixtures::{claim, class};
+    /// use provisioner_core::testing::fixtures::{claim, class};
     /// use provisioner_core::ProvisionRequest;
-    /// let req = ProvisionRequest::new("pvc-1", Arc::new(claim("ns", "data", "1").build()), Arc::new(class("fast", "example.com/x").build()))
+    /// let req = ProvisionRequest::new("pvc-1", Arc::new(claim("ns", "data").build()), Arc::new(class("fast", "example.com/x").build()))
     ///     .with_selected_node(Some("node-a".into()));
     /// assert_eq!(req.selected_node.as_deref(), Some("node-a"));
+    /// # }
     /// ```
     pub fn new(pv_name: impl Into<String>, claim: Arc<PersistentVolumeClaim>, class: Arc<StorageClass>) -> Self {
         ProvisionRequest { pv_name: pv_name.into(), claim, class, selected_node: None, data_source: None }
@@ -146,9 +148,11 @@ impl ProvisionRequest {
     /// The class's `parameters`, empty when it has none.
     ///
     /// ```
-    /// # use provisioner_core::fixtures::request;
+    /// # #[cfg(feature = "testing")] {
+    /// # use provisioner_core::testing::fixtures::request;
     /// let req = request("pvc-1", "fast", [("type", "ssd")]);
     /// assert_eq!(req.parameters().get("type").map(String::as_str), Some("ssd"));
+    /// # }
     /// ```
     pub fn parameters(&self) -> &BTreeMap<String, String> {
         static EMPTY: BTreeMap<String, String> = BTreeMap::new();

@@ -30,11 +30,13 @@ fn annotation_op(key: &str) -> Value {
 /// `reschedule`, its selected node); empty when there is nothing to remove.
 ///
 /// ```
-/// use provisioner_core::fixtures::claim;
-/// let c = claim("ns", "data", "u1").intent_of("example.com/x", "pvc-u1").build();
+/// # #[cfg(feature = "testing")] {
+/// use provisioner_core::testing::fixtures::claim;
+/// let c = claim("ns", "data").intent_of("example.com/x", "pvc-u1").build();
 /// let ops = provisioner_core::removals::intent_record(&c, false);
 /// assert_eq!(ops.len(), 4, "test + remove of the finalizer, the two annotations");
-/// assert!(provisioner_core::removals::intent_record(&claim("ns", "data", "u1").build(), false).is_empty());
+/// assert!(provisioner_core::removals::intent_record(&claim("ns", "data").build(), false).is_empty());
+/// # }
 /// ```
 pub fn intent_record(claim: &PersistentVolumeClaim, reschedule: bool) -> Vec<Value> {
     let mut ops = finalizer_ops(claim, keys::INTENT_FINALIZER);

@@ -36,16 +36,18 @@ impl Default for VolumeOptions {
 /// class's provisioner name).
 ///
 /// ```
-/// use provisioner_core::fixtures::{claim, class};
+/// # #[cfg(feature = "testing")] {
+/// use provisioner_core::testing::fixtures::{claim, class};
 /// use provisioner_core::volume::{build_volume, VolumeOptions};
 /// use provisioner_core::ProvisionedVolume;
-/// let c = claim("ns", "data", "u1").class("fast").request("5Gi").build();
+/// let c = claim("ns", "data").as_stored("u1").class("fast").request("5Gi").build();
 /// let k = class("fast", "example.com/x").mount_options(&["noatime"]).build();
 /// let pv = build_volume("pvc-u1", ProvisionedVolume::default(), &c, &k, &VolumeOptions::default());
 /// let spec = pv.spec.unwrap();
 /// assert_eq!(spec.capacity.unwrap()["storage"].0, "5Gi");
 /// assert_eq!(spec.mount_options.unwrap(), vec!["noatime"]);
 /// assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Delete"));
+/// # }
 /// ```
 pub fn build_volume(
     pv_name: &str,
@@ -113,13 +115,13 @@ pub fn build_volume(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{claim, class};
+    use crate::testing::fixtures::{claim, class};
     use k8s_openapi::api::core::v1::{NFSVolumeSource, NodeSelector, PersistentVolumeSpec, VolumeNodeAffinity};
     use proptest::prelude::*;
 
     #[test]
     fn fills_claim_ref_with_uid_and_class_defaults() {
-        let c = claim("ns", "data", "u1").class("fast").access_modes(&["ReadWriteMany"]).build();
+        let c = claim("ns", "data").as_stored("u1").class("fast").access_modes(&["ReadWriteMany"]).build();
         let k = class("fast", "example.com/x").reclaim_policy("Retain").build();
         let pv = build_volume("pvc-u1", ProvisionedVolume::default(), &c, &k, &VolumeOptions::default());
         let spec = pv.spec.as_ref().expect("spec");
@@ -142,7 +144,7 @@ mod tests {
 
     #[test]
     fn retain_volumes_are_saved_without_the_finalizer() {
-        let c = claim("ns", "data", "u1").class("fast").build();
+        let c = claim("ns", "data").as_stored("u1").class("fast").build();
         let k = class("fast", "example.com/x").reclaim_policy("Retain").build();
         let pv = build_volume("pvc-u1", ProvisionedVolume::default(), &c, &k, &VolumeOptions::default());
         assert!(pv.finalizers().is_empty());
@@ -150,7 +152,7 @@ mod tests {
 
     #[test]
     fn finalizer_can_be_turned_off() {
-        let c = claim("ns", "data", "u1").build();
+        let c = claim("ns", "data").as_stored("u1").build();
         let k = class("fast", "example.com/x").build();
         let pv = build_volume("pvc-u1", ProvisionedVolume::default(), &c, &k, &VolumeOptions { finalizer: false });
         assert!(pv.finalizers().is_empty());
@@ -158,7 +160,7 @@ mod tests {
 
     #[test]
     fn block_claims_get_block_volumes() {
-        let c = claim("ns", "data", "u1").block().build();
+        let c = claim("ns", "data").as_stored("u1").block().build();
         let k = class("fast", "example.com/x").build();
         let pv = build_volume("pvc-u1", ProvisionedVolume::default(), &c, &k, &VolumeOptions::default());
         assert_eq!(pv.spec.and_then(|s| s.volume_mode).as_deref(), Some("Block"));
@@ -198,7 +200,7 @@ mod tests {
             annotations in proptest::collection::btree_map("[a-z./]{1,12}", "[a-z]{0,5}", 0..3),
             finalizer in any::<bool>(),
         ) {
-            let c = claim("ns", "data", "u1").class("fast").request("3Gi").build();
+            let c = claim("ns", "data").as_stored("u1").class("fast").request("3Gi").build();
             let k = class("fast", "example.com/x").reclaim_policy("Delete").mount_options(&["ro"]).build();
             let given = ProvisionedVolume { spec: spec.clone(), labels: labels.clone(), annotations: annotations.clone() };
             let pv = build_volume("pvc-u1", given, &c, &k, &VolumeOptions { finalizer });

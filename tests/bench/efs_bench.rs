@@ -18,7 +18,7 @@ use efs_provisioner::{Defaults, EfsProvisioner, moto};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::ObjectMeta;
-use provisioner_core::fixtures::{claim, class};
+use provisioner_core::testing::fixtures::{claim, class};
 use provisioner_core::{ProvisionRequest, Provisioner};
 
 const REGION: &str = "us-east-1";
@@ -29,7 +29,11 @@ type Api = LimitedApi<Arc<CountingApi<aws_sdk_efs::Client>>>;
 fn request(pv: &str, params: &[(&str, String)]) -> ProvisionRequest {
     let mut k = class("general", "efs.aws.skpr.io/generalPurpose").build();
     k.parameters = (!params.is_empty()).then(|| params.iter().map(|(a, b)| (a.to_string(), b.clone())).collect());
-    ProvisionRequest::new(pv, Arc::new(claim("bench", pv, pv).access_modes(&["ReadWriteMany"]).build()), Arc::new(k))
+    ProvisionRequest::new(
+        pv,
+        Arc::new(claim("bench", pv).as_stored(pv).access_modes(&["ReadWriteMany"]).build()),
+        Arc::new(k),
+    )
 }
 
 fn print(title: &str, counts: &BTreeMap<Operation, u64>, volumes: usize, secs: f64) {

@@ -10,8 +10,8 @@
 //! make that a real server refuses (and their accepted neighbours): creates
 //! carrying a resourceVersion, finalizers added to objects being deleted,
 //! invalid names and specs, immutable fields, stale resourceVersions and
-//! uids; and objects built by `provisioner_core::fixtures`, which a real
-//! server must accept.
+//! uids; and objects built by `provisioner_core::testing::fixtures`, which a
+//! real server must accept (and, built "as stored", refuse on create).
 //!
 //! Claims and volumes here use a class of their own (which does not exist),
 //! so the real PV binder neither binds nor writes to them, except where a
@@ -22,13 +22,14 @@ use std::future::Future;
 
 use e2e_support::TestEnv;
 use k8s_openapi::api::core::v1::{
-    CSIPersistentVolumeSource, LocalVolumeSource, NFSVolumeSource, Namespace, PersistentVolume, PersistentVolumeClaim,
+    CSIPersistentVolumeSource, LocalVolumeSource, NFSVolumeSource, Namespace, Node, PersistentVolume,
+    PersistentVolumeClaim,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Client, Resource, ResourceExt};
-use provisioner_core::fixtures;
 use provisioner_core::testing::FakeCluster;
+use provisioner_core::testing::fixtures;
 use serde_json::{Value, json};
 
 const PROVISIONER: &str = "example.com/contract";
@@ -75,17 +76,14 @@ impl Plane {
 
     /// A claim `name` from the fixtures, in this case's class.
     fn claim(&self, name: &str) -> PersistentVolumeClaim {
-        self.labelled(fixtures::claim(&self.namespace, name, "").class(&self.class_name()).build())
+        self.labelled(fixtures::claim(&self.namespace, name).class(&self.class_name()).build())
     }
 
     /// A volume `base-<id>` from the fixtures, claimed by nothing, in this case's class.
     fn volume(&self, base: &str) -> PersistentVolume {
-        let owner = fixtures::claim(&self.namespace, "data", "").build();
-        let mut pv = fixtures::volume(&self.name(base), PROVISIONER, &owner).unclaimed().build();
-        if let Some(spec) = pv.spec.as_mut() {
-            spec.storage_class_name = Some(self.class_name());
-        }
-        self.labelled(pv)
+        let owner = fixtures::claim(&self.namespace, "data").build();
+        let pv = fixtures::volume(&self.name(base), PROVISIONER, &owner).unclaimed().class(&self.class_name());
+        self.labelled(pv.build())
     }
 
     /// A class `base-<id>` from the fixtures.
@@ -219,6 +217,16 @@ async fn a_volume_create_carrying_a_resource_version_is_refused() {
 }
 
 #[tokio::test]
+async fn a_claim_built_as_stored_is_refused_on_create() {
+    let expect = refused(500, "", "resourceVersion should not be set on objects to be created");
+    contract("create-as-stored", expect, |p| async move {
+        let c = fixtures::claim(&p.namespace, "data").class(&p.class_name()).as_stored(OTHER_UID).build();
+        reply(p.claims().create(&PostParams::default(), &p.labelled(c)).await)
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_create_carrying_resource_version_zero_is_accepted() {
     contract("create-with-rv-zero", accepted(), |p| async move {
         let mut c = p.claim("data");
@@ -234,7 +242,7 @@ async fn objects_built_by_the_fixtures_are_accepted() {
         let pp = PostParams::default();
         let class = p.labelled(p.class("fast").reclaim_policy("Retain").parameter("type", "gp3").build());
         step!(p.classes().create(&pp, &class));
-        let c = fixtures::claim(&p.namespace, "data", "uid-1")
+        let c = fixtures::claim(&p.namespace, "data")
             .class(&p.class_name())
             .request("5Gi")
             .access_modes(&["ReadWriteMany"])
@@ -242,18 +250,22 @@ async fn objects_built_by_the_fixtures_are_accepted() {
             .selected_node("node-a")
             .build();
         let created = step!(p.claims().create(&pp, &p.labelled(c)));
-        let clone = fixtures::claim(&p.namespace, "clone", "").class(&p.class_name()).clone_of("data").build();
+        let clone = fixtures::claim(&p.namespace, "clone").class(&p.class_name()).clone_of("data").build();
         step!(p.claims().create(&pp, &p.labelled(clone)));
-        let restore = fixtures::claim(&p.namespace, "restore", "").class(&p.class_name()).from_snapshot("snap").build();
+        let restore = fixtures::claim(&p.namespace, "restore").class(&p.class_name()).from_snapshot("snap").build();
         step!(p.claims().create(&pp, &p.labelled(restore)));
-        let block = fixtures::claim(&p.namespace, "raw", "").class(&p.class_name()).block().deleting().build();
+        let block = fixtures::claim(&p.namespace, "raw").class(&p.class_name()).block().deleting().build();
         step!(p.claims().create(&pp, &p.labelled(block)));
+        let picky = fixtures::claim("", "picky").class(&p.class_name()).selector("tier", "gold").build();
+        step!(p.claims().create(&pp, &p.labelled(picky)));
         // Pre-bound to a claim of another class, so that neither binder binds it.
-        let mut pv = fixtures::volume(&p.name("pv"), PROVISIONER, &created).reclaim_policy("Retain").build();
-        if let Some(spec) = pv.spec.as_mut() {
-            spec.storage_class_name = Some(p.name("elsewhere"));
-        }
-        step!(p.volumes().create(&pp, &p.labelled(pv)));
+        let pv =
+            fixtures::volume(&p.name("pv"), PROVISIONER, &created).reclaim_policy("Retain").class(&p.name("elsewhere"));
+        step!(p.volumes().create(&pp, &p.labelled(pv.build())));
+        let admins = fixtures::static_volume(&p.name("admins")).for_claim(&created).class(&p.name("elsewhere"));
+        step!(p.volumes().create(&pp, &p.labelled(admins.host_path("/srv/admins").build())));
+        let node = fixtures::node(&p.name("node")).hostname(&p.name("host")).build();
+        step!(Api::<Node>::all(p.client.clone()).create(&pp, &p.labelled(node)));
         reply(p.volumes().create(&pp, &p.volume("pv-static")).await)
     })
     .await;
@@ -327,7 +339,7 @@ async fn a_claim_without_access_modes_or_a_request_is_invalid() {
 async fn a_claim_with_a_zero_request_is_invalid() {
     let expect = refused(422, "Invalid", "spec.resources[storage]: Invalid value: \"0\": must be greater than zero");
     contract("claim-zero-request", expect, |p| async move {
-        let c = fixtures::claim(&p.namespace, "data", "").class(&p.class_name()).request("0").build();
+        let c = fixtures::claim(&p.namespace, "data").class(&p.class_name()).request("0").build();
         reply(p.claims().create(&PostParams::default(), &c).await)
     })
     .await;
@@ -557,7 +569,7 @@ async fn changing_a_set_volume_name_is_invalid() {
     contract("claim-change-volume-name", refused(422, "Invalid", CLAIM_SPEC_IMMUTABLE), |p| {
         let pv = p.name("pv");
         let c = p.labelled(
-            fixtures::claim(&p.namespace, "data", "").class(&p.class_name()).volume_name(&format!("{pv}-a")).build(),
+            fixtures::claim(&p.namespace, "data").class(&p.class_name()).volume_name(&format!("{pv}-a")).build(),
         );
         claim_patched(p, c, json!({ "spec": { "volumeName": format!("{pv}-b") } }))
     })
@@ -567,7 +579,7 @@ async fn changing_a_set_volume_name_is_invalid() {
 #[tokio::test]
 async fn setting_an_unset_storage_class_is_accepted() {
     contract("claim-set-class", accepted(), |p| {
-        let c = p.labelled(fixtures::claim(&p.namespace, "data", "").build());
+        let c = p.labelled(fixtures::claim(&p.namespace, "data").build());
         let class = p.class_name();
         claim_patched(p, c, json!({ "spec": { "storageClassName": class } }))
     })
@@ -586,7 +598,7 @@ async fn changing_a_claims_storage_class_is_invalid() {
 
 /// Binds a claim `data` of class `class` to a volume made for it, then grows it.
 async fn bound_claim_grown(p: &Plane, class: &str) -> Reply {
-    let c = p.labelled(fixtures::claim(&p.namespace, "data", "").class(class).build());
+    let c = p.labelled(fixtures::claim(&p.namespace, "data").class(class).build());
     let created = step!(p.claims().create(&PostParams::default(), &c));
     let mut pv = fixtures::volume(&p.name("pv"), PROVISIONER, &created).without_finalizers().build();
     pv.spec.as_mut().expect("spec").storage_class_name = Some(class.to_string());

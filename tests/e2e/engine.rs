@@ -17,7 +17,6 @@
 use std::sync::Arc;
 
 use e2e_support::TestEnv;
-use e2e_support::backend::FakeBackend;
 use e2e_support::engine::{provisioner_name, start};
 use e2e_support::fixtures::{claim, claim_phase, storage_class};
 use e2e_support::wait_for_event;
@@ -25,7 +24,8 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
-use provisioner_core::keys;
+use provisioner_core::testing::ScriptedBackend;
+use provisioner_core::{ProvisionError, keys};
 use serde_json::json;
 
 fn pv_name(c: &PersistentVolumeClaim) -> String {
@@ -62,7 +62,7 @@ async fn immediate_claim_is_provisioned_bound_and_described() {
     let env = TestEnv::new("engine-immediate").await;
     let class = env.name("immediate");
     env.create(&env.cluster_api(), class_for(&env, &class, "Delete", false)).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = start(&env, &provisioner_name(&env), Arc::new(backend.clone()), |b| b).await;
     // The initial lists are paged, so their count depends on the cluster's size.
     let reads_at_sync = engine.requests.reads();
@@ -115,7 +115,7 @@ async fn wait_for_first_consumer_claim_waits_for_its_selected_node() {
     let env = TestEnv::new("engine-wffc").await;
     let class = env.name("wffc");
     env.create(&env.cluster_api(), class_for(&env, &class, "Delete", true)).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = start(&env, &provisioner_name(&env), Arc::new(backend.clone()), |b| b).await;
 
     let claims = env.api::<PersistentVolumeClaim>();
@@ -142,7 +142,7 @@ async fn legacy_storage_class_annotation_claim_is_provisioned() {
     let env = TestEnv::new("engine-legacy-class").await;
     let class = env.name("general");
     env.create(&env.cluster_api(), class_for(&env, &class, "Delete", false)).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = start(&env, &provisioner_name(&env), Arc::new(backend.clone()), |b| b).await;
 
     // The seed's claims name their class only in the beta annotation.
@@ -168,7 +168,7 @@ async fn released_volume_with_delete_policy_is_deleted_with_its_backend() {
     let env = TestEnv::new("engine-released-delete").await;
     let class = env.name("delete");
     env.create(&env.cluster_api(), class_for(&env, &class, "Delete", false)).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = start(&env, &provisioner_name(&env), Arc::new(backend.clone()), |b| b).await;
 
     let claims = env.api::<PersistentVolumeClaim>();
@@ -197,7 +197,7 @@ async fn volume_deleted_while_its_claim_exists_keeps_its_backend_until_the_claim
     let env = TestEnv::new("engine-pv-first").await;
     let class = env.name("pvfirst");
     env.create(&env.cluster_api(), class_for(&env, &class, "Delete", false)).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = start(&env, &provisioner_name(&env), Arc::new(backend.clone()), |b| b).await;
 
     let claims = env.api::<PersistentVolumeClaim>();
@@ -242,7 +242,7 @@ async fn two_engines_elect_one_leader_and_the_other_takes_over_on_shutdown() {
         cfg.retry_period = Duration::from_secs(1);
         cfg
     };
-    let (first_backend, second_backend) = (FakeBackend::new(), FakeBackend::new());
+    let (first_backend, second_backend) = (ScriptedBackend::new(), ScriptedBackend::new());
     let first = start(&env, &name, Arc::new(first_backend.clone()), |b| b.leader_election(election("first"))).await;
     let mut first_status = first.status.clone();
     tokio::time::timeout(Duration::from_secs(10), first_status.wait_for(|s| s.leading))
@@ -279,13 +279,13 @@ async fn two_engines_elect_one_leader_and_the_other_takes_over_on_shutdown() {
 /// ours, and the report names the backend volumes left to the operator.
 #[tokio::test]
 async fn after_release_an_uninstalled_provisioner_leaves_nothing_that_blocks_a_deletion() {
-    use e2e_support::backend::Scripted;
     use provisioner_core::decision::Names;
+    use provisioner_core::testing::ProvisionAnswer;
 
     let env = TestEnv::new("engine-uninstall").await;
     let class = env.name("uninstall");
     env.create(&env.cluster_api(), class_for(&env, &class, "Delete", false)).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let name = provisioner_name(&env);
     let engine = start(&env, &name, Arc::new(backend.clone()), |b| b).await;
     let claims = env.api::<PersistentVolumeClaim>();
@@ -295,7 +295,7 @@ async fn after_release_an_uninstalled_provisioner_leaves_nothing_that_blocks_a_d
     let done = env.create(&claims, claim("done", &class, "1Gi")).await;
     bound(&env, "done").await;
     let done_pv = pv_name(&done);
-    backend.script((0..1000).map(|_| Scripted::CreateButInProgress("still creating".into())));
+    backend.script((0..1000).map(|_| ProvisionAnswer::CreateThenFail(ProvisionError::in_progress("still creating"))));
     let busy = env.create(&claims, claim("busy", &class, "1Gi")).await;
     let busy_pv = pv_name(&busy);
     env.wait_for(&claims, "busy", "the intent record", |c| {

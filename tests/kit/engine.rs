@@ -1,10 +1,10 @@
 //! The engine's own end-to-end cases on the testing kit: a
-//! `FakeCluster::with_binder()` under paused Tokio time, with the in-memory
-//! [`FakeBackend`]. These cases are engine logic (retries, events, metrics,
-//! clean-up, rescheduling, leader election) that does not depend on the real
-//! API server's exact behaviour, so they run here in milliseconds instead of
-//! against the control plane; `tests/e2e/engine.rs` keeps the cases that
-//! exercise the real binder and API server. The assertions are the
+//! `FakeCluster::with_binder()` under paused Tokio time, with the kit's
+//! in-memory [`ScriptedBackend`]. These cases are engine logic (retries,
+//! events, metrics, clean-up, rescheduling, leader election) that does not
+//! depend on the real API server's exact behaviour, so they run here in
+//! milliseconds instead of against the control plane; `tests/e2e/engine.rs`
+//! keeps the cases that exercise the real binder and API server. The assertions are the
 //! real-plane ones: same counts, same event reasons and messages.
 //!
 //! The last three cases are faults only the kit can give on demand: a
@@ -22,23 +22,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use e2e_support::backend::{FakeBackend, Scripted};
 use e2e_support::engine::quick_backoff;
-use e2e_support::fixtures::{claim, claim_phase, storage_class, volume_phase};
-use e2e_support::{default_timeout, events_for, wait_for, wait_for_event};
+use e2e_support::{default_timeout, wait_for};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use prometheus_client::registry::Registry;
 use provisioner_core::engine::EngineStatus;
 use provisioner_core::metrics::Metrics;
-use provisioner_core::testing::{FakeCluster, Verb};
-use provisioner_core::{
-    Cause, DeleteError, Engine, EngineBuilder, EngineError, ProvisionError, ProvisionRequest, ProvisionedVolume,
-    Provisioner, keys,
-};
+use provisioner_core::testing::fixtures::{claim, claim_phase, class, volume_phase};
+use provisioner_core::testing::{FakeCluster, Fault, ProvisionAnswer, ScriptedBackend, Verb};
+use provisioner_core::{Cause, Engine, EngineBuilder, EngineError, ProvisionError, Provisioner, keys};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -70,12 +66,19 @@ impl Kit {
     }
 
     async fn class(&self, name: &str, policy: &str, wffc: bool) {
-        let mut k = storage_class(name, NAME);
-        k.reclaim_policy = Some(policy.into());
-        if wffc {
-            k.volume_binding_mode = Some("WaitForFirstConsumer".into());
-        }
-        Api::<StorageClass>::all(self.client.clone()).create(&PostParams::default(), &k).await.expect("class");
+        let k = class(name, NAME).reclaim_policy(policy);
+        let k = if wffc { k.wait_for_first_consumer() } else { k.immediate() };
+        Api::<StorageClass>::all(self.client.clone()).create(&PostParams::default(), &k.build()).await.expect("class");
+    }
+
+    /// Waits for an event about the claim `name` with `reason`.
+    async fn event(&self, name: &str, reason: &str) -> Event {
+        self.cluster.wait_for_event(NS, name, reason).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The events about the claim `name` with `reason`, now.
+    fn events(&self, name: &str, reason: &str) -> Vec<Event> {
+        self.cluster.events_for(NS, name, reason)
     }
 
     async fn create_claim(&self, c: PersistentVolumeClaim) -> PersistentVolumeClaim {
@@ -167,19 +170,17 @@ fn pv_name(c: &PersistentVolumeClaim) -> String {
 async fn block_claim_for_a_provisioner_without_block_support_gets_one_warning() {
     let kit = Kit::new();
     kit.class("block", "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
 
-    let mut c = claim("raw", "block", "1Gi");
-    c.spec.as_mut().expect("spec").volume_mode = Some("Block".into());
-    kit.create_claim(c).await;
-    let ev = wait_for_event(&kit.client, NS, "raw", "ProvisioningFailed").await;
+    kit.create_claim(claim(NS, "raw").class("block").block().build()).await;
+    let ev = kit.event("raw", "ProvisioningFailed").await;
     assert_eq!(ev.note.as_deref(), Some(format!("{NAME} does not support block volume provisioning").as_str()));
     assert_eq!(ev.type_.as_deref(), Some("Warning"));
     // A later change to the claim does not repeat the warning or call the backend.
     kit.touch("raw").await;
     assert!(backend.provision_calls().is_empty(), "the backend is never asked");
-    let warnings = events_for(&kit.client, NS, "raw", "ProvisioningFailed").await;
+    let warnings = kit.events("raw", "ProvisioningFailed");
     assert_eq!(warnings.len(), 1, "one warning, not a retry loop");
     assert!(warnings[0].series.is_none(), "and no repeats of it");
     engine.stop().await.expect("clean shutdown");
@@ -189,22 +190,23 @@ async fn block_claim_for_a_provisioner_without_block_support_gets_one_warning() 
 async fn a_provisioner_asking_to_be_polled_is_looked_at_on_its_interval_not_a_growing_backoff() {
     let kit = Kit::new();
     kit.class("polled", "Delete", false).await;
-    let backend = FakeBackend::new();
-    let creating = || Scripted::Fail(ProvisionError::retry_after("creating", std::time::Duration::from_secs(15)));
+    let backend = ScriptedBackend::new();
+    let creating =
+        || ProvisionAnswer::Fail(ProvisionError::retry_after("creating", std::time::Duration::from_secs(15)));
     backend.script([creating(), creating(), creating()]);
     let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
 
     let started = tokio::time::Instant::now();
-    kit.create_claim(claim("data", "polled", "1Gi")).await;
+    kit.create_claim(claim(NS, "data").class("polled").build()).await;
     kit.bound("data").await;
     let took = started.elapsed();
     // Three polls of 15 s; the engine's own backoff (1 s, 2 s, 4 s) would be done in 7 s.
     assert!(took >= std::time::Duration::from_secs(45) && took < std::time::Duration::from_secs(55), "{took:?}");
     assert_eq!(backend.provision_calls().len(), 4);
-    let provisioning = events_for(&kit.client, NS, "data", "Provisioning").await;
+    let provisioning = kit.events("data", "Provisioning");
     assert_eq!(provisioning.len(), 1, "one Provisioning event");
     assert_eq!(provisioning[0].series.as_ref().map(|s| s.count), None, "published once, not repeated per poll");
-    assert!(events_for(&kit.client, NS, "data", "ProvisioningFailed").await.is_empty(), "polling is no failure");
+    assert!(kit.events("data", "ProvisioningFailed").is_empty(), "polling is no failure");
     engine.stop().await.expect("clean shutdown");
 }
 
@@ -212,18 +214,21 @@ async fn a_provisioner_asking_to_be_polled_is_looked_at_on_its_interval_not_a_gr
 async fn a_stalled_provisioner_warns_on_the_claim_and_finishes_after_the_claim_is_deleted() {
     let kit = Kit::new();
     kit.class("stalled", "Delete", false).await;
-    let backend = FakeBackend::new();
-    let stalled = || Scripted::Fail(ProvisionError::stalled("could not get credentials"));
+    let backend = ScriptedBackend::new();
+    let stalled = || ProvisionAnswer::Fail(ProvisionError::stalled("could not get credentials"));
     backend.script([stalled(), stalled()]);
     let engine = kit.engine(Arc::new(backend.clone()), |b| b.give_up_after(1)).await;
 
-    let created = kit.create_claim(claim("data", "stalled", "1Gi")).await;
-    let warned = wait_for_event(&kit.client, NS, "data", "ProvisioningFailed").await;
+    let created = kit.create_claim(claim(NS, "data").class("stalled").build()).await;
+    let warned = kit.event("data", "ProvisioningFailed").await;
     assert_eq!(warned.note.as_deref(), Some("could not get credentials"));
     // Deleted while stalled: the work that may exist is finished, saved and then deleted.
     kit.claims().delete("data", &DeleteParams::default()).await.expect("delete claim");
     let pv = pv_name(&created);
-    backend.wait_until("the backend volume is created and then deleted", |b| b.created() == 1 && !b.has(&pv)).await;
+    backend
+        .wait_until(|s| s.created == 1 && !s.has(&pv))
+        .await
+        .expect("the backend volume is created and then deleted");
     kit.volume_gone(&pv).await;
     assert_eq!(backend.provision_calls().len(), 3, "never given up on, though the limit is 1");
     engine.stop().await.expect("clean shutdown");
@@ -233,7 +238,7 @@ async fn a_stalled_provisioner_warns_on_the_claim_and_finishes_after_the_claim_i
 async fn per_class_counters_are_scraped_at_zero_before_the_first_claim() {
     let kit = Kit::new();
     kit.class("early", "Delete", false).await;
-    let engine = kit.engine(Arc::new(FakeBackend::new()), |b| b).await;
+    let engine = kit.engine(Arc::new(ScriptedBackend::new()), |b| b).await;
     kit.class("late", "Delete", false).await;
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let text = engine.metrics_text();
@@ -252,22 +257,22 @@ async fn per_class_counters_are_scraped_at_zero_before_the_first_claim() {
 async fn provisioner_failing_twice_then_succeeding_reports_failures_and_success() {
     let kit = Kit::new();
     kit.class("flaky", "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     backend.script([
-        Scripted::Fail(ProvisionError::failed("backend unavailable")),
-        Scripted::Fail(ProvisionError::failed("backend unavailable")),
+        ProvisionAnswer::Fail(ProvisionError::failed("backend unavailable")),
+        ProvisionAnswer::Fail(ProvisionError::failed("backend unavailable")),
     ]);
     let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
 
-    kit.create_claim(claim("data", "flaky", "1Gi")).await;
+    kit.create_claim(claim(NS, "data").class("flaky").build()).await;
     kit.bound("data").await;
     assert_eq!(backend.provision_calls().len(), 3);
     assert_eq!(backend.created(), 1);
-    let failed = wait_for_event(&kit.client, NS, "data", "ProvisioningFailed").await;
+    let failed = kit.event("data", "ProvisioningFailed").await;
     assert_eq!(failed.note.as_deref(), Some("backend unavailable"));
     assert_eq!(failed.type_.as_deref(), Some("Warning"));
-    wait_for_event(&kit.client, NS, "data", "ProvisioningSucceeded").await;
-    let warnings = events_for(&kit.client, NS, "data", "ProvisioningFailed").await;
+    kit.event("data", "ProvisioningSucceeded").await;
+    let warnings = kit.events("data", "ProvisioningFailed");
     assert_eq!(warnings.len(), 1, "identical warnings are aggregated into one event");
     assert_eq!(warnings[0].series.as_ref().map(|s| s.count), Some(2), "with a count of 2");
 
@@ -300,16 +305,16 @@ impl std::error::Error for DispatchFailure {
 async fn a_failed_provision_shows_the_whole_error_chain_in_the_claims_event() {
     let kit = Kit::new();
     kit.class("chained", "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
-    backend.script([Scripted::Fail(ProvisionError::failed(Cause::context(
+    backend.script([ProvisionAnswer::Fail(ProvisionError::failed(Cause::context(
         "could not create file system",
         DispatchFailure(refused),
     )))]);
     let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
 
-    kit.create_claim(claim("data", "chained", "1Gi")).await;
-    let failed = wait_for_event(&kit.client, NS, "data", "ProvisioningFailed").await;
+    kit.create_claim(claim(NS, "data").class("chained").build()).await;
+    let failed = kit.event("data", "ProvisioningFailed").await;
     assert_eq!(failed.note.as_deref(), Some("could not create file system: dispatch failure: connection refused"));
     kit.bound("data").await;
     engine.stop().await.expect("clean shutdown");
@@ -319,24 +324,24 @@ async fn a_failed_provision_shows_the_whole_error_chain_in_the_claims_event() {
 async fn claim_deleted_while_provisioning_is_in_progress_has_its_backend_cleaned_up() {
     let kit = Kit::new();
     kit.class("slow", "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     backend.script([
-        Scripted::CreateButInProgress("file system creating".into()),
-        Scripted::CreateButInProgress("file system creating".into()),
-        Scripted::CreateButInProgress("file system creating".into()),
+        ProvisionAnswer::CreateThenFail(ProvisionError::in_progress("file system creating")),
+        ProvisionAnswer::CreateThenFail(ProvisionError::in_progress("file system creating")),
+        ProvisionAnswer::CreateThenFail(ProvisionError::in_progress("file system creating")),
     ]);
     let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
 
-    let created = kit.create_claim(claim("data", "slow", "1Gi")).await;
+    let created = kit.create_claim(claim(NS, "data").class("slow").build()).await;
     let pv = pv_name(&created);
-    backend.wait_until("the backend volume exists", |b| b.has(&pv)).await;
-    wait_for_event(&kit.client, NS, "data", "Provisioning").await;
+    backend.wait_until(|s| s.has(&pv)).await.expect("the backend volume exists");
+    kit.event("data", "Provisioning").await;
     kit.claims().delete("data", &DeleteParams::default()).await.expect("delete claim");
 
     // The engine finishes, saves the volume, lets the claim go, and deletes it all.
     kit.wait_claim("data", "the claim to be gone", |c| c.is_none()).await;
     kit.volume_gone(&pv).await;
-    backend.wait_until("the backend volume is deleted", |b| !b.has(&pv)).await;
+    backend.wait_until(|s| !s.has(&pv)).await.expect("the backend volume is deleted");
     assert_eq!(backend.created(), 1, "one backend volume, never two");
     assert_eq!(backend.deleted(), 1);
     engine.stop().await.expect("clean shutdown");
@@ -346,13 +351,12 @@ async fn claim_deleted_while_provisioning_is_in_progress_has_its_backend_cleaned
 async fn reschedule_removes_the_selected_node() {
     let kit = Kit::new();
     kit.class("local", "Delete", true).await;
-    let backend = FakeBackend::new();
-    backend.script([Scripted::Fail(ProvisionError::reschedule("node-a has 1 GiB free, the claim asks for 5 GiB"))]);
+    let backend = ScriptedBackend::new();
+    backend
+        .script([ProvisionAnswer::Fail(ProvisionError::reschedule("node-a has 1 GiB free, the claim asks for 5 GiB"))]);
     let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
 
-    let mut c = claim("data", "local", "5Gi");
-    c.metadata.annotations = Some([(keys::SELECTED_NODE.to_string(), "node-a".to_string())].into());
-    kit.create_claim(c).await;
+    kit.create_claim(claim(NS, "data").class("local").request("5Gi").selected_node("node-a").build()).await;
     let after = wait_for(&kit.claims(), "data", "the selected node to be removed", default_timeout(), |c| {
         c.is_some_and(|c| !c.annotations().contains_key(keys::SELECTED_NODE))
     })
@@ -363,7 +367,7 @@ async fn reschedule_removes_the_selected_node() {
         !after.finalizers().contains(&keys::INTENT_FINALIZER.to_string()),
         "nothing was created, so no intent remains"
     );
-    let ev = wait_for_event(&kit.client, NS, "data", "ProvisioningFailed").await;
+    let ev = kit.event("data", "ProvisioningFailed").await;
     assert!(ev.note.as_deref().unwrap_or_default().contains("node-a has 1 GiB free"), "{ev:?}");
     assert_eq!(backend.created(), 0);
 
@@ -378,10 +382,10 @@ async fn reschedule_removes_the_selected_node() {
 async fn released_volume_with_delete_policy_is_deleted_with_its_backend() {
     let kit = Kit::new();
     kit.class("delete", "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
 
-    let created = kit.create_claim(claim("data", "delete", "1Gi")).await;
+    let created = kit.create_claim(claim(NS, "data").class("delete").build()).await;
     kit.bound("data").await;
     let pv = pv_name(&created);
     kit.claims().delete("data", &DeleteParams::default()).await.expect("delete claim");
@@ -397,10 +401,10 @@ async fn released_volume_with_delete_policy_is_deleted_with_its_backend() {
 async fn released_volume_with_retain_policy_is_kept() {
     let kit = Kit::new();
     kit.class("retain", "Retain", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
 
-    let created = kit.create_claim(claim("data", "retain", "1Gi")).await;
+    let created = kit.create_claim(claim(NS, "data").class("retain").build()).await;
     kit.bound("data").await;
     let pv = pv_name(&created);
     kit.claims().delete("data", &DeleteParams::default()).await.expect("delete claim");
@@ -424,10 +428,10 @@ async fn volume_deleted_while_its_claim_exists_keeps_its_backend_until_the_claim
     // under the pods still using it.
     let kit = Kit::new();
     kit.class("pvfirst", "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
 
-    let created = kit.create_claim(claim("data", "pvfirst", "1Gi")).await;
+    let created = kit.create_claim(claim(NS, "data").class("pvfirst").build()).await;
     kit.bound("data").await;
     let pv = pv_name(&created);
     kit.volumes().delete(&pv, &DeleteParams::default()).await.expect("delete volume");
@@ -454,10 +458,10 @@ async fn volume_deleted_while_its_claim_exists_keeps_its_backend_until_the_claim
 #[tokio::test(start_paused = true)]
 async fn claim_created_before_its_class_is_provisioned_once_the_class_exists() {
     let kit = Kit::new();
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
 
-    kit.create_claim(claim("data", "late", "1Gi")).await;
+    kit.create_claim(claim(NS, "data").class("late").build()).await;
     kit.class("late", "Delete", false).await;
     kit.bound("data").await;
     assert_eq!(backend.created(), 1);
@@ -468,12 +472,12 @@ async fn claim_created_before_its_class_is_provisioned_once_the_class_exists() {
 async fn wait_for_first_consumer_claim_waits_for_its_selected_node() {
     let kit = Kit::new();
     kit.class("wffc", "Delete", true).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
 
-    let created = kit.create_claim(claim("data", "wffc", "1Gi")).await;
+    let created = kit.create_claim(claim(NS, "data").class("wffc").build()).await;
     // The binder leaves WaitForFirstConsumer claims to the scheduler and says so.
-    wait_for_event(&kit.client, NS, "data", "WaitForFirstConsumer").await;
+    kit.event("data", "WaitForFirstConsumer").await;
     assert!(backend.provision_calls().is_empty(), "nothing provisioned before a node is selected");
 
     // As the scheduler does:
@@ -500,7 +504,7 @@ async fn two_engines_elect_one_leader_and_the_other_takes_over_on_shutdown() {
         cfg.retry_period = Duration::from_secs(1);
         cfg
     };
-    let (first_backend, second_backend) = (FakeBackend::new(), FakeBackend::new());
+    let (first_backend, second_backend) = (ScriptedBackend::new(), ScriptedBackend::new());
     let first = kit.engine(Arc::new(first_backend.clone()), |b| b.leader_election(election("first"))).await;
     let mut first_status = first.status.clone();
     tokio::time::timeout(Duration::from_secs(10), first_status.wait_for(|s| s.leading))
@@ -511,7 +515,7 @@ async fn two_engines_elect_one_leader_and_the_other_takes_over_on_shutdown() {
     assert!(!second.status.borrow().leading, "only one replica leads");
     assert!(!second.status.borrow().ready(), "a follower is not ready");
 
-    kit.create_claim(claim("one", "ha", "1Gi")).await;
+    kit.create_claim(claim(NS, "one").class("ha").build()).await;
     kit.bound("one").await;
     assert_eq!((first_backend.created(), second_backend.created()), (1, 0), "only the leader provisions");
 
@@ -526,7 +530,7 @@ async fn two_engines_elect_one_leader_and_the_other_takes_over_on_shutdown() {
     let takeover = stopped_at.elapsed();
     assert!(takeover < Duration::from_secs(6), "released lease taken over in {takeover:?}");
 
-    kit.create_claim(claim("two", "ha", "1Gi")).await;
+    kit.create_claim(claim(NS, "two").class("ha").build()).await;
     kit.bound("two").await;
     assert_eq!((first_backend.created(), second_backend.created()), (1, 1), "the new leader provisions");
     second.stop().await.expect("clean shutdown");
@@ -538,11 +542,11 @@ async fn two_engines_elect_one_leader_and_the_other_takes_over_on_shutdown() {
 async fn volume_create_failing_with_500_twice_is_retried_into_one_bound_volume() {
     let kit = Kit::new();
     kit.class("flaky-api", "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
-    kit.cluster.fail_next(Verb::Create, "persistentvolumes", 2, 500);
+    kit.cluster.fail_next::<PersistentVolume>(Verb::Create, Fault::InternalError, 2);
 
-    let created = kit.create_claim(claim("data", "flaky-api", "1Gi")).await;
+    let created = kit.create_claim(claim(NS, "data").class("flaky-api").build()).await;
     let pv = pv_name(&created);
     let bound = kit.bound("data").await;
     assert_eq!(bound.spec.as_ref().and_then(|s| s.volume_name.as_deref()), Some(pv.as_str()));
@@ -552,50 +556,24 @@ async fn volume_create_failing_with_500_twice_is_retried_into_one_bound_volume()
     assert_eq!(backend.created(), 1, "one backend volume");
     let volumes = kit.volumes().list(&ListParams::default()).await.expect("list volumes");
     assert_eq!(volumes.items.iter().map(ResourceExt::name_any).collect::<Vec<_>>(), vec![pv.clone()]);
-    wait_for_event(&kit.client, NS, "data", "ProvisioningSucceeded").await;
+    kit.event("data", "ProvisioningSucceeded").await;
     assert_eq!(engine.metrics.provision_failures("flaky-api"), 2, "each failed save counts as a failure");
     assert_eq!(engine.metrics.provisioned("flaky-api"), 1);
     engine.stop().await.expect("clean shutdown");
-}
-
-/// A backend whose provision calls wait at a gate the test opens, counting
-/// the calls that reached it.
-#[derive(Clone)]
-struct Gated {
-    backend: FakeBackend,
-    entered: Arc<watch::Sender<usize>>,
-    open: watch::Receiver<bool>,
-}
-
-#[async_trait]
-impl Provisioner for Gated {
-    async fn provision(&self, req: &ProvisionRequest) -> Result<ProvisionedVolume, ProvisionError> {
-        self.entered.send_modify(|n| *n += 1);
-        let mut open = self.open.clone();
-        let _ = open.wait_for(|o| *o).await;
-        self.backend.provision(req).await
-    }
-
-    async fn delete(&self, volume: &PersistentVolume) -> Result<(), DeleteError> {
-        self.backend.delete(volume).await
-    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn watches_dropped_mid_provisioning_do_not_cause_a_second_provision_call() {
     let kit = Kit::new();
     kit.class("gated", "Delete", false).await;
-    let backend = FakeBackend::new();
-    let (entered, _) = watch::channel(0);
-    let entered = Arc::new(entered);
-    let (open, gate) = watch::channel(false);
-    let gated = Gated { backend: backend.clone(), entered: entered.clone(), open: gate };
-    let engine = kit.engine(Arc::new(gated), |b| b).await;
+    // Provision calls start and then wait until the test resumes them.
+    let backend = ScriptedBackend::new();
+    backend.pause();
+    let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
 
-    let created = kit.create_claim(claim("data", "gated", "1Gi")).await;
+    let created = kit.create_claim(claim(NS, "data").class("gated").build()).await;
     let pv = pv_name(&created);
-    let mut calls = entered.subscribe();
-    calls.wait_for(|n| *n >= 1).await.expect("provision called");
+    backend.wait_until(|s| !s.provision_calls.is_empty()).await.expect("provision called");
 
     // Every watch breaks and the history is gone: the engine's watchers
     // must re-list, and so see the claim again while its provision call is
@@ -606,15 +584,14 @@ async fn watches_dropped_mid_provisioning_do_not_cause_a_second_provision_call()
     // And a change to the claim after the re-list.
     kit.touch("data").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(*entered.borrow(), 1, "no second provision call while the first runs");
+    assert_eq!(backend.provision_calls().len(), 1, "no second provision call while the first runs");
 
-    open.send_replace(true);
+    backend.resume();
     let bound = kit.bound("data").await;
     assert_eq!(bound.spec.as_ref().and_then(|s| s.volume_name.as_deref()), Some(pv.as_str()));
-    wait_for_event(&kit.client, NS, "data", "ProvisioningSucceeded").await;
+    kit.event("data", "ProvisioningSucceeded").await;
     assert_eq!(backend.provision_calls(), vec![pv.clone()], "exactly one provision call");
     assert_eq!(backend.created(), 1);
-    assert_eq!(*entered.borrow(), 1);
     assert_eq!(engine.metrics.provisioned("gated"), 1);
     engine.stop().await.expect("clean shutdown");
 }
@@ -623,13 +600,13 @@ async fn watches_dropped_mid_provisioning_do_not_cause_a_second_provision_call()
 async fn volumes_released_while_the_volume_watch_was_down_are_deleted_after_the_relist() {
     let kit = Kit::new();
     kit.class("paged", "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     // One volume per list page, so the re-list below takes several requests
     // and workers run between its pages.
     let engine = kit.engine(Arc::new(backend.clone()), |b| b.list_page_size(1)).await;
     let names = ["a", "b", "c"];
     for n in names {
-        kit.create_claim(claim(n, "paged", "1Gi")).await;
+        kit.create_claim(claim(NS, n).class("paged").build()).await;
     }
     let mut pvs = Vec::new();
     for n in names {
@@ -639,18 +616,17 @@ async fn volumes_released_while_the_volume_watch_was_down_are_deleted_after_the_
 
     // The volume watch breaks and cannot come back; meanwhile the claims
     // are deleted and the binder releases their volumes.
-    kit.cluster.fail_next(Verb::Watch, "persistentvolumes", 10_000, 500);
-    kit.cluster.fail_next(Verb::List, "persistentvolumes", 10_000, 500);
+    kit.cluster.fail_next::<PersistentVolume>(Verb::Watch, Fault::InternalError, 10_000);
+    kit.cluster.fail_next::<PersistentVolume>(Verb::List, Fault::InternalError, 10_000);
     kit.cluster.drop_watches();
     for n in names {
         kit.claims().delete(n, &DeleteParams::default()).await.expect("delete claim");
     }
-    let released =
-        |pv: &String| kit.cluster.get::<PersistentVolume>("", pv).is_some_and(|v| volume_phase(&v) == "Released");
-    let deadline = tokio::time::Instant::now() + default_timeout();
-    while !pvs.iter().all(released) {
-        assert!(tokio::time::Instant::now() < deadline, "the binder released the volumes");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    for pv in &pvs {
+        kit.cluster
+            .wait_for::<PersistentVolume>("", pv, |v| v.is_some_and(|v| volume_phase(v) == "Released"))
+            .await
+            .unwrap_or_else(|e| panic!("the binder released the volumes: {e}"));
     }
     assert!(backend.delete_calls().is_empty(), "nothing deleted while the engine cannot see the volumes");
 
@@ -659,15 +635,14 @@ async fn volumes_released_while_the_volume_watch_was_down_are_deleted_after_the_
     // engine must act on what the re-list shows, not on what its cache held.
     kit.cluster.compact();
     kit.cluster.clear_faults();
-    kit.cluster.set_latency(Some(Verb::List), Some("persistentvolumes"), Duration::from_millis(200));
-    let deadline = tokio::time::Instant::now() + default_timeout();
-    while !pvs.iter().all(|pv| kit.cluster.get::<PersistentVolume>("", pv).is_none()) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "released volumes deleted after the re-list; delete calls so far: {:?}",
-            backend.delete_calls()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    kit.cluster.set_latency::<PersistentVolume>(Some(Verb::List), Duration::from_millis(200));
+    for pv in &pvs {
+        if let Err(e) = kit.cluster.wait_for::<PersistentVolume>("", pv, |v| v.is_none()).await {
+            panic!(
+                "released volumes deleted after the re-list; delete calls so far: {:?}; {e}",
+                backend.delete_calls()
+            );
+        }
     }
     let mut calls = backend.delete_calls();
     calls.sort();

@@ -298,126 +298,44 @@ fn summarize<K: Resource + Debug>(o: &K) -> String {
     format!("{} (resourceVersion {})", short, o.resource_version().unwrap_or_default())
 }
 
-/// Builders for the objects tests create, with the fields that matter spelt out.
+/// The objects the real-plane tests create, in the short forms they use:
+/// thin wrappers over the testing kit's one vocabulary,
+/// `provisioner_core::testing::fixtures` (what they build, a real API server
+/// accepts on create).
 pub mod fixtures {
-    use std::collections::BTreeMap;
-
-    use k8s_openapi::api::core::v1::{
-        ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeSpec,
-        VolumeResourceRequirements,
-    };
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
     use k8s_openapi::api::storage::v1::StorageClass;
-    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-    use kube::ResourceExt;
-    use kube::api::ObjectMeta;
+    use provisioner_core::testing::fixtures::{self as kit};
+    pub use provisioner_core::testing::fixtures::{claim_phase, claim_ref, volume_phase};
 
     /// A StorageClass `name` for `provisioner` with `Immediate` binding and the `Delete` policy.
     pub fn storage_class(name: &str, provisioner: &str) -> StorageClass {
-        StorageClass {
-            metadata: ObjectMeta { name: Some(name.to_string()), ..Default::default() },
-            provisioner: provisioner.to_string(),
-            reclaim_policy: Some("Delete".to_string()),
-            volume_binding_mode: Some("Immediate".to_string()),
-            ..Default::default()
-        }
+        kit::class(name, provisioner).reclaim_policy("Delete").immediate().build()
     }
 
-    /// A `ReadWriteOnce` claim `name` of `size` in class `class`.
+    /// A `ReadWriteOnce` claim `name` of `size` in class `class`, its
+    /// namespace left to the API it is created through.
     pub fn claim(name: &str, class: &str, size: &str) -> PersistentVolumeClaim {
-        PersistentVolumeClaim {
-            metadata: ObjectMeta { name: Some(name.to_string()), ..Default::default() },
-            spec: Some(PersistentVolumeClaimSpec {
-                storage_class_name: Some(class.to_string()),
-                access_modes: Some(vec!["ReadWriteOnce".to_string()]),
-                resources: Some(VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size.to_string()))])),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        kit::claim("", name).class(class).request(size).build()
     }
 
-    /// A `hostPath` volume `name` pre-bound to `claim` (by uid), matching its
-    /// class, size and access modes, with reclaim policy `policy`.
+    /// A `hostPath` volume `name` under `/tmp` pre-bound to `claim` (by uid),
+    /// matching its class, size and access modes, with reclaim policy `policy`.
     pub fn volume_for(name: &str, claim: &PersistentVolumeClaim, policy: &str) -> PersistentVolume {
-        let spec = claim.spec.clone().unwrap_or_default();
-        let capacity = spec.resources.and_then(|r| r.requests).unwrap_or_default();
-        PersistentVolume {
-            metadata: ObjectMeta { name: Some(name.to_string()), ..Default::default() },
-            spec: Some(PersistentVolumeSpec {
-                capacity: Some(capacity),
-                access_modes: spec.access_modes,
-                storage_class_name: spec.storage_class_name,
-                persistent_volume_reclaim_policy: Some(policy.to_string()),
-                host_path: Some(k8s_openapi::api::core::v1::HostPathVolumeSource {
-                    path: format!("/tmp/{name}"),
-                    type_: None,
-                }),
-                claim_ref: Some(ObjectReference {
-                    api_version: Some("v1".to_string()),
-                    kind: Some("PersistentVolumeClaim".to_string()),
-                    namespace: claim.namespace(),
-                    name: Some(claim.name_any()),
-                    uid: claim.uid(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        kit::static_volume(name).for_claim(claim).reclaim_policy(policy).host_path(&format!("/tmp/{name}")).build()
     }
 
     /// A statically provisioned `hostPath` volume `name` (no
     /// `pv.kubernetes.io/provisioned-by`, no `claimRef`, no finalizers): what
     /// an admin creates by hand. Set `claim_ref`, annotations or finalizers
-    /// on the result to make it pre-bound or another provisioner's.
+    /// on the result to make it pre-bound or another provisioner's. (Its path
+    /// is not under `/tmp`: kube-controller-manager's in-tree hostPath
+    /// deleter removes Released `Delete` volumes there itself.)
     pub fn static_volume(name: &str, class: &str, size: &str, access_modes: &[&str], policy: &str) -> PersistentVolume {
-        PersistentVolume {
-            metadata: ObjectMeta { name: Some(name.to_string()), ..Default::default() },
-            spec: Some(PersistentVolumeSpec {
-                capacity: Some(BTreeMap::from([("storage".to_string(), Quantity(size.to_string()))])),
-                access_modes: Some(access_modes.iter().map(|m| m.to_string()).collect()),
-                storage_class_name: Some(class.to_string()),
-                persistent_volume_reclaim_policy: Some(policy.to_string()),
-                // Not under /tmp: kube-controller-manager's in-tree hostPath
-                // deleter removes Released `Delete` volumes there itself.
-                host_path: Some(k8s_openapi::api::core::v1::HostPathVolumeSource {
-                    path: format!("/srv/static-volumes/{name}"),
-                    type_: None,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// A `spec.claimRef` to the claim `namespace/name`, by uid when given
-    /// (without one, a volume pre-bound by name: the binder fills the uid in).
-    pub fn claim_ref(namespace: &str, name: &str, uid: Option<&str>) -> ObjectReference {
-        ObjectReference {
-            api_version: Some("v1".to_string()),
-            kind: Some("PersistentVolumeClaim".to_string()),
-            namespace: Some(namespace.to_string()),
-            name: Some(name.to_string()),
-            uid: uid.map(str::to_string),
-            ..Default::default()
-        }
-    }
-
-    /// The claim's phase, or "" when it has none yet.
-    pub fn claim_phase(c: &PersistentVolumeClaim) -> &str {
-        c.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
-    }
-
-    /// The volume's phase, or "" when it has none yet.
-    pub fn volume_phase(v: &PersistentVolume) -> &str {
-        v.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
+        kit::static_volume(name).class(class).capacity(size).access_modes(access_modes).reclaim_policy(policy).build()
     }
 }
 
-pub mod backend;
 pub mod scenarios;
 pub mod scheduling;
 
@@ -508,51 +426,27 @@ pub mod engine {
 }
 
 /// Waits for an event with `reason` about the object `name` in `namespace`
-/// (cluster-scoped objects' events are in `default`), driven by a watch.
+/// (cluster-scoped objects' events are in `default`), driven by a watch, for
+/// [`default_timeout`]: the testing kit's
+/// [`provisioner_core::testing::wait_for_event`], panicking when it gives up.
 pub async fn wait_for_event(
     client: &Client,
     namespace: &str,
     name: &str,
     reason: &str,
 ) -> k8s_openapi::api::events::v1::Event {
-    use k8s_openapi::api::events::v1::Event;
-    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
-    let mut stream = watcher(api, watcher::Config::default()).boxed();
-    let deadline = tokio::time::Instant::now() + default_timeout();
-    let mut seen = Vec::new();
-    loop {
-        let next = tokio::time::timeout_at(deadline, stream.try_next()).await;
-        let event = match next {
-            Ok(Ok(Some(watcher::Event::Apply(e) | watcher::Event::InitApply(e)))) => e,
-            Ok(Ok(Some(_))) => continue,
-            Ok(Ok(None)) => panic!("event watch ended"),
-            Ok(Err(e)) => panic!("event watch failed: {e}"),
-            Err(_) => panic!("timed out waiting for event {reason} on {namespace}/{name}; saw {seen:?}"),
-        };
-        let regarding = event.regarding.as_ref().and_then(|r| r.name.clone()).unwrap_or_default();
-        if regarding == name && event.reason.as_deref() == Some(reason) {
-            return event;
-        }
-        seen.push(format!("{regarding}:{}", event.reason.clone().unwrap_or_default()));
-    }
+    provisioner_core::testing::wait_for_event(client, namespace, name, reason, default_timeout())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Events about `name` in `namespace` with `reason`, as listed now.
+/// Events about `name` in `namespace` with `reason`, as listed now (none if
+/// the list fails): the testing kit's [`provisioner_core::testing::events_for`].
 pub async fn events_for(
     client: &Client,
     namespace: &str,
     name: &str,
     reason: &str,
 ) -> Vec<k8s_openapi::api::events::v1::Event> {
-    use k8s_openapi::api::events::v1::Event;
-    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
-    api.list(&ListParams::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| {
-            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name) && e.reason.as_deref() == Some(reason)
-        })
-        .collect()
+    provisioner_core::testing::events_for(client, namespace, name, reason).await.unwrap_or_default()
 }

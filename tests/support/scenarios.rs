@@ -11,24 +11,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{
-    Namespace, PersistentVolume, PersistentVolumeClaim, TypedLocalObjectReference, TypedObjectReference,
-};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use provisioner_core::backoff::Backoff;
-use provisioner_core::provisioner::{DataSource, SNAPSHOT_GROUP};
+use provisioner_core::provisioner::DataSource;
 use provisioner_core::{Engine, ProvisionError, keys};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{FakeBackend, Scripted};
-use crate::fixtures::{claim, claim_phase, claim_ref, static_volume, storage_class, volume_phase};
 use crate::{default_timeout, events_for, wait_for, wait_for_event};
+use provisioner_core::testing::fixtures::{claim, claim_phase, claim_ref, class, static_volume, volume_phase};
+use provisioner_core::testing::{ProvisionAnswer, ScriptedBackend};
 
 /// The pv-protection controller's finalizer.
 const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
@@ -108,9 +105,12 @@ impl Plane {
     async fn volume_barrier(&self) {
         let n = self.probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("probe-{n}-{}", self.suffix);
-        let mut v = static_volume(&name, &format!("probe-{}", self.suffix), "1Gi", &["ReadWriteMany"], "Delete");
-        v.metadata.annotations = Some([(keys::PROVISIONED_BY.to_string(), self.provisioner.clone())].into());
-        self.create_volume(v).await;
+        let v = static_volume(&name)
+            .class(&format!("probe-{}", self.suffix))
+            .access_modes(&["ReadWriteMany"])
+            .reclaim_policy("Delete")
+            .provisioned_by(&self.provisioner);
+        self.create_volume(v.build()).await;
         self.volume_where(&name, "the engine to add its finalizer to a probe volume (a barrier)", |v| {
             has_finalizer(v, keys::VOLUME_FINALIZER)
         })
@@ -125,12 +125,7 @@ impl Plane {
     async fn claim_barrier(&self, class: &str) {
         let n = self.probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("probe-{n}");
-        let mut c = claim(&name, class, "1Gi");
-        c.spec.as_mut().expect("spec").selector = Some(LabelSelector {
-            match_labels: Some([("probe".to_string(), "barrier".to_string())].into()),
-            ..Default::default()
-        });
-        self.create_claim(c).await;
+        self.create_claim(claim("", &name).class(class).selector("probe", "barrier").build()).await;
         self.our_event(&name, "ProvisioningFailed").await;
     }
 
@@ -157,18 +152,14 @@ impl Plane {
     /// A class `<base>-<suffix>` of `provisioner`.
     async fn class_of(&self, base: &str, provisioner: &str, policy: &str, wffc: bool) -> String {
         let name = format!("{base}-{}", self.suffix);
-        let mut k = storage_class(&name, provisioner);
-        k.reclaim_policy = Some(policy.into());
-        if wffc {
-            k.volume_binding_mode = Some("WaitForFirstConsumer".into());
-        }
-        k.metadata.labels = Some(self.run_labels());
+        let k = class(&name, provisioner).reclaim_policy(policy).label(crate::RUN_LABEL, &self.suffix);
+        let k = if wffc { k.wait_for_first_consumer() } else { k.immediate() }.build();
         self.classes().create(&PostParams::default(), &k).await.expect("class");
         name
     }
 
     async fn claim(&self, name: &str, class: &str, size: &str) -> PersistentVolumeClaim {
-        self.create_claim(claim(name, class, size)).await
+        self.create_claim(claim("", name).class(class).request(size).build()).await
     }
 
     async fn create_claim(&self, c: PersistentVolumeClaim) -> PersistentVolumeClaim {
@@ -184,13 +175,13 @@ impl Plane {
         self.volumes().create(&PostParams::default(), &v).await.unwrap_or_else(|e| panic!("volume {name}: {e}"))
     }
 
-    async fn engine(&self, backend: &FakeBackend) -> RunningEngine {
+    async fn engine(&self, backend: &ScriptedBackend) -> RunningEngine {
         self.engine_named(&self.provisioner, backend).await
     }
 
     /// An engine for provisioner name `name` (another provisioner's, when
     /// it is not [`Plane::provisioner`]).
-    async fn engine_named(&self, name: &str, backend: &FakeBackend) -> RunningEngine {
+    async fn engine_named(&self, name: &str, backend: &ScriptedBackend) -> RunningEngine {
         let engine = Engine::builder((self.engine_client)(), name.to_string(), Arc::new(backend.clone()))
             .backoff(Backoff { initial: Duration::from_millis(200), max: Duration::from_secs(2) })
             .resync(None)
@@ -343,10 +334,10 @@ impl Plane {
                     .kill_on_drop(true)
                     .spawn()
                     .unwrap_or_else(|e| panic!("starting the Go peer {}: {e}", bin.display()));
-                OtherSide::Peer { child, counts, log }
+                OtherSide::Peer { child: Box::new(child), counts, log }
             }
             None => {
-                let backend = FakeBackend::new();
+                let backend = ScriptedBackend::new();
                 let engine = self.engine_named(&name, &backend).await;
                 OtherSide::Engine { engine, backend }
             }
@@ -358,10 +349,10 @@ impl Plane {
 /// finalizer on its volumes.
 enum OtherSide {
     /// A second engine of ours under the other name (on the kit).
-    Engine { engine: RunningEngine, backend: FakeBackend },
+    Engine { engine: RunningEngine, backend: ScriptedBackend },
     /// The Go library (`tests/peer`), as a child process, with the file it
     /// writes its call counts to and its log (kept when it fails).
-    Peer { child: tokio::process::Child, counts: PathBuf, log: PathBuf },
+    Peer { child: Box<tokio::process::Child>, counts: PathBuf, log: PathBuf },
 }
 
 impl OtherSide {
@@ -415,7 +406,7 @@ fn annotation<'a>(o: &'a impl ResourceExt, key: &str) -> Option<&'a str> {
 /// and bound; the volume carries every field the engine fills in.
 pub async fn immediate_bind(p: &Plane) {
     let class = p.class("immediate", "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = p.engine(&backend).await;
     let created = p.claim("data", &class, "2Gi").await;
     assert_eq!(claim_phase(&created), "Pending");
@@ -470,7 +461,7 @@ pub async fn immediate_bind(p: &Plane) {
 /// node is selected; the node reaches the backend.
 pub async fn wait_for_first_consumer(p: &Plane) {
     let class = p.class("wffc", "Delete", true).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = p.engine(&backend).await;
     let created = p.claim("data", &class, "1Gi").await;
     let ev = wait_for_event(&p.client, &p.namespace, "data", "WaitForFirstConsumer").await;
@@ -491,7 +482,7 @@ pub async fn wait_for_first_consumer(p: &Plane) {
 /// the backend volume and then the volume object.
 pub async fn released_and_deleted(p: &Plane) {
     let class = p.class("delete", "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = p.engine(&backend).await;
     let created = p.claim("data", &class, "1Gi").await;
     p.bound("data").await;
@@ -512,7 +503,7 @@ pub async fn released_and_deleted(p: &Plane) {
 /// Deleting the claim of a `Retain` volume leaves it `Released`, with its backend.
 pub async fn released_and_retained(p: &Plane) {
     let class = p.class("retain", "Retain", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = p.engine(&backend).await;
     let created = p.claim("data", &class, "1Gi").await;
     p.bound("data").await;
@@ -531,9 +522,9 @@ pub async fn released_and_retained(p: &Plane) {
 /// warnings with its message, then `ProvisioningSucceeded` and a bound claim.
 pub async fn failing_then_succeeding(p: &Plane) {
     let class = p.class("flaky", "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let busy = ProvisionError::failed("backend busy");
-    backend.script([Scripted::Fail(busy.clone()), Scripted::Fail(busy)]);
+    backend.script([ProvisionAnswer::Fail(busy.clone()), ProvisionAnswer::Fail(busy)]);
     let engine = p.engine(&backend).await;
     p.claim("data", &class, "1Gi").await;
     p.bound("data").await;
@@ -568,29 +559,32 @@ pub async fn foreign_volumes_are_never_touched(p: &Plane) {
     let other = p.other_provisioner();
     let mine = p.class("mine", "Delete", false).await;
     let theirs_class = p.class_of("theirs", &other, "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = p.engine(&backend).await;
 
     // Their bound volume: the binder hands the claim to them, "they" save a PV for it.
     let theirs = p.claim("theirs", &theirs_class, "1Gi").await;
     p.handed_to("theirs", &other).await;
     let bound_pv = pv_name(&theirs);
-    let mut v = static_volume(&bound_pv, &theirs_class, "1Gi", &["ReadWriteOnce"], "Delete");
-    v.spec.as_mut().expect("spec").claim_ref = Some(claim_ref(&p.namespace, "theirs", theirs.uid().as_deref()));
-    v.metadata.annotations = Some([(keys::PROVISIONED_BY.to_string(), other.clone())].into());
-    v.metadata.finalizers = Some(vec![keys::VOLUME_FINALIZER.to_string()]);
-    p.create_volume(v).await;
+    let v = static_volume(&bound_pv)
+        .class(&theirs_class)
+        .reclaim_policy("Delete")
+        .claim_ref(claim_ref(&p.namespace, "theirs", theirs.uid().as_deref()))
+        .provisioned_by(&other)
+        .finalizer(keys::VOLUME_FINALIZER);
+    p.create_volume(v.build()).await;
     p.bound("theirs").await;
     p.volume_in_phase(&bound_pv, "Bound").await;
 
     // Their released volume: its claim is long gone.
     let released_pv = format!("theirs-released-{}", p.suffix);
-    let mut v = static_volume(&released_pv, &theirs_class, "1Gi", &["ReadWriteOnce"], "Delete");
-    v.spec.as_mut().expect("spec").claim_ref =
-        Some(claim_ref(&p.namespace, "gone", Some("00000000-0000-4000-8000-000000000000")));
-    v.metadata.annotations = Some([(keys::PROVISIONED_BY.to_string(), other.clone())].into());
-    v.metadata.finalizers = Some(vec![keys::VOLUME_FINALIZER.to_string()]);
-    p.create_volume(v).await;
+    let v = static_volume(&released_pv)
+        .class(&theirs_class)
+        .reclaim_policy("Delete")
+        .claim_ref(claim_ref(&p.namespace, "gone", Some("00000000-0000-4000-8000-000000000000")))
+        .provisioned_by(&other)
+        .finalizer(keys::VOLUME_FINALIZER);
+    p.create_volume(v.build()).await;
     p.volume_in_phase(&released_pv, "Released").await;
 
     // Our own claim meanwhile: the engine is at work.
@@ -632,7 +626,7 @@ pub async fn coexisting_with_another_provisioner(p: &Plane) {
     let other = p.other_provisioner();
     let mine = p.class("mine", "Delete", false).await;
     let theirs_class = p.class_of("theirs", &other, "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = p.engine(&backend).await;
     let them = p.other_side().await;
 
@@ -690,7 +684,7 @@ pub async fn coexisting_with_another_provisioner(p: &Plane) {
 /// deleted, the backend is deleted once and the volume disappears.
 pub async fn bound_volume_deleted_waits_for_its_claim(p: &Plane) {
     let class = p.class("pvdel", "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = p.engine(&backend).await;
     let created = p.claim("data", &class, "1Gi").await;
     p.bound("data").await;
@@ -725,26 +719,21 @@ pub async fn bound_volume_deleted_waits_for_its_claim(p: &Plane) {
 /// mark it `Failed` on the real plane, having no deleter for it.)
 pub async fn prebound_claim_is_never_provisioned(p: &Plane) {
     let class = p.class("prebound", "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = p.engine(&backend).await;
     let admin_pv = format!("admin-prebound-{}", p.suffix);
-    let mut c = claim("prebound", &class, "1Gi");
-    c.spec.as_mut().expect("spec").volume_name = Some(admin_pv.clone());
-    c.metadata.annotations = Some(
-        [
-            (keys::STORAGE_PROVISIONER.to_string(), p.provisioner.clone()),
-            (keys::BETA_STORAGE_PROVISIONER.to_string(), p.provisioner.clone()),
-        ]
-        .into(),
-    );
-    let created = p.create_claim(c).await;
+    let c = claim("", "prebound")
+        .class(&class)
+        .volume_name(&admin_pv)
+        .provisioner(&p.provisioner)
+        .annotation(keys::BETA_STORAGE_PROVISIONER, &p.provisioner);
+    let created = p.create_claim(c.build()).await;
     p.claim_barrier(&class).await;
     assert!(backend.provision_calls().is_empty(), "no provision call: {:?}", backend.provision_calls());
     assert!(!p.volume_exists(&pv_name(&created)).await, "no volume of ours for a pre-bound claim");
 
-    let mut v = static_volume(&admin_pv, &class, "1Gi", &["ReadWriteOnce"], "Delete");
-    v.spec.as_mut().expect("spec").claim_ref = Some(claim_ref(&p.namespace, "prebound", created.uid().as_deref()));
-    p.create_volume(v).await;
+    let v = static_volume(&admin_pv).class(&class).reclaim_policy("Delete");
+    p.create_volume(v.claim_ref(claim_ref(&p.namespace, "prebound", created.uid().as_deref())).build()).await;
     let c = p.bound("prebound").await;
     assert_eq!(claim_volume(&c), Some(admin_pv.as_str()));
     let v = p.volume_in_phase(&admin_pv, "Bound").await;
@@ -777,14 +766,14 @@ pub async fn prebound_claim_is_never_provisioned(p: &Plane) {
 /// called.
 pub async fn static_volumes_are_never_deleted(p: &Plane) {
     let class = p.class("static", "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = p.engine(&backend).await;
     let prebound = format!("admin-static-{}", p.suffix);
     let free = format!("admin-free-{}", p.suffix);
-    let mut v = static_volume(&prebound, &class, "1Gi", &["ReadWriteOnce"], "Delete");
-    v.spec.as_mut().expect("spec").claim_ref = Some(claim_ref(&p.namespace, "data", None));
-    p.create_volume(v).await;
-    p.create_volume(static_volume(&free, &class, "1Gi", &["ReadWriteMany"], "Delete")).await;
+    let v = static_volume(&prebound).class(&class).reclaim_policy("Delete");
+    p.create_volume(v.claim_ref(claim_ref(&p.namespace, "data", None)).build()).await;
+    let v = static_volume(&free).class(&class).access_modes(&["ReadWriteMany"]).reclaim_policy("Delete");
+    p.create_volume(v.build()).await;
     p.volume_in_phase(&free, "Available").await;
 
     let created = p.claim("data", &class, "1Gi").await;
@@ -839,7 +828,7 @@ pub async fn namespace_deleted_with_bound_claims(p: &Plane) {
         };
         namespaces.create(&PostParams::default(), &ns).await.expect("namespace");
     }
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = p.engine(&backend).await;
     let mut pvs = Vec::new();
     for i in 0..CLAIMS {
@@ -886,7 +875,7 @@ pub async fn namespace_deleted_with_bound_claims(p: &Plane) {
 pub async fn retain_volumes_carry_no_finalizer(p: &Plane) {
     let retain = p.class("keep", "Retain", false).await;
     let delete = p.class("gain", "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = p.engine(&backend).await;
 
     let created = p.claim("kept", &retain, "1Gi").await;
@@ -898,14 +887,11 @@ pub async fn retain_volumes_carry_no_finalizer(p: &Plane) {
     // Volumes of ours made by an older provisioner under our name
     // (`ReadWriteMany`, so the binder matches no claim to them).
     let old_retain = format!("old-retain-{}", p.suffix);
-    let mut v = static_volume(&old_retain, &retain, "1Gi", &["ReadWriteMany"], "Retain");
-    v.metadata.annotations = Some([(keys::PROVISIONED_BY.to_string(), p.provisioner.clone())].into());
-    v.metadata.finalizers = Some(vec![keys::VOLUME_FINALIZER.to_string()]);
-    p.create_volume(v).await;
+    let v = static_volume(&old_retain).class(&retain).access_modes(&["ReadWriteMany"]).reclaim_policy("Retain");
+    p.create_volume(v.provisioned_by(&p.provisioner).finalizer(keys::VOLUME_FINALIZER).build()).await;
     let old_delete = format!("old-delete-{}", p.suffix);
-    let mut v = static_volume(&old_delete, &delete, "1Gi", &["ReadWriteMany"], "Delete");
-    v.metadata.annotations = Some([(keys::PROVISIONED_BY.to_string(), p.provisioner.clone())].into());
-    p.create_volume(v).await;
+    let v = static_volume(&old_delete).class(&delete).access_modes(&["ReadWriteMany"]).reclaim_policy("Delete");
+    p.create_volume(v.provisioned_by(&p.provisioner).build()).await;
     p.volume_where(&old_retain, "our finalizer removed from the Retain volume", |v| {
         !has_finalizer(v, keys::VOLUME_FINALIZER)
     })
@@ -950,7 +936,7 @@ pub async fn claims_wait_for_a_deleted_class(p: &Plane) {
     p.classes().delete(&class, &DeleteParams::default()).await.expect("delete class");
     p.gone(&p.classes(), &class, "the class to be gone").await;
 
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = p.engine(&backend).await;
     let probes = p.class("probes", "Delete", false).await;
     p.claim_barrier(&probes).await;
@@ -975,14 +961,9 @@ pub async fn claims_wait_for_a_deleted_class(p: &Plane) {
 /// no backend call, and no repeat of the warning as time passes.
 pub async fn selector_claim_is_refused_once(p: &Plane) {
     let class = p.class("selector", "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = p.engine(&backend).await;
-    let mut c = claim("picky", &class, "1Gi");
-    c.spec.as_mut().expect("spec").selector = Some(LabelSelector {
-        match_labels: Some([("tier".to_string(), "gold".to_string())].into()),
-        ..Default::default()
-    });
-    p.create_claim(c).await;
+    p.create_claim(claim("", "picky").class(&class).selector("tier", "gold").build()).await;
     let ev = p.our_event("picky", "ProvisioningFailed").await;
     assert_eq!(ev.type_.as_deref(), Some("Warning"));
     assert_eq!(ev.note.as_deref(), Some("claim Selector is not supported"));
@@ -991,16 +972,6 @@ pub async fn selector_claim_is_refused_once(p: &Plane) {
     p.unprovisioned("picky").await;
     assert!(backend.provision_calls().is_empty(), "no provision call: {:?}", backend.provision_calls());
     engine.stop().await;
-}
-
-fn with_source(mut c: PersistentVolumeClaim, api_group: Option<&str>, kind: &str, name: &str) -> PersistentVolumeClaim {
-    let spec = c.spec.as_mut().expect("spec");
-    let api_group = api_group.map(str::to_string);
-    spec.data_source =
-        Some(TypedLocalObjectReference { api_group: api_group.clone(), kind: kind.into(), name: name.into() });
-    spec.data_source_ref =
-        Some(TypedObjectReference { api_group, kind: kind.into(), name: name.into(), namespace: None });
-    c
 }
 
 /// A provisioner that supports no data source: a clone claim (`dataSource`
@@ -1012,13 +983,14 @@ fn with_source(mut c: PersistentVolumeClaim, api_group: Option<&str>, kind: &str
 /// us at all, no volume and no backend call.
 pub async fn unsupported_data_sources_are_refused_once(p: &Plane) {
     let class = p.class("sources", "Delete", false).await;
-    let backend = FakeBackend::new();
+    let backend = ScriptedBackend::new();
     let engine = p.engine(&backend).await;
-    p.create_claim(with_source(claim("copy", &class, "1Gi"), None, "PersistentVolumeClaim", "origin")).await;
-    p.create_claim(with_source(claim("restore", &class, "1Gi"), Some(SNAPSHOT_GROUP), "VolumeSnapshot", "snap-1"))
-        .await;
-    p.create_claim(with_source(claim("populated", &class, "1Gi"), Some("populator.example.com"), "Widget", "w-1"))
-        .await;
+    p.create_claim(claim("", "copy").class(&class).clone_of("origin").build()).await;
+    p.create_claim(claim("", "restore").class(&class).from_snapshot("snap-1").build()).await;
+    p.create_claim(
+        claim("", "populated").class(&class).data_source(Some("populator.example.com"), "Widget", "w-1").build(),
+    )
+    .await;
     for name in ["copy", "restore"] {
         let ev = p.our_event(name, "ProvisioningFailed").await;
         assert_eq!(ev.type_.as_deref(), Some("Warning"));
@@ -1045,19 +1017,18 @@ pub async fn unsupported_data_sources_are_refused_once(p: &Plane) {
 /// one warning and no volume.
 pub async fn clone_claim_to_a_provisioner_supporting_clones(p: &Plane) {
     let class = p.class("clones", "Delete", false).await;
-    let backend = FakeBackend::with_clones();
+    let backend = ScriptedBackend::new().supporting_clones();
     let engine = p.engine(&backend).await;
     let origin = p.claim("origin", &class, "1Gi").await;
     p.bound("origin").await;
-    let copy = p.create_claim(with_source(claim("copy", &class, "1Gi"), None, "PersistentVolumeClaim", "origin")).await;
+    let copy = p.create_claim(claim("", "copy").class(&class).clone_of("origin").build()).await;
     p.bound("copy").await;
     let expected =
         DataSource { api_group: None, kind: "PersistentVolumeClaim".into(), name: "origin".into(), namespace: None };
     assert_eq!(backend.data_sources(), BTreeMap::from([(pv_name(&copy), expected)]), "the clone's source, only");
     assert!(backend.has(&pv_name(&origin)) && backend.has(&pv_name(&copy)));
 
-    p.create_claim(with_source(claim("restore", &class, "1Gi"), Some(SNAPSHOT_GROUP), "VolumeSnapshot", "snap-1"))
-        .await;
+    p.create_claim(claim("", "restore").class(&class).from_snapshot("snap-1").build()).await;
     p.our_event("restore", "ProvisioningFailed").await;
     p.settle().await;
     p.warned_once("restore").await;

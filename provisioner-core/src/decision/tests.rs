@@ -2,8 +2,8 @@
 //! that hold over every combination of claim, volume, class and memory.
 
 use super::*;
-use crate::fixtures::{claim, class, volume};
 use crate::provisioner::{Cause, ProvisionRequest, ProvisionedVolume};
+use crate::testing::fixtures::{claim, class, volume};
 use proptest::prelude::*;
 
 const NAME: &str = "example.com/x";
@@ -43,8 +43,8 @@ fn names() -> Names {
     Names::new(NAME, ["example.com/second"])
 }
 
-fn ours() -> crate::fixtures::ClaimBuilder {
-    claim("ns", "data", "u1").class("fast").provisioner(NAME).resource_version("1")
+fn ours() -> crate::testing::fixtures::ClaimBuilder {
+    claim("ns", "data").as_stored("u1").class("fast").provisioner(NAME)
 }
 
 fn with(
@@ -90,27 +90,27 @@ fn annotated_claim_with_immediate_class_is_provisioned_with_an_intent_record() {
 
 #[test]
 fn additional_provisioner_names_are_ours_too() {
-    let c = claim("ns", "data", "u1").class("fast").provisioner("example.com/second").build();
+    let c = claim("ns", "data").as_stored("u1").class("fast").provisioner("example.com/second").build();
     let k = class("fast", "example.com/second").build();
     assert_eq!(run(Some(&c), None, Some(&k)), plan(true, false, None));
 }
 
 #[test]
 fn beta_provisioner_annotation_is_a_fallback() {
-    let c = claim("ns", "data", "u1").class("fast").annotation(keys::BETA_STORAGE_PROVISIONER, NAME).build();
+    let c = claim("ns", "data").as_stored("u1").class("fast").annotation(keys::BETA_STORAGE_PROVISIONER, NAME).build();
     assert_eq!(run(Some(&c), None, Some(&fast())), plan(true, false, None));
 }
 
 #[test]
 fn claims_of_other_provisioners_are_not_ours() {
-    let c = claim("ns", "data", "u1").class("fast").provisioner(OTHER).build();
+    let c = claim("ns", "data").as_stored("u1").class("fast").provisioner(OTHER).build();
     let k = class("fast", OTHER).build();
     assert_eq!(run(Some(&c), None, Some(&k)), Decision::Idle(IdleReason::NotOurs));
 }
 
 #[test]
 fn legacy_class_annotation_wins_over_the_spec_field() {
-    let c = claim("ns", "data", "u1").class("spec-class").legacy_class("general").build();
+    let c = claim("ns", "data").as_stored("u1").class("spec-class").legacy_class("general").build();
     assert_eq!(claim_class(&c), Some("general"));
 }
 
@@ -222,10 +222,10 @@ fn claim_with_intent_is_provisioned_without_a_second_record() {
 #[test]
 fn intent_recorded_by_another_provisioners_engine_is_not_ours() {
     let k = class("fast", OTHER).build();
-    let c = claim("ns", "data", "u1").class("fast").provisioner(OTHER).intent_of(OTHER, "pvc-u1").build();
+    let c = claim("ns", "data").as_stored("u1").class("fast").provisioner(OTHER).intent_of(OTHER, "pvc-u1").build();
     assert!(!claim_is_relevant(&c, &names()));
     assert_eq!(run(Some(&c), None, Some(&k)), Decision::Idle(IdleReason::NotOurs));
-    let deleting = claim("ns", "data", "u1").class("fast").intent_of(OTHER, "pvc-u1").deleting().build();
+    let deleting = claim("ns", "data").as_stored("u1").class("fast").intent_of(OTHER, "pvc-u1").deleting().build();
     assert_eq!(run(Some(&deleting), None, Some(&k)), Decision::Idle(IdleReason::ClaimDeleting));
 }
 
@@ -277,7 +277,7 @@ fn a_claim_given_up_on_waits_for_a_change_to_it_or_its_class() {
 #[test]
 fn a_backend_this_process_deleted_is_not_deleted_again() {
     let c = ours().build();
-    let v = volume("pvc-u1", NAME, &c).phase("Released").build();
+    let v = volume("pvc-u1", NAME, &c).phase("Released").as_stored("uid-of-pvc-u1").build();
     let done = Memory { backend_deleted: v.metadata.uid.clone(), ..Default::default() };
     assert_eq!(with(&Hooks::default(), &done, None, Some(&v), None), delete(false, true));
     let other_uid = Memory { backend_deleted: Some("an-older-pv".into()), ..Default::default() };
@@ -313,7 +313,7 @@ fn a_saved_volume_removes_the_intent_record_from_its_live_claim_at_once() {
     let v = volume("pvc-u1", NAME, &c).build();
     assert_eq!(run(Some(&c), Some(&v), None), Decision::RemoveIntent);
     // Not for a volume of another claim (a re-created claim of the same name).
-    let other = claim("ns", "data", "u2").class("fast").provisioner(NAME).intent_of(NAME, "pvc-u1").build();
+    let other = claim("ns", "data").as_stored("u2").class("fast").provisioner(NAME).intent_of(NAME, "pvc-u1").build();
     assert_ne!(run(Some(&other), Some(&v), None), Decision::RemoveIntent);
 }
 
@@ -407,7 +407,7 @@ fn volume_deleted_while_its_claim_exists_keeps_its_backend_until_the_claim_is_go
 #[test]
 fn a_claim_of_the_same_name_with_another_uid_does_not_hold_a_released_volume() {
     let old = ours().build();
-    let new = claim("ns", "data", "u2").class("fast").provisioner(NAME).build();
+    let new = claim("ns", "data").as_stored("u2").class("fast").provisioner(NAME).build();
     let v = volume("pvc-u1", NAME, &old).deleting().phase("Released").build();
     assert_eq!(run(Some(&new), Some(&v), None), delete(true, false));
 }
@@ -515,7 +515,7 @@ fn arb_claim() -> impl Strategy<Value = Option<PersistentVolumeClaim>> {
     )
         .prop_map(|((exists, prov, node, bound), (deleting, intent, block, legacy), (selector, source, uid))| {
             exists.then(|| {
-                let mut b = claim("ns", "data", uid).resource_version("1");
+                let mut b = claim("ns", "data").as_stored(uid);
                 b = if legacy { b.legacy_class("fast") } else { b.class("fast") };
                 if let Some(p) = prov {
                     b = b.provisioner(p);
@@ -561,8 +561,11 @@ fn arb_volume() -> impl Strategy<Value = Option<PersistentVolume>> {
     )
         .prop_map(|(exists, phase, policy, by, deleting, finalizer, claim_uid)| {
             exists.then(|| {
-                let c = claim("ns", "data", claim_uid).build();
-                let mut b = volume("pvc-u1", by.unwrap_or(NAME), &c).phase(phase).reclaim_policy(policy);
+                let c = claim("ns", "data").as_stored(claim_uid).build();
+                let mut b = volume("pvc-u1", by.unwrap_or(NAME), &c)
+                    .phase(phase)
+                    .reclaim_policy(policy)
+                    .as_stored("uid-of-pvc-u1");
                 if by.is_none() {
                     b = b.static_volume();
                 }

@@ -1,24 +1,29 @@
 //! A testing kit: [`FakeCluster`], an in-process Kubernetes API server that a
 //! [`kube::Client`] talks to directly (a tower service, no sockets), with an
 //! optional PV binder that plays kube-controller-manager's part, fault
-//! injection, and engines that can be crashed and restarted inside a test.
+//! injection, and engines that can be crashed and restarted inside a test;
+//! [`ScriptedBackend`], a provisioner whose answers a test scripts; waits
+//! for events and backend states; and [`fixtures`], builders for the objects
+//! tests create. The module exists with the `testing` feature only (a
+//! dev-dependency feature: it is not part of production builds).
 //!
-//! It serves what provisioning touches: PersistentVolumeClaims,
+//! The cluster serves what provisioning touches: PersistentVolumeClaims,
 //! PersistentVolumes, StorageClasses, Events (`events.k8s.io/v1` and core
 //! `v1`, one storage as in the real server), Leases (`coordination.k8s.io/v1`,
-//! which leader election uses), Nodes and Namespaces,
-//! with get, list, watch, create, update, patch, delete, delete-collection
-//! and `/status`. Everything runs on Tokio timers, so tests work under
+//! which leader election uses), Nodes and Namespaces, with get, list, watch,
+//! create, update, patch, delete, delete-collection and `/status`.
+//! Everything runs on Tokio timers, so tests work under
 //! `#[tokio::test(start_paused = true)]`: backoff and lease timings pass
-//! instantly and deterministically.
+//! instantly and deterministically, and every wait here is woken by what it
+//! waits for (writes to the cluster, calls to the backend), never by polling.
 //!
 //! # Testing a provisioner end to end
 //! ```
 //! use std::sync::Arc;
 //! use k8s_openapi::api::core::v1::{HostPathVolumeSource, PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec};
 //! use kube::api::{Api, PostParams};
-//! use provisioner_core::testing::FakeCluster;
-//! use provisioner_core::{fixtures, DeleteError, Engine, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
+//! use provisioner_core::testing::{FakeCluster, fixtures};
+//! use provisioner_core::{DeleteError, Engine, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
 //!
 //! struct Dirs;
 //!
@@ -44,19 +49,57 @@
 //! let engine = cluster.spawn_engine(|client| Engine::builder(client, "example.com/dirs", Arc::new(Dirs)).build())?;
 //!
 //! let claims: Api<PersistentVolumeClaim> = Api::namespaced(client, "default");
-//! claims.create(&PostParams::default(), &fixtures::claim("default", "data", "").class("fast").build()).await?;
+//! claims.create(&PostParams::default(), &fixtures::claim("default", "data").class("fast").build()).await?;
 //! let bound = cluster.wait_for::<PersistentVolumeClaim>("default", "data", |c| {
-//!     c.and_then(|c| c.status.as_ref()?.phase.as_deref()) == Some("Bound")
+//!     c.is_some_and(|c| fixtures::claim_phase(c) == "Bound")
 //! }).await?;
 //! assert!(bound.and_then(|c| c.spec?.volume_name).is_some_and(|v| v.starts_with("pvc-")));
 //! engine.stop().await?;
 //! # Ok(()) }
 //! ```
 //!
+//! # A scripted backend, and waiting for events
+//! [`ScriptedBackend`] answers each call as the test scripted it (and
+//! succeeds when nothing is scripted), records the calls and the volumes it
+//! holds, and [`ScriptedBackend::wait_until`] waits for a state of it.
+//! [`FakeCluster::wait_for_event`] waits for an event about an object with a
+//! reason, [`FakeCluster::events_for`] lists them; [`wait_for_event`] and
+//! [`events_for`] do the same through a client, on the kit or on a real
+//! cluster. Here a backend failing once, under paused time:
+//! ```
+//! use std::sync::Arc;
+//! use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+//! use kube::api::{Api, PostParams};
+//! use provisioner_core::testing::{FakeCluster, ProvisionAnswer, ScriptedBackend, fixtures};
+//! use provisioner_core::{Engine, ProvisionError};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cluster = FakeCluster::with_binder();
+//! let client = cluster.client();
+//! Api::all(client.clone()).create(&PostParams::default(), &fixtures::class("fast", "example.com/x").build()).await?;
+//! let backend = ScriptedBackend::new();
+//! backend.script([ProvisionAnswer::Fail(ProvisionError::failed("quota exceeded"))]);
+//! let engine = cluster.spawn_engine(|c| Engine::builder(c, "example.com/x", Arc::new(backend.clone())).build())?;
+//!
+//! let claims: Api<PersistentVolumeClaim> = Api::namespaced(client, "default");
+//! claims.create(&PostParams::default(), &fixtures::claim("default", "data").class("fast").build()).await?;
+//! let warning = cluster.wait_for_event("default", "data", "ProvisioningFailed").await?;
+//! assert_eq!(warning.note.as_deref(), Some("quota exceeded"));
+//! // The engine retries after its backoff (no time at all, paused) and the backend succeeds.
+//! let state = backend.wait_until(|s| s.created == 1).await?;
+//! assert_eq!(state.provision_calls.len(), 2);
+//! cluster.wait_for_event("default", "data", "ProvisioningSucceeded").await?;
+//! engine.stop().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Faults
 //! - [`FakeCluster::fail_next`]: the next `n` requests of a [`Verb`] on a
-//!   resource (`"persistentvolumes"`, `"persistentvolumeclaims/status"`, or
-//!   `"*"`) answer with a `Status` error of the given code.
+//!   kind (`fail_next::<PersistentVolume>(Verb::Create, Fault::InternalError, 2)`;
+//!   [`fail_next_status`](FakeCluster::fail_next_status) for its `/status`,
+//!   [`fail_next_any`](FakeCluster::fail_next_any) for any resource) answer
+//!   with a [`Fault`]: a `Status` error with the real server's code and reason.
 //! - [`FakeCluster::set_latency`]: requests wait this long (on the Tokio clock) first.
 //! - [`FakeCluster::drop_watches`]: every open watch ends, as when a
 //!   connection breaks; kube-runtime watchers resume from their last
@@ -76,7 +119,8 @@
 //! process vanished) and aborts the engine's task without any shutdown:
 //! nothing is released and nothing finishes. Start a new engine against the
 //! same cluster with `spawn_engine` again, with a provisioner that shares
-//! the old one's backend state, to test recovery.
+//! the old one's backend state (a clone of a [`ScriptedBackend`]), to test
+//! recovery.
 //!
 //! # What the fake refuses, as the real API server does
 //! Writes a real kube-apiserver refuses fail here too, with its status code,
@@ -125,7 +169,9 @@
 //!   as "Bound" (there are no pods). Its events are created once per claim
 //!   and reason, not aggregated with counts.
 
+mod backend;
 mod binder;
+pub mod fixtures;
 #[cfg(test)]
 mod refusals;
 mod server;
@@ -133,8 +179,11 @@ mod store;
 #[cfg(test)]
 mod tests;
 mod validation;
+mod waits;
 
+pub use backend::{BackendState, BackendTimeout, DeleteAnswer, ProvisionAnswer, ScriptedBackend};
 pub use store::ChangeType;
+pub use waits::{EventWaitError, events_for, wait_for_event};
 
 use std::convert::Infallible;
 use std::fmt::Debug;
@@ -173,16 +222,84 @@ pub enum Verb {
     DeleteCollection,
 }
 
+/// What an injected failure answers with: a Kubernetes `Status` error with
+/// the code and reason the real API server gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Fault {
+    /// `409 Conflict`: for a request naming an object, with the real
+    /// server's wording for a stale write ("the object has been modified").
+    Conflict,
+    /// `429 TooManyRequests`, as API priority and fairness answers.
+    TooManyRequests,
+    /// `500 InternalError`.
+    InternalError,
+    /// `503 ServiceUnavailable`.
+    ServiceUnavailable,
+    /// `504 Timeout`.
+    Timeout,
+    /// Any other status code, with the reason the real server gives it.
+    Status(u16),
+}
+
+impl Fault {
+    /// The HTTP status code it answers with.
+    pub fn code(self) -> u16 {
+        match self {
+            Fault::Conflict => 409,
+            Fault::TooManyRequests => 429,
+            Fault::InternalError => 500,
+            Fault::ServiceUnavailable => 503,
+            Fault::Timeout => 504,
+            Fault::Status(code) => code,
+        }
+    }
+
+    /// The error answered to a request of `verb` on `kind` (object `name`, if it names one).
+    fn error(self, verb: Verb, kind: &store::KindInfo, name: Option<&str>) -> store::ApiError {
+        match (self, name) {
+            (Fault::Conflict, Some(name)) => store::ApiError::conflict(kind, name),
+            (_, Some(name)) => {
+                store::ApiError::new(self.code(), format!("injected failure of {verb:?} on {}", kind.qualified()))
+                    .about(kind, name)
+            }
+            (_, None) => {
+                store::ApiError::new(self.code(), format!("injected failure of {verb:?} on {}", kind.qualified()))
+            }
+        }
+    }
+}
+
+/// The resource a request is for: `group`, `plural` and subresource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FaultTarget {
+    group: String,
+    plural: String,
+    subresource: Option<String>,
+}
+
+impl FaultTarget {
+    fn of<K: Resource<DynamicType = ()>>(subresource: Option<&str>) -> Self {
+        FaultTarget {
+            group: K::group(&()).into_owned(),
+            plural: K::plural(&()).into_owned(),
+            subresource: subresource.map(str::to_string),
+        }
+    }
+}
+
 struct Failure {
     verb: Verb,
-    resource: String,
+    /// `None`: any resource.
+    target: Option<FaultTarget>,
     remaining: u32,
-    code: u16,
+    fault: Fault,
 }
 
 struct Latency {
     verb: Option<Verb>,
-    resource: Option<String>,
+    /// `None`: any resource.
+    target: Option<FaultTarget>,
     delay: Duration,
 }
 
@@ -221,23 +338,23 @@ impl Inner {
         self.changed.send_modify(|n| *n += 1);
     }
 
-    fn take_fault(&self, verb: Verb, resource: &str) -> Option<u16> {
+    fn take_fault(&self, verb: Verb, resource: &FaultTarget) -> Option<Fault> {
         let mut faults = self.faults();
         let failure = faults
             .failures
             .iter_mut()
-            .find(|f| f.verb == verb && f.remaining > 0 && (f.resource == resource || f.resource == "*"))?;
+            .find(|f| f.verb == verb && f.remaining > 0 && f.target.as_ref().is_none_or(|t| t == resource))?;
         failure.remaining -= 1;
-        let code = failure.code;
+        let fault = failure.fault;
         faults.failures.retain(|f| f.remaining > 0);
-        Some(code)
+        Some(fault)
     }
 
-    fn latency_for(&self, verb: Verb, resource: &str) -> Option<Duration> {
+    fn latency_for(&self, verb: Verb, resource: &FaultTarget) -> Option<Duration> {
         self.faults()
             .latency
             .iter()
-            .filter(|l| l.verb.is_none_or(|v| v == verb) && l.resource.as_deref().is_none_or(|r| r == resource))
+            .filter(|l| l.verb.is_none_or(|v| v == verb) && l.target.as_ref().is_none_or(|t| t == resource))
             .map(|l| l.delay)
             .max()
     }
@@ -375,22 +492,53 @@ impl FakeCluster {
         self.inner.lock().resource_version()
     }
 
-    /// The next `times` requests of `verb` on `resource` (a plural such as
-    /// `"persistentvolumes"`, a subresource such as
-    /// `"persistentvolumeclaims/status"`, or `"*"`) fail with `code`.
-    pub fn fail_next(&self, verb: Verb, resource: &str, times: u32, code: u16) {
-        self.inner.faults().failures.push(Failure { verb, resource: resource.to_string(), remaining: times, code });
+    fn add_failure(&self, verb: Verb, target: Option<FaultTarget>, fault: Fault, times: u32) {
+        self.inner.faults().failures.push(Failure { verb, target, remaining: times, fault });
     }
 
-    /// Requests of `verb` (any: `None`) on `resource` (any: `None`) wait
-    /// `delay` before they are served. A zero delay removes the rule.
-    pub fn set_latency(&self, verb: Option<Verb>, resource: Option<&str>, delay: Duration) {
+    /// The next `times` requests of `verb` on objects of kind `K` (not on
+    /// their `/status`) answer with `fault` and change nothing.
+    ///
+    /// ```
+    /// # use k8s_openapi::api::core::v1::PersistentVolume;
+    /// # use provisioner_core::testing::{FakeCluster, Fault, Verb};
+    /// # let cluster = FakeCluster::new();
+    /// // The engine's next two volume saves get `500 InternalError`.
+    /// cluster.fail_next::<PersistentVolume>(Verb::Create, Fault::InternalError, 2);
+    /// ```
+    pub fn fail_next<K: Resource<DynamicType = ()>>(&self, verb: Verb, fault: Fault, times: u32) {
+        self.add_failure(verb, Some(FaultTarget::of::<K>(None)), fault, times);
+    }
+
+    /// The next `times` requests of `verb` on the `/status` of objects of
+    /// kind `K` answer with `fault`.
+    pub fn fail_next_status<K: Resource<DynamicType = ()>>(&self, verb: Verb, fault: Fault, times: u32) {
+        self.add_failure(verb, Some(FaultTarget::of::<K>(Some("status"))), fault, times);
+    }
+
+    /// The next `times` requests of `verb`, on any resource, answer with `fault`.
+    pub fn fail_next_any(&self, verb: Verb, fault: Fault, times: u32) {
+        self.add_failure(verb, None, fault, times);
+    }
+
+    fn put_latency(&self, verb: Option<Verb>, target: Option<FaultTarget>, delay: Duration) {
         let mut faults = self.inner.faults();
-        let resource = resource.map(str::to_string);
-        faults.latency.retain(|l| !(l.verb == verb && l.resource == resource));
+        faults.latency.retain(|l| !(l.verb == verb && l.target == target));
         if !delay.is_zero() {
-            faults.latency.push(Latency { verb, resource, delay });
+            faults.latency.push(Latency { verb, target, delay });
         }
+    }
+
+    /// Requests of `verb` (any: `None`) on objects of kind `K` wait `delay`
+    /// (on the Tokio clock) before they are served. A zero delay removes the rule.
+    pub fn set_latency<K: Resource<DynamicType = ()>>(&self, verb: Option<Verb>, delay: Duration) {
+        self.put_latency(verb, Some(FaultTarget::of::<K>(None)), delay);
+    }
+
+    /// Requests of `verb` (any: `None`) on any resource wait `delay` before
+    /// they are served. A zero delay removes the rule.
+    pub fn set_latency_any(&self, verb: Option<Verb>, delay: Duration) {
+        self.put_latency(verb, None, delay);
     }
 
     /// Removes all injected failures and latency.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    LocalVolumeSource, NFSVolumeSource, Namespace, PersistentVolume, PersistentVolumeClaim,
+    LocalVolumeSource, NFSVolumeSource, Namespace, Node, PersistentVolume, PersistentVolumeClaim,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -15,7 +15,8 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use super::FakeCluster;
-use crate::fixtures::{claim, class, volume};
+use super::fixtures::{self, claim, claim_ref, class, node, static_volume, volume};
+use crate::keys;
 
 const NAME: &str = "example.com/fake";
 
@@ -58,11 +59,11 @@ fn merge(patch: serde_json::Value) -> Patch<serde_json::Value> {
 }
 
 async fn created_claim(client: &Client, name: &str) -> PersistentVolumeClaim {
-    claims(client).create(&PostParams::default(), &claim("ns", name, "").build()).await.expect("create claim")
+    claims(client).create(&PostParams::default(), &claim("ns", name).build()).await.expect("create claim")
 }
 
 async fn created_volume(client: &Client, name: &str) -> PersistentVolume {
-    let pv = volume(name, NAME, &claim("ns", "data", "").build()).without_finalizers().build();
+    let pv = volume(name, NAME, &claim("ns", "data").build()).without_finalizers().build();
     volumes(client).create(&PostParams::default(), &pv).await.expect("create volume")
 }
 
@@ -71,7 +72,7 @@ async fn a_create_carrying_a_resource_version_is_refused() {
     let cluster = FakeCluster::new();
     let client = cluster.client();
     let pp = PostParams::default();
-    let c = claim("ns", "data", "").resource_version("7").build();
+    let c = claim("ns", "data").resource_version("7").build();
     let e = refusal(claims(&client).create(&pp, &c).await);
     assert_eq!((e.code, e.reason.as_str()), (500, ""), "the real server answers 500 without a reason");
     assert_eq!(e.message, "resourceVersion should not be set on objects to be created");
@@ -85,7 +86,7 @@ async fn a_create_carrying_a_resource_version_is_refused() {
 #[tokio::test(start_paused = true)]
 async fn a_create_carrying_resource_version_zero_is_accepted() {
     let cluster = FakeCluster::new();
-    let c = claim("ns", "data", "").resource_version("0").build();
+    let c = claim("ns", "data").resource_version("0").build();
     let created = claims(&cluster.client()).create(&PostParams::default(), &c).await.expect("create");
     assert_eq!(created.resource_version(), Some(cluster.resource_version().to_string()));
 }
@@ -95,17 +96,67 @@ async fn objects_built_by_the_fixtures_are_accepted_on_create() {
     let cluster = FakeCluster::new();
     let client = cluster.client();
     let pp = PostParams::default();
-    classes(&client).create(&pp, &class("fast", NAME).reclaim_policy("Retain").build()).await.expect("class");
-    let c = claim("ns", "data", "uid-1").class("fast").request("5Gi").provisioner(NAME).build();
+    for k in [
+        class("fast", NAME).reclaim_policy("Retain").build(),
+        class("local", NAME).wait_for_first_consumer().parameter("tier", "ssd").mount_options(&["noatime"]).build(),
+        class("growing", NAME).immediate().allow_volume_expansion().label("team", "storage").build(),
+    ] {
+        classes(&client).create(&pp, &k).await.expect("class");
+    }
+    let c = claim("ns", "data").class("fast").request("5Gi").provisioner(NAME).selected_node("node-a").build();
     let created = claims(&client).create(&pp, &c).await.expect("claim");
-    assert_ne!(created.uid().as_deref(), Some("uid-1"), "the server gives the uid");
-    claims(&client).create(&pp, &claim("ns", "clone", "").clone_of("data").build()).await.expect("clone");
+    assert!(created.uid().is_some_and(|u| !u.is_empty()), "the server gives the uid");
+    for (name, c) in [
+        ("clone", claim("ns", "clone").class("fast").clone_of("data")),
+        ("restore", claim("ns", "restore").class("fast").from_snapshot("snap")),
+        ("raw", claim("ns", "raw").block().access_modes(&["ReadWriteOnce", "ReadOnlyMany"]).deleting()),
+        ("picky", claim("ns", "picky").selector("tier", "gold").legacy_class("fast")),
+        ("prebound", claim("ns", "prebound").volume_name("pv-static").intent_of(NAME, "pvc-x")),
+        ("urlns", claim("", "urlns").label("team", "storage")),
+    ] {
+        claims(&client).create(&pp, &c.build()).await.unwrap_or_else(|e| panic!("claim {name}: {e}"));
+    }
     let pv = volume("pv-1", NAME, &created).build();
     let saved = volumes(&client).create(&pp, &pv).await.expect("volume");
     let spec = saved.spec.expect("spec");
     assert_eq!(spec.capacity.and_then(|c| c.get("storage").cloned()), Some(Quantity("5Gi".into())));
-    let unclaimed = volume("pv-2", NAME, &created).unclaimed().static_volume().deleting().build();
-    volumes(&client).create(&pp, &unclaimed).await.expect("unclaimed volume");
+    assert_eq!(spec.claim_ref.and_then(|r| r.uid), created.uid(), "bound to the claim by uid");
+    for v in [
+        volume("pv-2", NAME, &created).unclaimed().static_volume().deleting().build(),
+        static_volume("pv-static").claim_ref(claim_ref("ns", "prebound", None)).build(),
+        static_volume("pv-3").for_claim(&created).reclaim_policy("Delete").host_path("/tmp/pv-3").build(),
+        static_volume("pv-4")
+            .class("fast")
+            .capacity("2Gi")
+            .access_modes(&["ReadWriteMany"])
+            .provisioned_by("x.io/y")
+            .finalizer(keys::VOLUME_FINALIZER)
+            .label("team", "storage")
+            .build(),
+    ] {
+        let name = v.name_any();
+        volumes(&client).create(&pp, &v).await.unwrap_or_else(|e| panic!("volume {name}: {e}"));
+    }
+    let nodes: Api<Node> = Api::all(client.clone());
+    let n = nodes.create(&pp, &node("node-a").hostname("host-a").label("zone", "z1").build()).await.expect("node");
+    assert_eq!(n.labels().get(fixtures::HOSTNAME_LABEL).map(String::as_str), Some("host-a"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn objects_built_as_stored_are_refused_on_create_as_a_real_server_refuses_them() {
+    let cluster = FakeCluster::new();
+    let client = cluster.client();
+    let pp = PostParams::default();
+    let refused = "resourceVersion should not be set on objects to be created";
+    let c = claim("ns", "data").as_stored("uid-1").build();
+    assert_eq!(refusal(claims(&client).create(&pp, &c).await).message, refused);
+    let k = class("fast", NAME).as_stored("uid-2").build();
+    assert_eq!(refusal(classes(&client).create(&pp, &k).await).message, refused);
+    let v = volume("pv-1", NAME, &c).as_stored("uid-3").build();
+    assert_eq!(refusal(volumes(&client).create(&pp, &v).await).message, refused);
+    let n = node("node-a").as_stored("uid-4").build();
+    assert_eq!(refusal(Api::<Node>::all(client.clone()).create(&pp, &n).await).message, refused);
+    assert_eq!(cluster.resource_version(), 1, "nothing was written");
 }
 
 #[tokio::test(start_paused = true)]
@@ -114,21 +165,21 @@ async fn invalid_names_are_invalid() {
     let client = cluster.client();
     let pp = PostParams::default();
     assert_invalid(
-        claims(&client).create(&pp, &claim("ns", "a..b", "").build()).await,
+        claims(&client).create(&pp, &claim("ns", "a..b").build()).await,
         "PersistentVolumeClaim \"a..b\" is invalid: metadata.name: Invalid value: \"a..b\": a lowercase RFC 1123 \
          subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an \
          alphanumeric character (e.g. 'example.com', regex used for validation is \
          '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
     );
     let long = "a".repeat(254);
-    let pv = volume(&long, NAME, &claim("ns", "data", "").build()).build();
+    let pv = volume(&long, NAME, &claim("ns", "data").build()).build();
     assert_invalid(
         volumes(&client).create(&pp, &pv).await,
         &format!(
             "PersistentVolume \"{long}\" is invalid: metadata.name: Invalid value: \"{long}\": must be no more than 253 characters"
         ),
     );
-    let mut nameless = claim("ns", "", "").build();
+    let mut nameless = claim("ns", "").build();
     nameless.metadata.name = None;
     assert_invalid(
         claims(&client).create(&pp, &nameless).await,
@@ -147,7 +198,7 @@ async fn adding_a_finalizer_to_an_object_being_deleted_is_invalid() {
     let cluster = FakeCluster::new();
     let client = cluster.client();
     let api = claims(&client);
-    let mut held = claim("ns", "data", "").build();
+    let mut held = claim("ns", "data").build();
     held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
     api.create(&PostParams::default(), &held).await.expect("create");
     api.delete("data", &DeleteParams::default()).await.expect("delete").left().expect("held by its finalizer");
@@ -179,7 +230,7 @@ async fn removing_the_finalizers_of_an_object_being_deleted_is_accepted() {
     let cluster = FakeCluster::new();
     let client = cluster.client();
     let api = volumes(&client);
-    let pv = volume("pv-1", NAME, &claim("ns", "data", "").build()).build();
+    let pv = volume("pv-1", NAME, &claim("ns", "data").build()).build();
     api.create(&PostParams::default(), &pv).await.expect("create");
     api.delete("pv-1", &DeleteParams::default()).await.expect("delete").left().expect("held by its finalizer");
     let none = merge(json!({ "metadata": { "finalizers": null } }));
@@ -202,20 +253,20 @@ async fn a_volume_without_capacity_access_modes_or_a_source_is_invalid() {
          spec.capacity: Unsupported value: null: supported values: \"storage\", spec: Required value: must specify a \
          volume type]",
     );
-    let mut sourceless = volume("pv-1", NAME, &claim("ns", "data", "").build()).build();
+    let mut sourceless = volume("pv-1", NAME, &claim("ns", "data").build()).build();
     sourceless.spec.as_mut().expect("spec").host_path = None;
     assert_invalid(
         volumes(&client).create(&pp, &sourceless).await,
         "PersistentVolume \"pv-1\" is invalid: spec: Required value: must specify a volume type",
     );
-    let mut two = volume("pv-1", NAME, &claim("ns", "data", "").build()).build();
+    let mut two = volume("pv-1", NAME, &claim("ns", "data").build()).build();
     two.spec.as_mut().expect("spec").nfs =
         Some(NFSVolumeSource { server: "nfs.example.com".into(), path: "/export".into(), read_only: None });
     assert_invalid(
         volumes(&client).create(&pp, &two).await,
         "PersistentVolume \"pv-1\" is invalid: spec.nfs: Forbidden: may not specify more than 1 volume type",
     );
-    let mut local = volume("pv-1", NAME, &claim("ns", "data", "").build()).build();
+    let mut local = volume("pv-1", NAME, &claim("ns", "data").build()).build();
     let spec = local.spec.as_mut().expect("spec");
     spec.host_path = None;
     spec.local = Some(LocalVolumeSource { path: "/mnt/disk".into(), fs_type: None });
@@ -223,7 +274,7 @@ async fn a_volume_without_capacity_access_modes_or_a_source_is_invalid() {
         volumes(&client).create(&pp, &local).await,
         "PersistentVolume \"pv-1\" is invalid: spec.nodeAffinity: Required value: Local volume requires node affinity",
     );
-    let mut no_modes = volume("pv-1", NAME, &claim("ns", "data", "").build()).build();
+    let mut no_modes = volume("pv-1", NAME, &claim("ns", "data").build()).build();
     no_modes.spec.as_mut().expect("spec").access_modes = None;
     assert_invalid(
         volumes(&client).create(&pp, &no_modes).await,
@@ -236,14 +287,14 @@ async fn a_claim_without_access_modes_or_a_positive_request_is_invalid() {
     let cluster = FakeCluster::new();
     let client = cluster.client();
     let pp = PostParams::default();
-    let mut bare = claim("ns", "bare", "").build();
+    let mut bare = claim("ns", "bare").build();
     bare.spec = Some(Default::default());
     assert_invalid(
         claims(&client).create(&pp, &bare).await,
         "PersistentVolumeClaim \"bare\" is invalid: [spec.accessModes: Required value: at least 1 access mode is \
          required, spec.resources[storage]: Required value]",
     );
-    let odd = claim("ns", "odd", "").access_modes(&["ReadWriteSometimes"]).request("0").build();
+    let odd = claim("ns", "odd").access_modes(&["ReadWriteSometimes"]).request("0").build();
     assert_invalid(
         claims(&client).create(&pp, &odd).await,
         "PersistentVolumeClaim \"odd\" is invalid: [spec.accessModes: Unsupported value: \"ReadWriteSometimes\": \
@@ -304,7 +355,7 @@ async fn a_claims_spec_is_immutable_but_for_binding() {
 async fn bound_claim(cluster: &FakeCluster, class: &str) {
     let client = cluster.client();
     let c = claims(&client)
-        .create(&PostParams::default(), &claim("ns", "data", "").class(class).build())
+        .create(&PostParams::default(), &claim("ns", "data").class(class).build())
         .await
         .expect("create claim");
     let pv = volume("pv-1", NAME, &c).without_finalizers().build();

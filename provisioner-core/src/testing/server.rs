@@ -163,20 +163,16 @@ impl Inner {
                 "the server does not allow this method on the requested resource",
             ));
         };
-        let resource = match &target.subresource {
-            Some(sub) => format!("{}/{sub}", target.kind.plural),
-            None => target.kind.plural.to_string(),
+        let resource = super::FaultTarget {
+            group: target.kind.group.to_string(),
+            plural: target.kind.plural.to_string(),
+            subresource: target.subresource.clone(),
         };
         if let Some(delay) = self.latency_for(verb, &resource) {
             tokio::time::sleep(delay).await;
         }
-        if let Some(code) = self.take_fault(verb, &resource) {
-            let e = ApiError::new(code, format!("injected failure of {verb:?} on {resource}"));
-            let e = match &target.name {
-                Some(n) => e.about(target.kind, n),
-                None => e,
-            };
-            return error_response(&e);
+        if let Some(fault) = self.take_fault(verb, &resource) {
+            return error_response(&fault.error(verb, target.kind, target.name.as_deref()));
         }
         let part = match target.subresource.as_deref() {
             None => Part::Main,

@@ -14,9 +14,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use super::{FakeCluster, Verb};
-use crate::fixtures::{claim, class, volume};
+use super::{FakeCluster, Fault, Verb};
 use crate::keys;
+use crate::testing::fixtures::{claim, class, volume};
 
 const NAME: &str = "example.com/fake";
 
@@ -32,7 +32,7 @@ fn claims(client: &Client) -> Api<PersistentVolumeClaim> {
 }
 
 async fn create_claim(client: &Client, name: &str) -> PersistentVolumeClaim {
-    claims(client).create(&PostParams::default(), &claim("ns", name, "").class("fast").build()).await.expect("create")
+    claims(client).create(&PostParams::default(), &claim("ns", name).class("fast").build()).await.expect("create")
 }
 
 fn phase(c: Option<&PersistentVolumeClaim>) -> Option<&str> {
@@ -48,11 +48,11 @@ async fn create_assigns_identity_and_a_duplicate_is_already_exists() {
     assert!(c.metadata.creation_timestamp.is_some());
     assert_eq!(c.resource_version(), Some(cluster.resource_version().to_string()));
     assert_eq!(phase(Some(&c)), Some("Pending"));
-    let dup = claims(&client).create(&PostParams::default(), &claim("ns", "data", "").build()).await;
+    let dup = claims(&client).create(&PostParams::default(), &claim("ns", "data").build()).await;
     let e = api_error(dup.expect_err("duplicate"));
     assert_eq!((e.code, e.reason.as_str()), (409, "AlreadyExists"));
 
-    let mut generated = claim("ns", "", "").build();
+    let mut generated = claim("ns", "").build();
     generated.metadata.name = None;
     generated.metadata.generate_name = Some("gen-".into());
     let g = claims(&client).create(&PostParams::default(), &generated).await.expect("generateName");
@@ -92,7 +92,7 @@ async fn finalizers_hold_a_deleted_object_until_the_last_one_goes() {
     let cluster = FakeCluster::new();
     let client = cluster.client();
     let api = claims(&client);
-    let mut c = claim("ns", "data", "").build();
+    let mut c = claim("ns", "data").build();
     c.metadata.finalizers = Some(vec!["a/one".into(), "a/two".into()]);
     let c = api.create(&PostParams::default(), &c).await.expect("create");
 
@@ -176,7 +176,7 @@ async fn unknown_requests_get_kubernetes_status_errors() {
         .body(b"{}".to_vec())
         .expect("req");
     assert_eq!(api_error(client.request::<PersistentVolume>(request).await.expect_err("415")).code, 415);
-    let bad = claim("ns", "Not_A_Name", "").build();
+    let bad = claim("ns", "Not_A_Name").build();
     assert_eq!(api_error(claims(&client).create(&PostParams::default(), &bad).await.expect_err("422")).code, 422);
 }
 
@@ -239,7 +239,7 @@ async fn selectors_filter_lists_and_watches() {
     let cluster = FakeCluster::new();
     let client = cluster.client();
     for (name, tier) in [("a", "gold"), ("b", "silver"), ("c", "gold")] {
-        let mut c = claim("ns", name, "").build();
+        let mut c = claim("ns", name).build();
         c.metadata.labels = Some([("tier".to_string(), tier.to_string())].into());
         claims(&client).create(&PostParams::default(), &c).await.expect("create");
     }
@@ -300,16 +300,49 @@ async fn bookmarks_arrive_on_request_and_when_idle() {
 async fn injected_failures_and_latency_apply_to_the_named_verb_and_resource() {
     let cluster = FakeCluster::new();
     let client = cluster.client();
-    cluster.fail_next(Verb::Create, "persistentvolumeclaims", 2, 503);
+    cluster.fail_next::<PersistentVolumeClaim>(Verb::Create, Fault::ServiceUnavailable, 2);
     for _ in 0..2 {
-        let e = claims(&client).create(&PostParams::default(), &claim("ns", "x", "").build()).await;
+        let e = claims(&client).create(&PostParams::default(), &claim("ns", "x").build()).await;
         assert_eq!(api_error(e.expect_err("injected")).code, 503);
     }
     create_claim(&client, "x").await;
-    cluster.set_latency(Some(Verb::Get), None, Duration::from_secs(5));
+    cluster.set_latency_any(Some(Verb::Get), Duration::from_secs(5));
     let started = tokio::time::Instant::now();
     claims(&client).get("x").await.expect("get");
     assert!(started.elapsed() >= Duration::from_secs(5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn injected_faults_apply_to_their_kind_and_subresource_only() {
+    let cluster = FakeCluster::new();
+    let client = cluster.client();
+    let pp = PostParams::default();
+    cluster.fail_next::<PersistentVolume>(Verb::Create, Fault::InternalError, 1);
+    create_claim(&client, "data").await;
+    let pv = volume("pv-1", NAME, &claim("ns", "data").build()).build();
+    let e = api_error(Api::<PersistentVolume>::all(client.clone()).create(&pp, &pv).await.expect_err("injected"));
+    assert_eq!((e.code, e.reason.as_str()), (500, "InternalError"));
+    Api::<PersistentVolume>::all(client.clone()).create(&pp, &pv).await.expect("one failure only");
+
+    cluster.fail_next_status::<PersistentVolumeClaim>(Verb::Patch, Fault::Conflict, 1);
+    let labelled = json!({ "metadata": { "labels": { "a": "b" } } });
+    claims(&client).patch("data", &PatchParams::default(), &Patch::Merge(&labelled)).await.expect("not /status");
+    let status = json!({ "status": { "phase": "Lost" } });
+    let e = api_error(
+        claims(&client)
+            .patch_status("data", &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .expect_err("/status"),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+    assert!(e.message.contains("the object has been modified"), "the real server's wording: {}", e.message);
+    assert_eq!(Fault::TooManyRequests.code(), 429);
+
+    cluster.fail_next_any(Verb::Get, Fault::Status(418), 2);
+    assert_eq!(api_error(claims(&client).get("data").await.expect_err("any")).code, 418);
+    let e = Api::<StorageClass>::all(client.clone()).get("fast").await.expect_err("any kind");
+    assert_eq!(api_error(e).code, 418);
+    claims(&client).get("data").await.expect("the faults are used up");
 }
 
 #[tokio::test(start_paused = true)]
@@ -366,6 +399,47 @@ async fn the_history_tells_what_each_write_did_and_when_it_landed() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn events_are_found_by_object_and_reason_in_the_store_and_through_a_client() {
+    let cluster = FakeCluster::new();
+    let client = cluster.client();
+    let event = |name: &str, about: &str, reason: &str| Event {
+        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
+        reason: Some(reason.into()),
+        regarding: Some(k8s_openapi::api::core::v1::ObjectReference { name: Some(about.into()), ..Default::default() }),
+        ..Default::default()
+    };
+    let events: Api<Event> = Api::namespaced(client.clone(), "ns");
+    let pp = PostParams::default();
+    events.create(&pp, &event("e1", "data", "Provisioning")).await.expect("event");
+    events.create(&pp, &event("e2", "other", "ProvisioningFailed")).await.expect("event");
+    assert!(cluster.events_for("ns", "data", "ProvisioningFailed").is_empty());
+    assert_eq!(cluster.events_for("ns", "data", "Provisioning").len(), 1);
+    assert_eq!(super::events_for(&client, "ns", "data", "Provisioning").await.expect("list").len(), 1);
+
+    let waiting = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.wait_for_event("ns", "data", "ProvisioningFailed").await }
+    });
+    let watching = tokio::spawn({
+        let client = client.clone();
+        async move { super::wait_for_event(&client, "ns", "data", "ProvisioningFailed", Duration::from_secs(60)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(!waiting.is_finished() && !watching.is_finished(), "no such event yet");
+    events.create(&pp, &event("e3", "data", "ProvisioningFailed")).await.expect("event");
+    for found in [waiting.await.expect("task"), watching.await.expect("task")] {
+        assert_eq!(found.expect("found").metadata.name.as_deref(), Some("e3"));
+    }
+
+    let e = super::wait_for_event(&client, "ns", "data", "ProvisioningSucceeded", Duration::from_secs(5))
+        .await
+        .expect_err("never comes");
+    assert!(e.to_string().contains("data:Provisioning"), "names what it saw: {e}");
+    let e = cluster.wait_for_event("ns", "data", "ProvisioningSucceeded").await.expect_err("never comes");
+    assert!(matches!(e, super::EventWaitError::Timeout { timeout: super::WAIT_TIMEOUT, .. }), "{e}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn both_event_apis_share_one_storage() {
     let cluster = FakeCluster::new();
     let client = cluster.client();
@@ -406,6 +480,30 @@ async fn leases_replace_with_resource_version_semantics() {
     stale.spec = Some(Default::default());
     stale.spec.as_mut().expect("spec").holder_identity = Some("me".into());
     assert_eq!(api_error(api.replace("l", &PostParams::default(), &stale).await.expect_err("stale")).code, 409);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_lease_of_one_name_already_exists_and_a_stale_lease_patch_conflicts() {
+    let cluster = FakeCluster::new();
+    let api: Api<Lease> = Api::namespaced(cluster.client(), "kube-system");
+    let lease = Lease { metadata: kube::api::ObjectMeta { name: Some("l".into()), ..Default::default() }, spec: None };
+    let created = api.create(&PostParams::default(), &lease).await.expect("create");
+    let e = api_error(api.create(&PostParams::default(), &lease).await.expect_err("exists"));
+    assert_eq!((e.code, e.reason.as_str()), (409, "AlreadyExists"));
+    let holder =
+        |h: &str, rv: Option<String>| json!({ "metadata": { "resourceVersion": rv }, "spec": { "holderIdentity": h } });
+    let patched = api
+        .patch("l", &PatchParams::default(), &Patch::Merge(holder("a", created.resource_version())))
+        .await
+        .expect("a patch at the current version");
+    assert_eq!(patched.spec.and_then(|s| s.holder_identity).as_deref(), Some("a"));
+    let stale = api.patch("l", &PatchParams::default(), &Patch::Merge(holder("b", created.resource_version()))).await;
+    assert_eq!(api_error(stale.expect_err("stale")).code, 409);
+    let unconditional = api.patch("l", &PatchParams::default(), &Patch::Merge(holder("b", None))).await;
+    assert_eq!(
+        unconditional.expect("no version, no precondition").spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("b")
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -463,7 +561,7 @@ async fn binder_binds_a_claim_held_by_a_finalizer_while_it_is_being_deleted() {
         .create(&PostParams::default(), &class("fast", NAME).build())
         .await
         .expect("class");
-    let mut held = claim("ns", "data", "").class("fast").build();
+    let mut held = claim("ns", "data").class("fast").build();
     held.metadata.finalizers = Some(vec!["example.com/hold".to_string()]);
     let c = claims(&client).create(&PostParams::default(), &held).await.expect("create");
     claims(&client).delete("data", &DeleteParams::default()).await.expect("delete");
@@ -497,7 +595,7 @@ async fn binder_waits_for_a_selected_node_and_says_so() {
         .create(&PostParams::default(), &class("late", NAME).wait_for_first_consumer().build())
         .await
         .expect("class");
-    claims(&client).create(&PostParams::default(), &claim("ns", "data", "").class("late").build()).await.expect("c");
+    claims(&client).create(&PostParams::default(), &claim("ns", "data").class("late").build()).await.expect("c");
     let events: Api<Event> = Api::namespaced(client.clone(), "ns");
     let mut stream = std::pin::pin!(watcher(events, watcher::Config::default()).applied_objects().boxed());
     let ev = stream.try_next().await.expect("ok").expect("event");
@@ -514,32 +612,6 @@ async fn binder_waits_for_a_selected_node_and_says_so() {
         .expect("annotated");
 }
 
-/// A provisioner that makes hostPath volumes and counts its calls.
-#[derive(Default)]
-struct Counting {
-    provisioned: std::sync::atomic::AtomicU32,
-}
-
-#[async_trait::async_trait]
-impl crate::Provisioner for Counting {
-    async fn provision(
-        &self,
-        req: &crate::ProvisionRequest,
-    ) -> Result<crate::ProvisionedVolume, crate::ProvisionError> {
-        self.provisioned.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(crate::ProvisionedVolume::new(k8s_openapi::api::core::v1::PersistentVolumeSpec {
-            host_path: Some(k8s_openapi::api::core::v1::HostPathVolumeSource {
-                path: format!("/x/{}", req.pv_name),
-                type_: None,
-            }),
-            ..Default::default()
-        }))
-    }
-    async fn delete(&self, _volume: &PersistentVolume) -> Result<(), crate::DeleteError> {
-        Ok(())
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_crashed_engine_is_replaced_and_the_claim_still_binds_once() {
     let cluster = FakeCluster::with_binder();
@@ -548,21 +620,20 @@ async fn a_crashed_engine_is_replaced_and_the_claim_still_binds_once() {
         .create(&PostParams::default(), &class("fast", NAME).build())
         .await
         .expect("class");
-    let backend = Arc::new(Counting::default());
+    let backend = super::ScriptedBackend::new();
     // The first engine cannot save volumes: it crashes after provisioning.
-    cluster.fail_next(Verb::Create, "persistentvolumes", 1000, 500);
-    let b = backend.clone();
+    cluster.fail_next::<PersistentVolume>(Verb::Create, Fault::InternalError, 1000);
+    let b = Arc::new(backend.clone());
     let mut first = cluster.spawn_engine(|c| crate::Engine::builder(c, NAME, b).build()).expect("engine");
     first.synced().await;
     create_claim(&client, "data").await;
-    while backend.provisioned.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    backend.wait_until(|s| s.created == 1).await.expect("the first engine provisioned");
     first.crash();
     cluster.clear_faults();
-    let b = backend.clone();
+    let b = Arc::new(backend.clone());
     let second = cluster.spawn_engine(|c| crate::Engine::builder(c, NAME, b).build()).expect("engine");
     let bound = cluster.wait_for::<PersistentVolumeClaim>("ns", "data", |c| phase(c) == Some("Bound")).await;
-    assert!(bound.expect("bound").is_some());
+    let volume = bound.expect("bound").and_then(|c| c.spec?.volume_name).expect("a volume");
+    assert_eq!(backend.volumes().into_keys().collect::<Vec<_>>(), [volume], "one backend volume, the bound one");
     second.stop().await.expect("stop");
 }
