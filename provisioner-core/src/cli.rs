@@ -68,6 +68,13 @@ pub struct EngineArgs {
     /// Client-side API request burst.
     #[arg(long, env = "PROVISIONER_KUBE_API_BURST", default_value_t = 100)]
     pub kube_api_burst: u32,
+    /// Events per second, on a client and a budget of their own apart from
+    /// --kube-api-qps (0 = unlimited).
+    #[arg(long, env = "PROVISIONER_EVENT_QPS", default_value_t = 10.0)]
+    pub event_qps: f64,
+    /// Events that may go at once after a quiet period.
+    #[arg(long, env = "PROVISIONER_EVENT_BURST", default_value_t = 25)]
+    pub event_burst: u32,
     /// Elect a leader among replicas with a Lease.
     #[arg(long, env = "PROVISIONER_LEADER_ELECT", default_value_t = false)]
     pub leader_elect: bool,
@@ -116,7 +123,7 @@ pub struct EngineArgs {
 impl EngineArgs {
     /// Applies the flags to a builder.
     pub fn apply(&self, mut builder: EngineBuilder) -> EngineBuilder {
-        builder = builder.workers(self.workers).finalizer(self.volume_finalizer);
+        builder = builder.workers(self.workers).finalizer(self.volume_finalizer).event_rate(self.event_rate());
         if self.provision_timeout_seconds > 0 {
             builder = builder.provision_timeout(Duration::from_secs(self.provision_timeout_seconds));
         }
@@ -151,6 +158,11 @@ impl EngineArgs {
             .or_else(|| std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE).ok().map(|n| n.trim().to_string()))
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "default".to_string())
+    }
+
+    /// The events' own rate, `None` when unlimited.
+    pub fn event_rate(&self) -> Option<ApiRate> {
+        (self.event_qps > 0.0).then_some(ApiRate { qps: self.event_qps, burst: self.event_burst })
     }
 
     /// The client rate, `None` when unlimited.
@@ -369,10 +381,15 @@ pub async fn run_with(
     init_logging(&args.log_format);
     let (primary, more) = names.split_first().ok_or_else(|| RunError::Flag("no provisioner name".into()))?;
     let config = kube::Config::infer().await.map_err(|e| RunError::Config(e.to_string()))?;
-    let (client, _counts) = build_client(config, args.rate()).map_err(|e| RunError::Config(e.to_string()))?;
+    let (client, _counts) =
+        build_client(config.clone(), args.rate()).map_err(|e| RunError::Config(e.to_string()))?;
+    // Events go through a client of their own, paced by the engine's event
+    // lane, so that they take nothing from the main budget.
+    let (event_client, _) = build_client(config, None).map_err(|e| RunError::Config(e.to_string()))?;
     let mut registry = Registry::default();
     let builder = Engine::builder(client, primary.clone(), provisioner)
         .additional_names(more.iter().cloned())
+        .event_client(event_client)
         .metrics(&mut registry);
     let engine = customize(args.apply(builder), &mut registry).build()?;
     let shutdown = shutdown_on_signals();
@@ -470,7 +487,7 @@ mod tests {
             assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(variable_for(long).as_str()), "--{long}");
             seen += 1;
         }
-        assert_eq!(seen, 17);
+        assert_eq!(seen, 19, "17 flags of 0.1.0, and --event-qps and --event-burst");
     }
 
     #[test]

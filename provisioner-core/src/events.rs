@@ -4,6 +4,8 @@
 //! so a retry loop cannot flood `kubectl describe` or etcd. A different
 //! message is a different event, so no failure reason is hidden.
 
+pub(crate) mod lane;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

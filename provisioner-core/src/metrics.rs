@@ -56,8 +56,20 @@ pub struct Metrics {
     pub retries: Counter,
     /// 1 while this replica leads, else 0.
     pub leader: Gauge,
-    /// API writes the engine made (creates, patches, deletes, events).
+    /// API writes the engine made on its main budget (creates, patches,
+    /// deletes; events are counted apart).
     pub api_writes: Counter,
+    events: Family<EventTypeLabel, Counter>,
+    events_dropped: Family<EventTypeLabel, Counter>,
+    events_failed: Counter,
+    events_coalesced: Counter,
+    events_waiting: Gauge,
+}
+
+/// The `type` label of event metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventTypeLabel {
+    r#type: String,
 }
 
 impl Metrics {
@@ -75,6 +87,11 @@ impl Metrics {
             retries: Counter::default(),
             leader: Gauge::default(),
             api_writes: Counter::default(),
+            events: Family::default(),
+            events_dropped: Family::default(),
+            events_failed: Counter::default(),
+            events_coalesced: Counter::default(),
+            events_waiting: Gauge::default(),
         };
         // prometheus-client appends `_total` to counters itself.
         registry.register(
@@ -109,8 +126,48 @@ impl Metrics {
         registry.register("provisioner_in_flight_operations", "Backend calls running now", m.in_flight.clone());
         registry.register("provisioner_retries", "Attempts scheduled after a failure", m.retries.clone());
         registry.register("provisioner_leader", "1 while this replica is the leader", m.leader.clone());
-        registry.register("provisioner_api_writes", "API write requests made by the engine", m.api_writes.clone());
+        registry.register(
+            "provisioner_api_writes",
+            "API write requests made by the engine on its main budget (events apart)",
+            m.api_writes.clone(),
+        );
+        registry.register("provisioner_events", "Events published (created or counted in a series), by type", m.events.clone());
+        registry.register(
+            "provisioner_events_dropped",
+            "Events dropped by type: the event queue was full (Warnings go first) or the engine stopped",
+            m.events_dropped.clone(),
+        );
+        registry.register("provisioner_events_failed", "Events the API server refused or did not answer", m.events_failed.clone());
+        registry.register(
+            "provisioner_events_coalesced",
+            "Events coalesced into an identical event still waiting",
+            m.events_coalesced.clone(),
+        );
+        registry.register("provisioner_events_waiting", "Events waiting on the events' own lane", m.events_waiting.clone());
         m
+    }
+
+    /// The event lane's counters, children of the registered families.
+    pub(crate) fn event_lane_counts(&self) -> crate::events::lane::LaneCounts {
+        // One child per call: a family's guard must be dropped before the
+        // next `get_or_create` (which may need its write lock); in one array
+        // expression both guards would live to its end and deadlock.
+        let child = |family: &Family<EventTypeLabel, Counter>, t: &str| {
+            family.get_or_create(&EventTypeLabel { r#type: t.to_string() }).clone()
+        };
+        crate::events::lane::LaneCounts {
+            published: [child(&self.events, "Normal"), child(&self.events, "Warning")],
+            dropped: [child(&self.events_dropped, "Normal"), child(&self.events_dropped, "Warning")],
+            failed: self.events_failed.clone(),
+            coalesced: self.events_coalesced.clone(),
+            waiting: self.events_waiting.clone(),
+        }
+    }
+
+    /// Events published so far (both types).
+    pub fn events_published(&self) -> u64 {
+        let get = |t: &str| self.events.get_or_create(&EventTypeLabel { r#type: t.to_string() }).get();
+        get("Normal") + get("Warning")
     }
 
     /// Metrics registered nowhere, for an engine built without a registry.
@@ -168,5 +225,26 @@ impl Metrics {
     /// Successful deletes so far for `class`.
     pub fn deleted(&self, class: &str) -> u64 {
         self.delete_total.get_or_create(&Self::label(class)).get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_lane_metrics_are_exported_by_type() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let counts = m.event_lane_counts();
+        counts.published[1].inc();
+        counts.dropped[0].inc_by(2);
+        counts.coalesced.inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(text.contains(r#"provisioner_events_total{type="Warning"} 1"#), "{text}");
+        assert!(text.contains(r#"provisioner_events_dropped_total{type="Normal"} 2"#), "{text}");
+        assert!(text.contains("provisioner_events_coalesced_total 1"), "{text}");
+        assert_eq!(m.events_published(), 1);
     }
 }

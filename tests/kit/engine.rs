@@ -651,3 +651,44 @@ async fn volumes_released_while_the_volume_watch_was_down_are_deleted_after_the_
     assert_eq!(backend.deleted(), 3);
     engine.stop().await.expect("clean shutdown");
 }
+
+/// Events go on their own lane with a rate of their own: a trickle of
+/// events does not slow provisioning, and a Warning goes before the Normal
+/// events waiting ahead of it.
+#[tokio::test(start_paused = true)]
+async fn events_on_their_own_lane_never_delay_provisioning_and_warnings_go_first() {
+    use provisioner_core::client::ApiRate;
+    let kit = Kit::new();
+    kit.class("fast", "Delete", false).await;
+    kit.class("block", "Delete", false).await;
+    let backend = ScriptedBackend::new();
+    // One event per 100 s after the first.
+    let engine = kit.engine(Arc::new(backend.clone()), |b| b.event_rate(Some(ApiRate { qps: 0.01, burst: 1 }))).await;
+
+    let started = tokio::time::Instant::now();
+    for i in 0..10 {
+        kit.create_claim(claim(NS, &format!("data-{i}")).class("fast").build()).await;
+    }
+    for i in 0..10 {
+        kit.bound(&format!("data-{i}")).await;
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "provisioning waited for events: {took:?}");
+    let succeeded = (0..10).filter(|i| !kit.events(&format!("data-{i}"), "ProvisioningSucceeded").is_empty()).count();
+    assert!(succeeded <= 2, "{succeeded} events published; the lane's rate allows about one");
+    let text = engine.metrics_text();
+    let waiting = text
+        .lines()
+        .find_map(|l| l.strip_prefix("provisioner_events_waiting "))
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    assert!(waiting.is_some_and(|n| n >= 8), "events wait on their lane: {waiting:?}");
+
+    // A warning now goes before the Normal events that wait.
+    kit.create_claim(claim(NS, "raw").class("block").block().build()).await;
+    let warning = kit.event("raw", "ProvisioningFailed").await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    let after_warning =
+        (0..10).filter(|i| !kit.events(&format!("data-{i}"), "ProvisioningSucceeded").is_empty()).count();
+    assert!(after_warning < 10, "the warning waited for every Normal event ({after_warning} published first)");
+    engine.stop().await.expect("clean shutdown");
+}

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use super::Engine;
 use crate::backoff::Backoff;
+use crate::client::ApiRate;
 use crate::decision::Names;
 use crate::leader::{LeaderElectionConfig, lease_name_for};
 use crate::metrics::Metrics;
@@ -64,6 +65,14 @@ pub struct EngineConfig {
     /// (default 500, as client-go): a smaller page lowers the memory peak
     /// of a re-list in a large cluster at the cost of more requests.
     pub list_page_size: u32,
+    /// The events' own rate (default 10 per second, bursts of 25): events
+    /// are published from a queue of their own, Warnings first, so that
+    /// they never delay provisioning. `None`: as fast as the API server answers.
+    pub event_rate: Option<ApiRate>,
+    /// Events that may wait to be published (default 1024). When full, a
+    /// Normal event is dropped, and a Warning takes the place of the oldest
+    /// waiting Normal event; drops are counted in `provisioner_events_dropped_total`.
+    pub event_queue: usize,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +89,8 @@ impl Default for EngineConfig {
             shutdown_grace: Duration::from_secs(10),
             identity: default_identity(),
             list_page_size: 500,
+            event_rate: Some(ApiRate { qps: 10.0, burst: 25 }),
+            event_queue: 1024,
         }
     }
 }
@@ -130,9 +141,23 @@ pub struct EngineBuilder {
     pub(super) metrics: Option<Metrics>,
     pub(super) leadership: Option<watch::Receiver<bool>>,
     pub(super) election: Option<LeaderElectionConfig>,
+    pub(super) event_client: Option<Client>,
 }
 
 impl EngineBuilder {
+    /// Publish events with this client (for example one built without the
+    /// main client's rate limit, as the bundled binaries do), so that events
+    /// take nothing from the main client's budget. Default: the main client;
+    /// events are then paced by [`EngineConfig::event_rate`] within its budget.
+    pub fn event_client(mut self, client: Client) -> Self {
+        self.event_client = Some(client);
+        self
+    }
+    /// The events' own rate; see [`EngineConfig::event_rate`].
+    pub fn event_rate(mut self, rate: Option<ApiRate>) -> Self {
+        self.config.event_rate = rate;
+        self
+    }
     /// Also act for claims of these provisioner names.
     pub fn additional_names<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.more_names.extend(names.into_iter().map(Into::into));
@@ -254,8 +279,12 @@ impl EngineBuilder {
         if let Some(e) = &self.election {
             e.validate().map_err(|e| EngineError::Config(e.to_string()))?;
         }
+        if self.config.event_queue == 0 {
+            return Err(EngineError::Config("the event queue must hold at least 1 event".into()));
+        }
         let (status_tx, _) = watch::channel(EngineStatus::default());
         Ok(Engine {
+            event_client: self.event_client,
             client: self.client,
             provisioner: self.provisioner,
             names: Names::new(self.primary, self.more_names),

@@ -9,12 +9,13 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::EngineConfig;
 use crate::cache::{self, Cached, JsonStore};
 use crate::decision::{Names, Note};
-use crate::events::{EventRecorder, EventType};
+use crate::events::EventType;
+use crate::events::lane::{EventLane, Pending};
 use crate::keys;
 use crate::memory::Memories;
 use crate::metrics::Metrics;
@@ -42,7 +43,7 @@ pub(super) struct Ctx {
     pub(super) claims: JsonStore<PersistentVolumeClaim>,
     pub(super) volumes: JsonStore<PersistentVolume>,
     pub(super) classes: Store<StorageClass>,
-    pub(super) recorder: EventRecorder,
+    pub(super) events: EventLane,
     pub(super) state: Mutex<State>,
 }
 
@@ -145,15 +146,9 @@ impl Ctx {
         action: &str,
         note: String,
     ) {
-        self.wrote();
-        let recorder = self.recorder.clone();
-        let (reason, action) = (reason.to_string(), action.to_string());
-        // Events are informational: publish off the critical path.
-        tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&regarding, type_, &reason, &action, &note).await {
-                debug!(error = %e, reason, "event not recorded");
-            }
-        });
+        // Events are informational: they go on their own lane, never in
+        // the way of provisioning (see `events::lane`).
+        self.events.offer(Pending { regarding, type_, reason: reason.to_string(), action: action.to_string(), note });
     }
 
     pub(super) fn claim_event(&self, claim: &PersistentVolumeClaim, type_: EventType, reason: &str, note: String) {

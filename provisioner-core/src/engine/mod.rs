@@ -109,6 +109,7 @@ pub use config::{EngineBuilder, EngineConfig, EngineError, EngineStatus};
 use crate::cache;
 use crate::decision::Names;
 use crate::events::EventRecorder;
+use crate::events::lane::EventLane;
 use crate::leader::{LeaderElectionConfig, LeaderElector};
 use crate::metrics::Metrics;
 use crate::provisioner::Provisioner;
@@ -129,6 +130,7 @@ pub struct Engine {
     leadership: Option<watch::Receiver<bool>>,
     election: Option<LeaderElectionConfig>,
     status: watch::Sender<EngineStatus>,
+    event_client: Option<Client>,
 }
 
 impl Engine {
@@ -147,6 +149,7 @@ impl Engine {
             metrics: None,
             leadership: None,
             election: None,
+            event_client: None,
         }
     }
 
@@ -163,7 +166,7 @@ impl Engine {
     /// Runs until `shutdown` is cancelled. Then it stops taking work, lets
     /// running operations finish for the grace period, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), EngineError> {
-        let Engine { client, provisioner, names, config, metrics, leadership, election, status } = self;
+        let Engine { client, provisioner, names, config, metrics, leadership, election, status, event_client } = self;
         // The elector outlives the workers: the Lease is released only after
         // all work has stopped.
         let elector_stop = CancellationToken::new();
@@ -180,7 +183,14 @@ impl Engine {
         let (claims, claim_writer) = cache::store::<PersistentVolumeClaim>();
         let (volumes, volume_writer) = cache::store::<PersistentVolume>();
         let (classes, class_writer) = reflector::store::<StorageClass>();
-        let recorder = EventRecorder::new(client.clone(), names.primary(), config.identity.clone());
+        let recorder = EventRecorder::new(
+            event_client.unwrap_or_else(|| client.clone()),
+            names.primary(),
+            config.identity.clone(),
+        );
+        let events = EventLane::new(config.event_queue, metrics.event_lane_counts());
+        let events_stop = CancellationToken::new();
+        let event_publisher = tokio::spawn(events.clone().run(recorder, config.event_rate, events_stop.clone()));
         let ctx = Arc::new(Ctx {
             client: client.clone(),
             provisioner,
@@ -191,7 +201,7 @@ impl Engine {
             claims,
             volumes,
             classes,
-            recorder,
+            events,
             state: Mutex::new(State::default()),
         });
 
@@ -213,11 +223,13 @@ impl Engine {
             r = ready => if let Err((what, reason)) = r {
                 watches.cancel();
                 elector_stop.cancel();
+                events_stop.cancel();
                 return Err(EngineError::CacheNotReady { what, reason });
             },
             _ = shutdown.cancelled() => {
                 watches.cancel();
                 elector_stop.cancel();
+                events_stop.cancel();
                 return Ok(());
             }
         }
@@ -299,6 +311,13 @@ impl Engine {
         }
         watches.cancel();
         while tasks.join_next().await.is_some() {}
+        // Events still waiting get a moment to go out (counted as dropped after it).
+        let flushed = tokio::time::timeout(std::time::Duration::from_secs(1), ctx.events.flushed()).await.is_ok();
+        events_stop.cancel();
+        let _ = event_publisher.await;
+        if !flushed {
+            debug!("events still waiting at shutdown were dropped");
+        }
         status.send_modify(|s| s.leading = false);
         elector_stop.cancel();
         if let Some(handle) = elector {
