@@ -1,3 +1,6 @@
+//! **Unstable**: public so that the rules can be read, tested and reused, but
+//! not covered by semver before 1.0; build provisioners on the crate root.
+//!
 //! The claim lifecycle: every rule of what the engine does about one volume,
 //! as pure functions of object snapshots and the engine's memory of the volume.
 //!

@@ -1,3 +1,6 @@
+//! **Unstable**: public so that the rules can be read, tested and reused, but
+//! not covered by semver before 1.0; build provisioners on the crate root.
+//!
 //! What the engine remembers about one volume between passes: one record per
 //! PV name, beside the caches, read by [`crate::decision::decide`] and
 //! written by the engine after each of its actions.

@@ -49,16 +49,16 @@ pub struct Metrics {
     delete_failed: Family<ClassLabel, Counter>,
     delete_duration: Hist,
     /// Keys waiting in the work queue (ready or delayed).
-    pub queue_depth: Gauge,
+    pub(crate) queue_depth: Gauge,
     /// Backend calls running now.
-    pub in_flight: Gauge,
+    pub(crate) in_flight: Gauge,
     /// Attempts scheduled after a failure or an in-progress answer.
-    pub retries: Counter,
+    pub(crate) retries: Counter,
     /// 1 while this replica leads, else 0.
-    pub leader: Gauge,
+    pub(crate) leader: Gauge,
     /// API writes the engine made on its main budget (creates, patches,
     /// deletes; events are counted apart).
-    pub api_writes: Counter,
+    pub(crate) api_writes: Counter,
     events: Family<EventTypeLabel, Counter>,
     events_dropped: Family<EventTypeLabel, Counter>,
     events_failed: Counter,
@@ -168,6 +168,31 @@ impl Metrics {
     pub fn events_published(&self) -> u64 {
         let get = |t: &str| self.events.get_or_create(&EventTypeLabel { r#type: t.to_string() }).get();
         get("Normal") + get("Warning")
+    }
+
+    /// Keys waiting in the work queue now (ready or delayed).
+    pub fn queue_depth(&self) -> i64 {
+        self.queue_depth.get()
+    }
+
+    /// Backend calls running now.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.get()
+    }
+
+    /// Attempts scheduled after a failure or an in-progress answer, so far.
+    pub fn retries(&self) -> u64 {
+        self.retries.get()
+    }
+
+    /// Whether this replica leads now.
+    pub fn is_leader(&self) -> bool {
+        self.leader.get() == 1
+    }
+
+    /// API writes on the main budget so far (events are counted apart).
+    pub fn api_writes(&self) -> u64 {
+        self.api_writes.get()
     }
 
     /// Metrics registered nowhere, for an engine built without a registry.

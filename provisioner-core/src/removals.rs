@@ -1,3 +1,6 @@
+//! **Unstable**: public so that the rules can be read, tested and reused, but
+//! not covered by semver before 1.0; build provisioners on the crate root.
+//!
 //! The JSON patches that remove the engine's marks from objects: its intent
 //! record from a claim, its deletion finalizer from a volume. Each removal
 //! is guarded by a `test` of the finalizer's position, so a patch built from

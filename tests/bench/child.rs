@@ -100,13 +100,13 @@ fn report(event: &str, workers: usize, counts: &RequestCounts, metrics: &Metrics
         reads: counts.reads(),
         writes: counts.writes(),
         watches: counts.watches(),
-        api_writes_metric: metrics.api_writes.get(),
+        api_writes_metric: metrics.api_writes(),
         provisioned: metrics.provisioned(class),
         provision_failed: metrics.provision_failures(class),
         deleted: metrics.deleted(class),
-        retries: metrics.retries.get(),
-        queue_depth: metrics.queue_depth.get(),
-        in_flight: metrics.in_flight.get(),
+        retries: metrics.retries(),
+        queue_depth: metrics.queue_depth(),
+        in_flight: metrics.in_flight(),
     }
 }
 
