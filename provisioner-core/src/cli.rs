@@ -381,8 +381,7 @@ pub async fn run_with(
     init_logging(&args.log_format);
     let (primary, more) = names.split_first().ok_or_else(|| RunError::Flag("no provisioner name".into()))?;
     let config = kube::Config::infer().await.map_err(|e| RunError::Config(e.to_string()))?;
-    let (client, _counts) =
-        build_client(config.clone(), args.rate()).map_err(|e| RunError::Config(e.to_string()))?;
+    let (client, _counts) = build_client(config.clone(), args.rate()).map_err(|e| RunError::Config(e.to_string()))?;
     // Events go through a client of their own, paced by the engine's event
     // lane, so that they take nothing from the main budget.
     let (event_client, _) = build_client(config, None).map_err(|e| RunError::Config(e.to_string()))?;
@@ -546,7 +545,8 @@ mod tests {
     fn a_new_variable_and_the_command_line_win_over_an_old_variable() {
         let env = [("WORKERS", "7"), ("PROVISIONER_WORKERS", "9"), ("LOG_FORMAT", "json")];
         in_child_process("cli::tests::a_new_variable_and_the_command_line_win_over_an_old_variable", &env, || {
-            let (cli, warnings) = try_parse_from::<Cli, _, _>(["p", "--log-format", "text"], ENGINE_RENAMED).expect("parses");
+            let (cli, warnings) =
+                try_parse_from::<Cli, _, _>(["p", "--log-format", "text"], ENGINE_RENAMED).expect("parses");
             assert_eq!((cli.engine.workers, cli.engine.log_format.as_str()), (9, "text"));
             assert_eq!(warnings.len(), 2, "{warnings:?}");
             assert!(warnings.iter().any(|w| w.starts_with("WORKERS is ignored because PROVISIONER_WORKERS is set")));

@@ -69,16 +69,22 @@ impl RequestCounts {
     }
 }
 
+/// A token bucket: the client's request pacing, and the event lane's.
 #[derive(Debug)]
-struct Bucket {
+pub(crate) struct Bucket {
     rate: ApiRate,
     tokens: f64,
     last: Instant,
 }
 
 impl Bucket {
+    /// A full bucket for `rate`.
+    pub(crate) fn new(rate: ApiRate) -> Self {
+        Bucket { rate, tokens: f64::from(rate.burst.max(1)), last: Instant::now() }
+    }
+
     /// Takes a token, returning how long the caller must wait for it.
-    fn take(&mut self, now: Instant) -> Duration {
+    pub(crate) fn take(&mut self, now: Instant) -> Duration {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate.qps).min(f64::from(self.rate.burst.max(1)));
@@ -97,9 +103,7 @@ pub struct ApiLayer {
 impl ApiLayer {
     /// A layer pacing requests at `rate` (none: unlimited).
     pub fn new(rate: Option<ApiRate>) -> Self {
-        let bucket = rate.filter(|r| r.qps > 0.0).map(|rate| {
-            Arc::new(Mutex::new(Bucket { rate, tokens: f64::from(rate.burst.max(1)), last: Instant::now() }))
-        });
+        let bucket = rate.filter(|r| r.qps > 0.0).map(|rate| Arc::new(Mutex::new(Bucket::new(rate))));
         ApiLayer { bucket, counts: Arc::default() }
     }
     /// The counts of requests that went through this layer.

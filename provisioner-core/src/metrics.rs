@@ -131,19 +131,31 @@ impl Metrics {
             "API write requests made by the engine on its main budget (events apart)",
             m.api_writes.clone(),
         );
-        registry.register("provisioner_events", "Events published (created or counted in a series), by type", m.events.clone());
+        registry.register(
+            "provisioner_events",
+            "Events published (created or counted in a series), by type",
+            m.events.clone(),
+        );
         registry.register(
             "provisioner_events_dropped",
             "Events dropped by type: the event queue was full (Warnings go first) or the engine stopped",
             m.events_dropped.clone(),
         );
-        registry.register("provisioner_events_failed", "Events the API server refused or did not answer", m.events_failed.clone());
+        registry.register(
+            "provisioner_events_failed",
+            "Events the API server refused or did not answer",
+            m.events_failed.clone(),
+        );
         registry.register(
             "provisioner_events_coalesced",
             "Events coalesced into an identical event still waiting",
             m.events_coalesced.clone(),
         );
-        registry.register("provisioner_events_waiting", "Events waiting on the events' own lane", m.events_waiting.clone());
+        registry.register(
+            "provisioner_events_waiting",
+            "Events waiting on the events' own lane",
+            m.events_waiting.clone(),
+        );
         m
     }
 

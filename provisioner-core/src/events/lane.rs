@@ -13,7 +13,6 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use prometheus_client::metrics::counter::Counter;
@@ -24,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{EventRecorder, EventType};
-use crate::client::ApiRate;
+use crate::client::{ApiRate, Bucket};
 
 /// One event waiting to be published.
 #[derive(Clone, Debug, PartialEq)]
@@ -215,7 +214,7 @@ impl EventLane {
     /// as fast as the API server answers), until `stop`. Events still
     /// waiting then are counted as dropped.
     pub async fn run(self, recorder: EventRecorder, rate: Option<ApiRate>, stop: CancellationToken) {
-        let mut pace = rate.filter(|r| r.qps > 0.0).map(Pace::new);
+        let mut pace = rate.filter(|r| r.qps > 0.0).map(Bucket::new);
         use std::sync::atomic::Ordering::SeqCst;
         loop {
             let next = {
@@ -264,32 +263,13 @@ impl EventLane {
             self.counts.waiting.set(len as i64);
         }
         let mut q = self.queue();
+        self.busy.store(false, SeqCst);
         while let Some(e) = q.next() {
             self.counts.dropped[slot(e.type_)].inc();
         }
         self.counts.waiting.set(0);
-    }
-}
-
-/// A token bucket for the lane's own rate.
-struct Pace {
-    rate: ApiRate,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Pace {
-    fn new(rate: ApiRate) -> Self {
-        Pace { rate, tokens: f64::from(rate.burst.max(1)), last: Instant::now() }
-    }
-
-    /// Takes a token, returning how long to wait for it.
-    fn take(&mut self, now: Instant) -> Duration {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate.qps).min(f64::from(self.rate.burst.max(1)));
-        self.tokens -= 1.0;
-        if self.tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-self.tokens / self.rate.qps) }
+        drop(q);
+        self.idle.notify_waiters();
     }
 }
 
@@ -358,11 +338,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_lane_paces_itself_at_its_own_rate() {
-        let mut p = Pace::new(ApiRate { qps: 2.0, burst: 2 });
-        let now = Instant::now();
-        assert_eq!(p.take(now), Duration::ZERO);
-        assert_eq!(p.take(now), Duration::ZERO);
-        assert_eq!(p.take(now), Duration::from_millis(500));
+    async fn the_lane_publishes_at_its_own_rate_and_drops_what_waits_at_stop() {
+        use std::time::Duration;
+        let cluster = crate::testing::FakeCluster::new();
+        let recorder = EventRecorder::new(cluster.client(), "test", "test-1");
+        let lane = EventLane::new(10, LaneCounts::default());
+        for i in 0..4 {
+            let mut e = event(&format!("e{i}"), EventType::Normal, "");
+            e.regarding.namespace = Some("default".into());
+            lane.offer(e);
+        }
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(lane.clone().run(recorder, Some(ApiRate { qps: 1.0, burst: 1 }), stop.clone()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(lane.counts.published[0].get(), 1, "the burst of one at once");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(lane.counts.published[0].get(), 2, "then one per second");
+        stop.cancel();
+        run.await.expect("lane task");
+        assert_eq!(lane.counts.dropped[0].get(), 2, "what still waited at stop is counted as dropped");
+        assert!(lane.is_idle());
     }
 }
