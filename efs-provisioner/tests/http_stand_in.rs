@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 use aws_config::BehaviorVersion;
 use aws_sdk_efs::error::ProvideErrorMetadata;
 use aws_sdk_efs::types::{LifecyclePolicy, Tag, TransitionToArchiveRules};
-use efs_provisioner::api::{EfsApi, ErrorKind, FileSystemLookup, LifeCycle, NewFileSystem, PerformanceMode, Throughput};
+use efs_provisioner::api::{
+    EfsApi, ErrorKind, FileSystemLookup, LifeCycle, NewFileSystem, PerformanceMode, Throughput,
+};
 use efs_provisioner::deadline::{DeadlineApi, Deadlines};
 use efs_provisioner::limiter::{AdaptiveLimiter, LimitedApi, LimiterConfig};
 use efs_provisioner::volume::FILE_SYSTEM_ID;
@@ -506,7 +508,9 @@ struct Both {
 async fn both(test: &str) -> Option<Both> {
     let ep = endpoint(test)?;
     let Ok(moto_ep) = efs_provisioner::moto::endpoint_from_env() else {
-        eprintln!("SKIPPED {test}: AWS_ENDPOINT_URL_EFS (moto) is not set; eval \"$(tests/moto/up)\" (tests/run-all does)");
+        eprintln!(
+            "SKIPPED {test}: AWS_ENDPOINT_URL_EFS (moto) is not set; eval \"$(tests/moto/up)\" (tests/run-all does)"
+        );
         return None;
     };
     let a = Account::new(&ep, test);
@@ -572,7 +576,8 @@ async fn contract_describe_access_points_pages() {
         let first = c.describe_access_points().file_system_id(&fs).max_results(2).send().await.unwrap();
         assert_eq!(first.access_points().len(), 2, "{name}");
         let token = first.next_token().unwrap_or_else(|| panic!("{name}: a next page"));
-        let second = c.describe_access_points().file_system_id(&fs).max_results(2).next_token(token).send().await.unwrap();
+        let second =
+            c.describe_access_points().file_system_id(&fs).max_results(2).next_token(token).send().await.unwrap();
         assert_eq!(second.access_points().len(), 1, "{name}");
         assert!(second.next_token().is_none_or(str::is_empty), "{name}: the last page");
         let ids: std::collections::BTreeSet<&str> =
