@@ -10,8 +10,10 @@
 //! the same outcome, for the rules moto models: creation-token idempotency
 //! (`FileSystemAlreadyExists` with the id), `FileSystemNotFound`,
 //! `FileSystemInUse` while a mount target exists, `MountTargetConflict` for
-//! a second mount target in a zone, `DescribeAccessPoints` paging.
+//! a second mount target in a zone, `DescribeAccessPoints` listing.
 //! Stand-in-only rules (moto does not model them, so no contract test):
+//! the id in `FileSystemAlreadyExists` (moto 5.2.5 leaves it out),
+//! `DescribeAccessPoints` paging (moto ignores `MaxResults`),
 //! states over time (`creating`, `deleting`), a `deleting` mount target
 //! holding its zone and its file system, one VPC per file system, tag
 //! length and character set, lifecycle-rule validity, throughput limits,
@@ -529,7 +531,13 @@ async fn contract_a_creation_token_in_use_is_file_system_already_exists_with_its
         assert_eq!(e.code(), Some("FileSystemAlreadyExists"), "{name}: {e:?}");
         match e {
             aws_sdk_efs::operation::create_file_system::CreateFileSystemError::FileSystemAlreadyExists(x) => {
-                assert_eq!(x.file_system_id, first.file_system_id, "{name}: the error carries the id")
+                // moto 5.2.5 leaves FileSystemId out of the error (found by this test):
+                // the id in the error is stand-in-only; the provisioner must not rely on it alone.
+                if name == "stand-in" {
+                    assert_eq!(x.file_system_id, first.file_system_id, "{name}: the error carries the id")
+                } else {
+                    assert!(x.file_system_id.is_empty() || x.file_system_id == first.file_system_id, "{name}")
+                }
             }
             other => panic!("{name}: {other:?}"),
         }
@@ -565,13 +573,21 @@ async fn contract_file_system_in_use_and_one_mount_target_per_zone() {
     }
 }
 
+/// Both list every access point of a file system. Paging is stand-in-only:
+/// moto 5.2.5 ignores `MaxResults` (found by this test: 3 items on a page of 2).
 #[tokio::test]
-async fn contract_describe_access_points_pages() {
+async fn contract_describe_access_points_lists_every_one_and_the_stand_in_pages() {
     let Some(b) = both("contract_access_point_pages").await else { return };
     for (name, c) in [("moto", &b.moto), ("stand-in", &b.stand_in)] {
         let fs = c.create_file_system().creation_token(unique("t")).send().await.unwrap().file_system_id;
         for i in 0..3 {
             c.create_access_point().client_token(unique(&format!("ap{i}"))).file_system_id(&fs).send().await.unwrap();
+        }
+        let all = c.describe_access_points().file_system_id(&fs).send().await.unwrap();
+        assert_eq!(all.access_points().len(), 3, "{name}");
+        assert!(all.access_points().iter().all(|a| a.file_system_id() == Some(fs.as_str())), "{name}");
+        if name == "moto" {
+            continue;
         }
         let first = c.describe_access_points().file_system_id(&fs).max_results(2).send().await.unwrap();
         assert_eq!(first.access_points().len(), 2, "{name}");
@@ -583,5 +599,7 @@ async fn contract_describe_access_points_pages() {
         let ids: std::collections::BTreeSet<&str> =
             first.access_points().iter().chain(second.access_points()).filter_map(|a| a.access_point_id()).collect();
         assert_eq!(ids.len(), 3, "{name}: every access point once");
+        let e = c.describe_access_points().file_system_id(&fs).max_results(1001).send().await.unwrap_err();
+        assert_eq!(e.into_service_error().code(), Some("BadRequest"), "{name}: at most 1,000 a page");
     }
 }
