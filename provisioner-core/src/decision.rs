@@ -50,6 +50,10 @@ pub struct Snapshot<'a> {
     /// The cache still shows the claim or the volume as they were before the
     /// engine's own last write to them: wait for the watch to catch up.
     pub cache_stale: bool,
+    /// The claim as the engine's intent journal recorded it, if the journal
+    /// holds an entry for this volume: a backend volume may exist for it that
+    /// no PV records yet (see [`crate::journal`]).
+    pub recorded: Option<&'a PersistentVolumeClaim>,
 }
 
 /// What a decision knows of the engine: its names, its provisioner's hooks
@@ -85,7 +89,8 @@ pub enum Decision {
     /// `ProvisioningFailed` warning, no volume, no retry.
     Refuse(Refusal),
     /// The volume records the backend now, or nothing was ever created:
-    /// remove the engine's intent record from the claim.
+    /// the journal entry goes (and a record an earlier version left on the
+    /// claim, if any).
     RemoveIntent,
     /// Delete the backend volume and the PV object, as the plan says, then
     /// remove the PV's finalizer.
@@ -138,7 +143,8 @@ pub struct ProvisionPlan {
     pub selected_node: Option<String>,
     /// The contents the claim asks for, handed to the provisioner.
     pub data_source: Option<DataSource>,
-    /// The claim has no intent record yet: write it before calling the backend.
+    /// The journal holds no entry for the volume yet: write one before
+    /// calling the backend.
     pub record_intent: bool,
     /// The claim is going away (or bound elsewhere): the call only finishes
     /// work that may have started, so the backend can then be cleaned up.
@@ -337,20 +343,29 @@ pub fn decide(pv_name: &str, snap: &Snapshot<'_>, memory: &Memory, rules: &Rules
     // A volume the backend returned and the API server has not taken yet is
     // saved whatever the cache shows: saving is idempotent, and waiting could
     // outlast this process (then the next one asks the backend again).
-    if memory.unsaved.is_some() && snap.claim.is_some() && snap.class.is_some() {
+    if memory.unsaved.is_some() && (snap.claim.is_some() || snap.recorded.is_some()) && snap.class.is_some() {
         return Decision::SaveVolume;
     }
     if snap.cache_stale {
         return Decision::WaitForCache;
     }
     if let Some(volume) = snap.volume {
+        // A PV of ours by this name records the backend: the journal entry
+        // has done its job.
+        if snap.recorded.is_some() && volume_is_ours(volume, rules.names) {
+            return Decision::RemoveIntent;
+        }
         return decide_existing_volume(volume, snap.claim, memory, rules);
+    }
+    if let Some(recorded) = snap.recorded {
+        return decide_recorded(pv_name, recorded, snap, memory);
     }
     let Some(claim) = snap.claim else {
         return Decision::Idle(IdleReason::Nothing);
     };
     let names = rules.names;
     let provisioner = rules.provisioner;
+    // A record on the claim itself, written by a version before the journal.
     let intent = has_intent(claim, names);
     if memory.saved {
         // The cache has not shown the saved volume yet, or it was deleted
@@ -439,6 +454,36 @@ pub fn decide(pv_name: &str, snap: &Snapshot<'_>, memory: &Memory, rules: &Rules
         data_source,
         record_intent: true,
         finishing_only: false,
+    })
+}
+
+/// The journal holds an entry for the volume and no PV records it: a
+/// backend volume may exist. The work is finished whatever happened to the
+/// claim (gone, deleted, bound elsewhere: then with the claim as recorded),
+/// so that it is saved and then cleaned up by the normal delete path; the
+/// entry is this engine's (each instance keeps its own journal), so no
+/// filter is asked.
+fn decide_recorded(
+    pv_name: &str,
+    recorded: &PersistentVolumeClaim,
+    snap: &Snapshot<'_>,
+    memory: &Memory,
+) -> Decision {
+    if memory.saved {
+        // This process saved the PV; the cache has not shown it yet.
+        return Decision::RemoveIntent;
+    }
+    let live = snap.claim.filter(|c| c.metadata.uid.is_some() && c.metadata.uid == recorded.metadata.uid);
+    let Some(_class) = snap.class else {
+        return Decision::WaitForClass(claim_class(live.unwrap_or(recorded)).unwrap_or_default().to_string());
+    };
+    let claim = live.unwrap_or(recorded);
+    Decision::Provision(ProvisionPlan {
+        pv_name: pv_name.into(),
+        selected_node: selected_node(claim).map(str::to_string),
+        data_source: DataSource::of_claim(claim),
+        record_intent: false,
+        finishing_only: live.is_none_or(|c| deleting(c) || bound(c)),
     })
 }
 

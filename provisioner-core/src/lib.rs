@@ -31,6 +31,7 @@ pub mod cli;
 pub mod client;
 pub mod decision;
 pub mod engine;
+pub mod journal;
 mod events;
 pub mod keys;
 pub mod leader;

@@ -59,6 +59,14 @@ pub struct Metrics {
     /// API writes the engine made on its main budget (creates, patches,
     /// deletes; events are counted apart).
     pub(crate) api_writes: Counter,
+    /// Commits of the intent journal (each also counted in `api_writes`).
+    pub(crate) journal_commits: Counter,
+    /// Commits that found the journal changed on the server and merged.
+    pub(crate) journal_conflicts: Counter,
+    /// Provisions that waited because the journal was full.
+    pub(crate) journal_full: Counter,
+    /// Entries the journal holds.
+    pub(crate) journal_entries: Gauge,
     events: Family<EventTypeLabel, Counter>,
     events_dropped: Family<EventTypeLabel, Counter>,
     events_failed: Counter,
@@ -87,6 +95,10 @@ impl Metrics {
             retries: Counter::default(),
             leader: Gauge::default(),
             api_writes: Counter::default(),
+            journal_commits: Counter::default(),
+            journal_conflicts: Counter::default(),
+            journal_full: Counter::default(),
+            journal_entries: Gauge::default(),
             events: Family::default(),
             events_dropped: Family::default(),
             events_failed: Counter::default(),
@@ -131,6 +143,22 @@ impl Metrics {
             "API write requests made by the engine on its main budget (events apart)",
             m.api_writes.clone(),
         );
+        registry.register(
+            "provisioner_journal_commits",
+            "Writes of the intent journal (group commits; also counted in provisioner_api_writes)",
+            m.journal_commits.clone(),
+        );
+        registry.register(
+            "provisioner_journal_conflicts",
+            "Journal commits that found it changed on the server and merged",
+            m.journal_conflicts.clone(),
+        );
+        registry.register(
+            "provisioner_journal_full",
+            "Provisions that waited because the intent journal was full",
+            m.journal_full.clone(),
+        );
+        registry.register("provisioner_journal_entries", "Entries in the intent journal", m.journal_entries.clone());
         registry.register(
             "provisioner_events",
             "Events published (created or counted in a series), by type",
@@ -205,6 +233,16 @@ impl Metrics {
     /// API writes on the main budget so far (events are counted apart).
     pub fn api_writes(&self) -> u64 {
         self.api_writes.get()
+    }
+
+    /// Commits of the intent journal so far (each one write on the main budget).
+    pub fn journal_commits(&self) -> u64 {
+        self.journal_commits.get()
+    }
+
+    /// Entries the intent journal holds now.
+    pub fn journal_entries(&self) -> i64 {
+        self.journal_entries.get()
     }
 
     /// Metrics registered nowhere, for an engine built without a registry.

@@ -56,7 +56,7 @@ fn with(
 ) -> Decision {
     let names = names();
     let rules = Rules { names: &names, provisioner: hooks, finalizer: true, give_up_after: None };
-    decide("pvc-u1", &Snapshot { claim: c, volume: v, class: k, cache_stale: false }, memory, &rules)
+    decide("pvc-u1", &Snapshot { claim: c, volume: v, class: k, cache_stale: false, recorded: None }, memory, &rules)
 }
 
 fn run(c: Option<&PersistentVolumeClaim>, v: Option<&PersistentVolume>, k: Option<&StorageClass>) -> Decision {
@@ -251,7 +251,7 @@ fn a_volume_the_api_server_did_not_take_is_saved_before_anything_else() {
     let unsaved = Memory { unsaved: Some(Box::default()), ..Default::default() };
     let names = names();
     let rules = Rules { names: &names, provisioner: &Hooks::default(), finalizer: true, give_up_after: None };
-    let snap = Snapshot { claim: Some(&c), volume: None, class: Some(&fast()), cache_stale: true };
+    let snap = Snapshot { claim: Some(&c), volume: None, class: Some(&fast()), cache_stale: true, recorded: None };
     assert_eq!(decide("pvc-u1", &snap, &unsaved, &rules), Decision::SaveVolume);
 }
 
@@ -639,7 +639,7 @@ fn decide_all(
 ) -> Decision {
     let names = names();
     let rules = Rules { names: &names, provisioner: h, finalizer: true, give_up_after: None };
-    let snap = Snapshot { claim: c.as_ref(), volume: v.as_ref(), class: k.as_ref(), cache_stale: stale };
+    let snap = Snapshot { claim: c.as_ref(), volume: v.as_ref(), class: k.as_ref(), cache_stale: stale, recorded: None };
     decide("pvc-u1", &snap, m, &rules)
 }
 

@@ -73,6 +73,8 @@ pub struct EngineConfig {
     /// Normal event is dropped, and a Warning takes the place of the oldest
     /// waiting Normal event; drops are counted in `provisioner_events_dropped_total`.
     pub event_queue: usize,
+    /// Where the intent journal lives ([`crate::journal`]).
+    pub journal: super::JournalConfig,
 }
 
 impl Default for EngineConfig {
@@ -91,6 +93,7 @@ impl Default for EngineConfig {
             list_page_size: 500,
             event_rate: Some(ApiRate { qps: 10.0, burst: 25 }),
             event_queue: 1024,
+            journal: super::JournalConfig::default(),
         }
     }
 }
@@ -156,6 +159,20 @@ impl EngineBuilder {
     /// The events' own rate; see [`EngineConfig::event_rate`].
     pub fn event_rate(mut self, rate: Option<ApiRate>) -> Self {
         self.config.event_rate = rate;
+        self
+    }
+    /// Keep the intent journal in `namespace` (default: the client's
+    /// default namespace, which in a cluster is the pod's own).
+    pub fn journal_in(mut self, namespace: impl Into<String>) -> Self {
+        self.config.journal.namespace = Some(namespace.into());
+        self
+    }
+    /// This engine is one of several instances serving the same names
+    /// without a leader (one per node, say): it keeps a journal of its own,
+    /// named after `instance`. Instances that shared one would finish each
+    /// other's volumes.
+    pub fn journal_instance(mut self, instance: impl Into<String>) -> Self {
+        self.config.journal.instance = Some(instance.into());
         self
     }
     /// Also act for claims of these provisioner names.

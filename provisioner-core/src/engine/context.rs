@@ -44,6 +44,7 @@ pub(super) struct Ctx {
     pub(super) volumes: JsonStore<PersistentVolume>,
     pub(super) classes: Store<StorageClass>,
     pub(super) events: EventLane,
+    pub(super) journal: Arc<super::journal::Journal>,
     pub(super) state: Mutex<State>,
 }
 

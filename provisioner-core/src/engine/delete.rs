@@ -21,6 +21,11 @@ use crate::removals;
 /// already), the PV object (unless it is being deleted), then our finalizer.
 pub(super) async fn delete(ctx: &Ctx, key: &str, volume: &PersistentVolume, plan: DeletePlan) -> Next {
     if plan.call_backend {
+        // A journal entry for this volume must be gone from the server first:
+        // one left behind would make a restart provision the backend again.
+        if !ctx.journal.settled(key).await {
+            return Next::Failed;
+        }
         if let Err(next) = delete_backend(ctx, key, volume).await {
             return next;
         }

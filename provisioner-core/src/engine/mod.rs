@@ -87,6 +87,7 @@ mod config;
 mod context;
 mod delete;
 mod intent;
+mod journal;
 mod provision;
 mod reconcile;
 mod runner;
@@ -105,6 +106,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use config::{EngineBuilder, EngineConfig, EngineError, EngineStatus};
+pub use journal::JournalConfig;
 
 use crate::cache;
 use crate::decision::Names;
@@ -191,7 +193,9 @@ impl Engine {
         let events = EventLane::new(config.event_queue, metrics.event_lane_counts());
         let events_stop = CancellationToken::new();
         let event_publisher = tokio::spawn(events.clone().run(recorder, config.event_rate, events_stop.clone()));
+        let journal = Arc::new(journal::Journal::new(client.clone(), names.primary(), &config.journal, metrics.clone()));
         let ctx = Arc::new(Ctx {
+            journal: journal.clone(),
             client: client.clone(),
             provisioner,
             names,
@@ -212,6 +216,12 @@ impl Engine {
         tasks.spawn(watch_claims(ctx.clone(), claim_writer, claims_relist_rx, watches.clone()));
         tasks.spawn(watch_volumes(ctx.clone(), volume_writer, volumes_relist_rx, watches.clone()));
         tasks.spawn(watch_classes(ctx.clone(), class_writer, watches.clone()));
+        let journal_stop = CancellationToken::new();
+        let committer = tokio::spawn(journal.clone().run(journal_stop.clone()));
+        {
+            let queue = queue.clone();
+            tasks.spawn(journal.clone().watch(move |key: &str| queue.add(key), watches.clone()));
+        }
 
         let ready = async {
             ctx.claims.wait_until_ready().await.map_err(|e| ("claims", e.to_string()))?;
@@ -222,12 +232,14 @@ impl Engine {
         tokio::select! {
             r = ready => if let Err((what, reason)) = r {
                 watches.cancel();
+                journal_stop.cancel();
                 elector_stop.cancel();
                 events_stop.cancel();
                 return Err(EngineError::CacheNotReady { what, reason });
             },
             _ = shutdown.cancelled() => {
                 watches.cancel();
+                journal_stop.cancel();
                 elector_stop.cancel();
                 events_stop.cancel();
                 return Ok(());
@@ -273,6 +285,27 @@ impl Engine {
                     continue;
                 }
             }
+            // What the journal holds decides what a gone claim left: read it
+            // afresh before any worker runs, and look at every entry.
+            let loaded = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                l = ctx.journal.load() => l,
+            };
+            match loaded {
+                Ok(keys) => {
+                    for key in keys {
+                        ctx.queue.add(&key);
+                    }
+                }
+                Err(msg) => {
+                    watches.cancel();
+                    journal_stop.cancel();
+                    events_stop.cancel();
+                    elector_stop.cancel();
+                    return Err(EngineError::Config(msg));
+                }
+            }
+            ctx.journal.set_leading(true);
             ctx.metrics.leader.set(1);
             status.send_modify(|s| s.leading = true);
             info!(term = terms + 1, "leading; starting workers");
@@ -301,6 +334,7 @@ impl Engine {
             }
             term.cancel();
             join_all(&mut workers).await;
+            ctx.journal.set_leading(false);
             ctx.queue.reopen();
             ctx.metrics.leader.set(0);
             status.send_modify(|s| s.leading = false);
@@ -310,6 +344,8 @@ impl Engine {
             info!("lost leadership; all work stopped");
         }
         watches.cancel();
+        journal_stop.cancel();
+        let _ = committer.await;
         while tasks.join_next().await.is_some() {}
         // Events still waiting get a moment to go out (counted as dropped after it).
         let flushed = tokio::time::timeout(std::time::Duration::from_secs(1), ctx.events.flushed()).await.is_ok();

@@ -12,7 +12,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::context::Ctx;
-use super::intent::{record_intent, remove_intent};
+use super::intent::remove_intent;
+use super::journal::JournalError;
 use super::runner::Next;
 use crate::decision::{self, FollowUp, ProvisionPlan, SaveFailure, Then, after_provision_error, after_save_failure};
 use crate::events::EventType;
@@ -31,15 +32,24 @@ pub(super) async fn provision(
     ctx: &Ctx,
     key: &str,
     plan: ProvisionPlan,
-    mut claim: Arc<PersistentVolumeClaim>,
+    claim: Arc<PersistentVolumeClaim>,
     class: Arc<StorageClass>,
     failures: u32,
 ) -> Next {
     if plan.record_intent {
-        claim = match record_intent(ctx, key, &plan.pv_name, &claim, &class).await {
-            Ok(updated) => updated,
-            Err(next) => return next,
-        };
+        match ctx.journal.record(key, &claim, &class).await {
+            Ok(()) => {}
+            Err(e @ JournalError::Full(_)) => {
+                debug!(volume = key, error = %e, "waiting for room in the intent journal");
+                return Next::After(Duration::from_secs(1));
+            }
+            Err(JournalError::NotLeading) => return Next::Failed,
+            Err(e) => {
+                let why = crate::Cause::new(e).chain();
+                warn!(volume = key, error = %why, "recording the provisioning intent failed; will retry");
+                return Next::Failed;
+            }
+        }
     }
     let request = ProvisionRequest {
         pv_name: plan.pv_name.clone(),
@@ -126,6 +136,9 @@ pub(super) async fn save_volume(
                 Ok(()) | Err(DeleteError::Ignored) => Ok(()),
                 Err(de) => Err(format!("{de:#}")),
             };
+            if cleanup.is_ok() {
+                ctx.journal.forget(key);
+            }
             let follow = after_save_failure(key, &SaveFailure::Rejected { message: &e.message, cleanup });
             return carry_out(ctx, claim, &label, follow);
         }
@@ -165,6 +178,8 @@ fn saved_volume(
         m.unsaved = None;
         m.saved = true;
     });
+    // The PV records the backend now: the entry leaves in a coming commit.
+    ctx.journal.forget(key);
     if let Some(saved) = saved {
         ctx.wrote_state(key, Side::Volume, Expect::of_write(saved));
     }

@@ -67,8 +67,10 @@ pub(crate) const EVENT: KindInfo = kind("events", "events.k8s.io", "v1", "Event"
 pub(crate) const LEASE: KindInfo = kind("leases", "coordination.k8s.io", "v1", "Lease", true, false, "leases");
 pub(crate) const NODE: KindInfo = kind("nodes", "", "v1", "Node", false, true, "nodes");
 pub(crate) const NAMESPACE: KindInfo = kind("namespaces", "", "v1", "Namespace", false, true, "namespaces");
+pub(crate) const CONFIGMAP: KindInfo = kind("configmaps", "", "v1", "ConfigMap", true, false, "configmaps");
 
-pub(crate) const KINDS: &[&KindInfo] = &[&PVC, &PV, &CLASS, &CORE_EVENT, &EVENT, &LEASE, &NODE, &NAMESPACE];
+pub(crate) const KINDS: &[&KindInfo] =
+    &[&PVC, &PV, &CLASS, &CORE_EVENT, &EVENT, &LEASE, &NODE, &NAMESPACE, &CONFIGMAP];
 
 /// Finds the kind served at `group/version/plural`.
 pub(crate) fn find_kind(group: &str, version: &str, plural: &str) -> Option<&'static KindInfo> {

@@ -30,7 +30,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
-use super::store::{CLASS, KindInfo, NAMESPACE, PV, PVC, finalizers};
+use super::store::{CLASS, CONFIGMAP, KindInfo, NAMESPACE, PV, PVC, finalizers};
 use crate::{keys, quantity};
 
 /// What is wrong with one field.
@@ -50,6 +50,8 @@ enum Cause {
     Invalid(String),
     /// The offending value and the values the field accepts.
     NotSupported(String, &'static [&'static str]),
+    /// Longer than allowed.
+    TooLong,
 }
 
 impl FieldError {
@@ -63,6 +65,10 @@ impl FieldError {
 
     fn invalid(field: impl Into<String>, value: &Value, detail: impl Into<String>) -> Self {
         FieldError { field: field.into(), cause: Cause::Invalid(value.to_string()), detail: detail.into() }
+    }
+
+    fn too_long(field: impl Into<String>, _size: usize, max: usize) -> Self {
+        FieldError { field: field.into(), cause: Cause::TooLong, detail: format!("must have at most {max} bytes") }
     }
 
     fn immutable(field: impl Into<String>, value: &Value) -> Self {
@@ -84,6 +90,7 @@ impl FieldError {
             Cause::Forbidden => "FieldValueForbidden",
             Cause::Invalid(_) => "FieldValueInvalid",
             Cause::NotSupported(..) => "FieldValueNotSupported",
+            Cause::TooLong => "FieldValueTooLong",
         }
     }
 
@@ -97,6 +104,7 @@ impl FieldError {
                 let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
                 format!("Unsupported value: {value}: supported values: {}", list.join(", "))
             }
+            Cause::TooLong => "Too long".to_string(),
         };
         if self.detail.is_empty() { head } else { format!("{head}: {}", self.detail) }
     }
@@ -167,8 +175,38 @@ pub(crate) fn validate(kind: &KindInfo, obj: &Value) -> Vec<FieldError> {
         volume_spec(&obj["spec"], &mut errors);
     } else if *kind == CLASS {
         class(obj, &mut errors);
+    } else if *kind == CONFIGMAP {
+        config_map(obj, &mut errors);
     }
     errors
+}
+
+/// The API server's ConfigMap rules: keys of `[-._a-zA-Z0-9]`, at most
+/// 253 characters, and at most 1 MiB of keys and values in all.
+fn config_map(obj: &Value, errors: &mut Vec<FieldError>) {
+    let mut total = 0usize;
+    for field in ["data", "binaryData"] {
+        let Some(map) = obj[field].as_object() else { continue };
+        for (k, v) in map {
+            total += k.len() + v.as_str().map_or(0, str::len);
+            let ok = !k.is_empty()
+                && k.len() <= 253
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && k != "."
+                && k != ".."
+                && !k.starts_with("..");
+            if !ok {
+                errors.push(FieldError::invalid(
+                    format!("{field}[{k}]"),
+                    &json!(k),
+                    "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+                ));
+            }
+        }
+    }
+    if total > 1024 * 1024 {
+        errors.push(FieldError::too_long("", total, 1024 * 1024));
+    }
 }
 
 /// Why `old` may not become `new` (both as they would be stored: `new`
