@@ -463,12 +463,7 @@ pub fn decide(pv_name: &str, snap: &Snapshot<'_>, memory: &Memory, rules: &Rules
 /// so that it is saved and then cleaned up by the normal delete path; the
 /// entry is this engine's (each instance keeps its own journal), so no
 /// filter is asked.
-fn decide_recorded(
-    pv_name: &str,
-    recorded: &PersistentVolumeClaim,
-    snap: &Snapshot<'_>,
-    memory: &Memory,
-) -> Decision {
+fn decide_recorded(pv_name: &str, recorded: &PersistentVolumeClaim, snap: &Snapshot<'_>, memory: &Memory) -> Decision {
     if memory.saved {
         // This process saved the PV; the cache has not shown it yet.
         return Decision::RemoveIntent;

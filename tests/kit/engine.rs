@@ -162,6 +162,9 @@ impl KitEngine {
     }
 }
 
+#[path = "journal.rs"]
+mod journal;
+
 fn pv_name(c: &PersistentVolumeClaim) -> String {
     format!("pvc-{}", c.uid().expect("claim uid"))
 }

@@ -639,7 +639,8 @@ fn decide_all(
 ) -> Decision {
     let names = names();
     let rules = Rules { names: &names, provisioner: h, finalizer: true, give_up_after: None };
-    let snap = Snapshot { claim: c.as_ref(), volume: v.as_ref(), class: k.as_ref(), cache_stale: stale, recorded: None };
+    let snap =
+        Snapshot { claim: c.as_ref(), volume: v.as_ref(), class: k.as_ref(), cache_stale: stale, recorded: None };
     decide("pvc-u1", &snap, m, &rules)
 }
 

@@ -220,12 +220,7 @@ impl Journal {
             }
             let snapshot = serde_json::to_string(&journal::trimmed_class(class)).unwrap_or_default();
             inner.removed.remove(key);
-            inner.adds.push(Waiting {
-                key: key.to_string(),
-                value,
-                class: (class.name_any(), snapshot),
-                done: tx,
-            });
+            inner.adds.push(Waiting { key: key.to_string(), value, class: (class.name_any(), snapshot), done: tx });
         }
         self.wake.notify_one();
         rx.await.unwrap_or(Err(JournalError::NotLeading))
@@ -239,6 +234,9 @@ impl Journal {
             inner.entries.remove(key);
             inner.removed.insert(key.to_string());
             inner.removed_since.get_or_insert_with(Instant::now);
+            drop(inner);
+            // The committer sets its timer for the linger.
+            self.wake.notify_one();
         }
     }
 
@@ -499,4 +497,3 @@ impl Journal {
 fn decode_all(entries: &BTreeMap<String, String>) -> HashMap<String, Arc<Recorded>> {
     entries.iter().filter_map(|(k, v)| Some((k.clone(), Arc::new(journal::decode_entry(v)?)))).collect()
 }
-

@@ -193,7 +193,8 @@ impl Engine {
         let events = EventLane::new(config.event_queue, metrics.event_lane_counts());
         let events_stop = CancellationToken::new();
         let event_publisher = tokio::spawn(events.clone().run(recorder, config.event_rate, events_stop.clone()));
-        let journal = Arc::new(journal::Journal::new(client.clone(), names.primary(), &config.journal, metrics.clone()));
+        let journal =
+            Arc::new(journal::Journal::new(client.clone(), names.primary(), &config.journal, metrics.clone()));
         let ctx = Arc::new(Ctx {
             journal: journal.clone(),
             client: client.clone(),

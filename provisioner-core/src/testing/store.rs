@@ -69,8 +69,7 @@ pub(crate) const NODE: KindInfo = kind("nodes", "", "v1", "Node", false, true, "
 pub(crate) const NAMESPACE: KindInfo = kind("namespaces", "", "v1", "Namespace", false, true, "namespaces");
 pub(crate) const CONFIGMAP: KindInfo = kind("configmaps", "", "v1", "ConfigMap", true, false, "configmaps");
 
-pub(crate) const KINDS: &[&KindInfo] =
-    &[&PVC, &PV, &CLASS, &CORE_EVENT, &EVENT, &LEASE, &NODE, &NAMESPACE, &CONFIGMAP];
+pub(crate) const KINDS: &[&KindInfo] = &[&PVC, &PV, &CLASS, &CORE_EVENT, &EVENT, &LEASE, &NODE, &NAMESPACE, &CONFIGMAP];
 
 /// Finds the kind served at `group/version/plural`.
 pub(crate) fn find_kind(group: &str, version: &str, plural: &str) -> Option<&'static KindInfo> {
