@@ -63,6 +63,31 @@ impl Operation {
         }
     }
 
+    /// The service that answers it: `EFS`, or `EC2` for the topology lookups.
+    pub fn service(self) -> &'static str {
+        match self {
+            Operation::DescribeSubnets | Operation::DescribeSecurityGroups => "EC2",
+            _ => "EFS",
+        }
+    }
+
+    /// Every operation, in declaration order.
+    pub const ALL: [Operation; 13] = [
+        Operation::CreateFileSystem,
+        Operation::DescribeFileSystems,
+        Operation::DeleteFileSystem,
+        Operation::PutLifecycleConfiguration,
+        Operation::CreateMountTarget,
+        Operation::DescribeMountTargets,
+        Operation::DeleteMountTarget,
+        Operation::CreateAccessPoint,
+        Operation::DescribeAccessPoints,
+        Operation::DeleteAccessPoint,
+        Operation::TagResource,
+        Operation::DescribeSubnets,
+        Operation::DescribeSecurityGroups,
+    ];
+
     /// The IAM actions a caller needs for this operation as the provisioner
     /// makes it (tags are set in the create calls, which needs `TagResource`).
     pub fn iam_actions(self) -> &'static str {
@@ -176,9 +201,10 @@ pub struct AccessPoint {
 }
 
 /// Performance mode of a file system.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PerformanceMode {
-    /// `generalPurpose`.
+    /// `generalPurpose` (the API's default).
+    #[default]
     GeneralPurpose,
     /// `maxIO`.
     MaxIo,
@@ -195,9 +221,10 @@ impl PerformanceMode {
 }
 
 /// Throughput mode of a file system.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum Throughput {
     /// `bursting` (the API's default).
+    #[default]
     Bursting,
     /// `provisioned`, with MiB/s.
     Provisioned(f64),
@@ -205,8 +232,10 @@ pub enum Throughput {
     Elastic,
 }
 
-/// What a new file system should look like.
-#[derive(Clone, Debug, PartialEq)]
+/// What a new file system should look like. `Default` is the API's
+/// defaults (unencrypted, bursting, generalPurpose, Regional) with an empty
+/// token, for building one field by field.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct NewFileSystem {
     /// The idempotency key (1 to 64 characters).
     pub creation_token: String,
@@ -220,6 +249,20 @@ pub struct NewFileSystem {
     pub kms_key_id: Option<String>,
     /// Tags set in the create call.
     pub tags: BTreeMap<String, String>,
+}
+
+/// Options of `CreateFileSystem` beyond [`NewFileSystem`]'s, for
+/// [`EfsApi::create_file_system_with`] (kept apart so that code building a
+/// `NewFileSystem` by hand is unaffected). `Default` is EFS's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileSystemOptions {
+    /// AWS Backup's automatic daily backups (`Backup`): `Some(true)` on,
+    /// `Some(false)` off, `None` EFS's default (off, but on for One Zone).
+    pub backup: Option<bool>,
+    /// A One Zone file system in this availability zone (`AvailabilityZoneName`,
+    /// e.g. `us-east-1a`); `None` for a Regional one. It takes one mount
+    /// target, in that zone.
+    pub availability_zone_name: Option<String>,
 }
 
 /// One lifecycle rule (`PutLifecycleConfiguration` takes a list of them).
@@ -282,9 +325,18 @@ pub enum ErrorKind {
     Transient,
 }
 
-/// A failed EFS call.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("EFS {operation} failed: {code}: {message}")]
+/// The error an [`ApiError`] was made from (the SDK's, with its own
+/// sources), shared so that `ApiError` stays `Clone`.
+pub type ApiErrorSource = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A failed EFS (or EC2) call.
+///
+/// Its [`source`](std::error::Error::source) is the error the SDK returned,
+/// when there is one, so a report that walks the chain (the engine's events
+/// and logs, through `provisioner_core::Cause`) shows what lies under the
+/// code: the connection error under a dispatch failure, the credential
+/// provider's reason under a credentials error. Equality ignores the source.
+#[derive(Clone, Debug)]
 pub struct ApiError {
     /// The call.
     pub operation: Operation,
@@ -294,14 +346,47 @@ pub struct ApiError {
     pub code: String,
     /// The API's message.
     pub message: String,
+    /// The underlying error, if any (see the type's docs).
+    pub source: Option<ApiErrorSource>,
 }
 
 impl ApiError {
-    /// An error of `kind` from `operation`.
+    /// An error of `kind` from `operation`, without a source.
     pub fn new(operation: Operation, kind: ErrorKind, code: &str, message: impl Into<String>) -> Self {
-        ApiError { operation, kind, code: code.to_string(), message: message.into() }
+        ApiError { operation, kind, code: code.to_string(), message: message.into(), source: None }
+    }
+
+    /// The same error, with `source` as what lies under it.
+    pub fn with_source(mut self, source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        self.source = Some(ApiErrorSource::from(source.into()));
+        self
     }
 }
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} failed: {}", self.operation.service(), self.operation, self.code)?;
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl PartialEq for ApiError {
+    fn eq(&self, other: &Self) -> bool {
+        (self.operation, &self.kind, &self.code, &self.message)
+            == (other.operation, &other.kind, &other.code, &other.message)
+    }
+}
+
+impl Eq for ApiError {}
 
 /// Where a file system is looked up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -326,6 +411,25 @@ pub struct AccessPointPage {
 pub trait EfsApi: Send + Sync + 'static {
     /// `CreateFileSystem` with tags.
     async fn create_file_system(&self, spec: &NewFileSystem) -> Result<FileSystem, ApiError>;
+    /// `CreateFileSystem` with tags and `options`. The provisioner calls
+    /// this one. The default implementation is [`create_file_system`](EfsApi::create_file_system)
+    /// when the options are EFS's defaults, and refuses others (`BadRequest`)
+    /// rather than drop them; implementations that know them override it.
+    async fn create_file_system_with(
+        &self,
+        spec: &NewFileSystem,
+        options: &FileSystemOptions,
+    ) -> Result<FileSystem, ApiError> {
+        if *options == FileSystemOptions::default() {
+            return self.create_file_system(spec).await;
+        }
+        Err(ApiError::new(
+            Operation::CreateFileSystem,
+            ErrorKind::BadRequest,
+            "Unsupported",
+            "this EFS client does not implement backup or One Zone options",
+        ))
+    }
     /// `DescribeFileSystems` for one file system; `None` when it does not exist.
     async fn describe_file_system(&self, lookup: &FileSystemLookup) -> Result<Option<FileSystem>, ApiError>;
     /// `DeleteFileSystem`.
@@ -434,6 +538,14 @@ impl<A: EfsApi> EfsApi for CountingApi<A> {
         self.count(Operation::CreateFileSystem);
         self.inner.create_file_system(spec).await
     }
+    async fn create_file_system_with(
+        &self,
+        spec: &NewFileSystem,
+        o: &FileSystemOptions,
+    ) -> Result<FileSystem, ApiError> {
+        self.count(Operation::CreateFileSystem);
+        self.inner.create_file_system_with(spec, o).await
+    }
     async fn describe_file_system(&self, lookup: &FileSystemLookup) -> Result<Option<FileSystem>, ApiError> {
         self.count(Operation::DescribeFileSystems);
         self.inner.describe_file_system(lookup).await
@@ -489,6 +601,13 @@ impl<A: EfsApi> EfsApi for CountingApi<A> {
 impl<A: EfsApi + ?Sized> EfsApi for std::sync::Arc<A> {
     async fn create_file_system(&self, spec: &NewFileSystem) -> Result<FileSystem, ApiError> {
         (**self).create_file_system(spec).await
+    }
+    async fn create_file_system_with(
+        &self,
+        spec: &NewFileSystem,
+        o: &FileSystemOptions,
+    ) -> Result<FileSystem, ApiError> {
+        (**self).create_file_system_with(spec, o).await
     }
     async fn describe_file_system(&self, lookup: &FileSystemLookup) -> Result<Option<FileSystem>, ApiError> {
         (**self).describe_file_system(lookup).await

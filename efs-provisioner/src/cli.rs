@@ -7,15 +7,17 @@
 //! ([`provisioner_core::cli::variable_for`]). The 0.1.0 names of renamed
 //! variables ([`renamed_variables`]) are still read, with a warning.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use provisioner_core::cli::{ENGINE_RENAMED, EngineArgs, Renamed};
 
-use crate::api::PerformanceMode;
-use crate::config::{Defaults, parse_performance_mode, split_list};
+use crate::api::{NetworkApi, PerformanceMode};
+use crate::config::{Defaults, parse_performance_mode, parse_tags, split_list};
 use crate::deadline::{DeadlineApi, Deadlines};
+use crate::ec2::Ec2Client;
 use crate::limiter::{AdaptiveLimiter, LimitedApi, LimiterConfig};
 use crate::provisioner::{EfsProvisioner, tag_text};
 
@@ -58,6 +60,9 @@ pub struct Args {
     /// Deadlines of EFS requests.
     #[command(flatten)]
     pub deadlines: EfsDeadlineArgs,
+    /// Tags of the operator's.
+    #[command(flatten)]
+    pub tagging: TagArgs,
 }
 
 /// `efs-provisioner release`: the uninstall step (see the README).
@@ -141,6 +146,7 @@ impl EfsArgs {
             security_groups,
             subnets: split_list(&self.subnets),
             cluster_id: self.cluster_id.clone(),
+            tags: BTreeMap::new(),
         })
     }
 
@@ -184,33 +190,63 @@ impl EfsDeadlineArgs {
     }
 }
 
+/// Tags of the operator's own on everything created (kept apart from
+/// [`EfsArgs`] so code that builds those by hand is unaffected).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TagArgs {
+    /// Tags of your own on every file system and access point created, comma-separated key=value
+    /// (EFS's tag rules; the keys the provisioner sets itself are refused). A class's `tags`
+    /// parameter adds to them.
+    #[arg(long, env = "PROVISIONER_TAGS", default_value = "", value_name = "KEY=VALUE,...")]
+    pub tags: String,
+}
+
+impl TagArgs {
+    /// The tags, checked against EFS's rules.
+    pub fn tags(&self) -> Result<BTreeMap<String, String>, String> {
+        parse_tags(&self.tags).map_err(|e| format!("PROVISIONER_TAGS (--tags): {e}"))
+    }
+}
+
 /// The provisioner as the binary runs it: SDK client, per-request deadlines, shared limiter.
 pub type SdkProvisioner = EfsProvisioner<LimitedApi<DeadlineApi<aws_sdk_efs::Client>>>;
 
 /// Builds the SDK client (default credential chain: IRSA, Pod Identity,
-/// instance profile, environment) and the provisioner.
+/// instance profile, environment), the EC2 lookups of the topology check,
+/// and the provisioner. Both pass the same limiter and deadlines.
+///
+/// Endpoints: EFS's is `--endpoint-url` (`AWS_ENDPOINT_URL_EFS`) when
+/// given; EC2's is `AWS_ENDPOINT_URL_EC2`, else `AWS_ENDPOINT_URL`, else,
+/// when EFS's was given (moto, the stand-in: they answer both), that one.
 pub async fn build(
     args: &EfsArgs,
     deadlines: &EfsDeadlineArgs,
+    tagging: &TagArgs,
 ) -> Result<(Arc<SdkProvisioner>, Arc<AdaptiveLimiter>), String> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(region) = &args.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
     }
-    if let Some(url) = args.endpoint_url.as_deref().filter(|u| !u.is_empty()) {
-        loader = loader.endpoint_url(url);
-    }
     let sdk = loader.load().await;
     let region = sdk.region().map(|r| r.to_string()).ok_or("no AWS region: set AWS_REGION or --region".to_string())?;
-    let defaults = args.defaults(&region)?;
+    let mut defaults = args.defaults(&region)?;
+    defaults.tags = tagging.tags()?;
     let limiter = Arc::new(AdaptiveLimiter::new(args.limiter()));
     let deadlines = deadlines.deadlines();
-    let api = LimitedApi::new(DeadlineApi::new(aws_sdk_efs::Client::new(&sdk), deadlines), limiter.clone());
-    tracing::warn!(
-        "subnets and security groups are not checked against EC2 before a file system is created (no EC2 client \
-         in this build): a bad subnet shows as a rolled-back file system"
+    let efs_endpoint = args.endpoint_url.as_deref().filter(|u| !u.is_empty());
+    let mut efs = aws_sdk_efs::config::Builder::from(&sdk);
+    if let Some(url) = efs_endpoint {
+        efs = efs.endpoint_url(url);
+    }
+    let efs = aws_sdk_efs::Client::from_conf(efs.build());
+    let api = LimitedApi::new(DeadlineApi::new(efs, deadlines), limiter.clone());
+    let ec2 = Ec2Client::from_sdk_config(&sdk, efs_endpoint)?;
+    tracing::info!(
+        endpoint = ec2.endpoint(),
+        "subnets and security groups are checked with EC2 before a file system is created"
     );
-    Ok((Arc::new(EfsProvisioner::new(api, defaults)), limiter))
+    let network: Arc<dyn NetworkApi> = Arc::new(LimitedApi::new(DeadlineApi::new(ec2, deadlines), limiter.clone()));
+    Ok((Arc::new(EfsProvisioner::new(api, defaults).with_network(network)), limiter))
 }
 
 /// Makes aws-lc rustls's process-wide provider, the one both the AWS SDK and
@@ -231,6 +267,8 @@ mod tests {
         efs: EfsArgs,
         #[command(flatten)]
         deadlines: EfsDeadlineArgs,
+        #[command(flatten)]
+        tagging: TagArgs,
     }
 
     fn flags(args: &[&str]) -> Flags {
@@ -249,6 +287,21 @@ mod tests {
     fn a_cluster_id_efs_cannot_tag_is_refused_at_start_up() {
         let f = flags(&["--security-group", "sg-1", "--cluster-id", "prod;east"]);
         assert!(f.efs.defaults("us-east-1").unwrap_err().contains("PROVISIONER_CLUSTER_ID"));
+    }
+
+    #[test]
+    fn custom_tags_are_checked_against_efs_rules_at_start_up() {
+        assert!(flags(&[]).tagging.tags().unwrap().is_empty());
+        let tags = flags(&["--tags", "team=storage,cost-center=4711"]).tagging.tags().unwrap();
+        assert_eq!(tags.get("cost-center").map(String::as_str), Some("4711"));
+        for (bad, needle) in [
+            ("efs.aws.skpr.io/managed-by=me", "sets itself"),
+            ("team=a;b", "not valid in EFS"),
+            ("aws:x=y", "reserved for AWS"),
+        ] {
+            let err = flags(&["--tags", bad]).tagging.tags().unwrap_err();
+            assert!(err.starts_with("PROVISIONER_TAGS (--tags)") && err.contains(needle), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -319,6 +372,7 @@ mod tests {
             ("PROVISIONER_EFS_API_RATE", "2.5"),
             ("PROVISIONER_EFS_READ_TIMEOUT", "4"),
             ("PROVISIONER_EFS_WRITE_TIMEOUT", "40"),
+            ("PROVISIONER_TAGS", "team=storage"),
             ("PROVISIONER_WORKERS", "12"),
             ("PROVISIONER_LOG_FORMAT", "json"),
             ("AWS_SECURITY_GROUP", "sg-1"),
@@ -336,6 +390,7 @@ mod tests {
                 Deadlines { read: Duration::from_secs(4), write: Duration::from_secs(40) }
             );
             assert_eq!((args.engine.workers, args.engine.log_format.as_str()), (12, "json"));
+            assert_eq!(args.tagging.tags().unwrap().get("team").map(String::as_str), Some("storage"));
             let (release, _) = provisioner_core::cli::try_parse_from::<ReleaseArgs, _, _>(
                 ["efs-provisioner release", "--dry-run"],
                 &renamed_variables(),

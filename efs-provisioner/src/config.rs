@@ -20,6 +20,9 @@ pub struct Defaults {
     pub subnets: Vec<String>,
     /// Tag value naming this cluster, to find orphans.
     pub cluster_id: String,
+    /// Tags of the operator's own (`--tags`) on everything created, under
+    /// the provisioner's; a class's `tags` add to them.
+    pub tags: BTreeMap<String, String>,
 }
 
 impl Default for Defaults {
@@ -30,6 +33,7 @@ impl Default for Defaults {
             security_groups: Vec::new(),
             subnets: Vec::new(),
             cluster_id: "kubernetes".into(),
+            tags: BTreeMap::new(),
         }
     }
 }
@@ -71,6 +75,13 @@ pub struct FileSystemClass {
     pub lifecycle: Vec<LifecycleRule>,
     /// NFS or CSI.
     pub source: VolumeSource,
+    /// AWS Backup's automatic backups (`backup`; `None`: EFS's default).
+    pub backup: Option<bool>,
+    /// One Zone: the availability zone (`availabilityZoneName`); the file
+    /// system gets one mount target, in the class's subnet of that zone.
+    pub availability_zone: Option<String>,
+    /// Tags of the operator's: the flag's, then the class's `tags`.
+    pub tags: BTreeMap<String, String>,
 }
 
 /// POSIX identity of an access point.
@@ -112,6 +123,8 @@ pub struct AccessPointClass {
     /// pattern does not name the PV (default true): a re-created claim of
     /// the same name must not land on the old one's data.
     pub ensure_unique_directory: bool,
+    /// Tags of the operator's: the flag's, then the class's `tags`.
+    pub tags: BTreeMap<String, String>,
 }
 
 /// What a class asks for.
@@ -170,7 +183,89 @@ const KNOWN: &[&str] = &[
     "subPathPattern",
     "ensureUniqueDirectory",
     "deleteAccessPointRootDir",
+    "backup",
+    "availabilityZoneName",
+    "tags",
 ];
+
+/// Tag keys the provisioner sets itself (and the prefixes it owns): an
+/// operator's tags may not use them, so they can never override the tags
+/// deletes rely on.
+pub const OWN_TAG_KEYS: &[&str] = &["Name"];
+/// Tag key prefixes the provisioner owns (see [`OWN_TAG_KEYS`]).
+pub const OWN_TAG_PREFIXES: &[&str] = &["efs.aws.skpr.io/", "kubernetes.io/created-for/"];
+/// How many tags of the operator's a resource may carry: EFS allows 50 per
+/// resource, and the provisioner sets up to 7 of its own.
+pub const MAX_OWN_TAGS: usize = 43;
+
+fn tag_characters_ok(s: &str) -> bool {
+    s.chars().all(|c| c.is_alphanumeric() || " _.:/=+-@".contains(c))
+}
+
+/// Parses `key=value,key=value` (split at each comma, then at the first
+/// `=`; commas are not allowed in EFS tags) and checks each tag against
+/// EFS's rules: key 1 to 128 characters, value up to 256, letters, digits,
+/// spaces and `_.:/=+-@` only, no `aws:` prefix, and none of the keys the
+/// provisioner sets itself ([`OWN_TAG_KEYS`], [`OWN_TAG_PREFIXES`]); at
+/// most [`MAX_OWN_TAGS`].
+///
+/// ```
+/// use efs_provisioner::config::parse_tags;
+/// let tags = parse_tags("team=storage, cost-center=42").unwrap();
+/// assert_eq!(tags["team"], "storage");
+/// assert!(parse_tags("efs.aws.skpr.io/cluster=other").is_err());
+/// ```
+pub fn parse_tags(s: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut tags = BTreeMap::new();
+    for item in split_list(s) {
+        let (key, value) = item.split_once('=').ok_or_else(|| bad(format!("tag {item:?} is not key=value")))?;
+        let (key, value) = (key.trim(), value.trim());
+        if key.is_empty() || key.chars().count() > 128 || !tag_characters_ok(key) {
+            return Err(bad(format!(
+                "tag key {key:?} is not valid in EFS (1 to 128 letters, digits, spaces, _.:/=+-@)"
+            )));
+        }
+        if value.chars().count() > 256 || !tag_characters_ok(value) {
+            return Err(bad(format!(
+                "tag value {value:?} of {key} is not valid in EFS (up to 256 letters, digits, spaces, _.:/=+-@)"
+            )));
+        }
+        if key.to_ascii_lowercase().starts_with("aws:") {
+            return Err(bad(format!("tag key {key:?}: the aws: prefix is reserved for AWS")));
+        }
+        if OWN_TAG_KEYS.contains(&key) || OWN_TAG_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            return Err(bad(format!(
+                "tag key {key:?} is one the provisioner sets itself (Name, {}*)",
+                OWN_TAG_PREFIXES.join("*, ")
+            )));
+        }
+        if tags.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(bad(format!("tag key {key:?} is given twice")));
+        }
+    }
+    if tags.len() > MAX_OWN_TAGS {
+        return Err(bad(format!(
+            "{} tags: EFS allows 50 per resource, and the provisioner sets 7 of its own; at most {MAX_OWN_TAGS}",
+            tags.len()
+        )));
+    }
+    Ok(tags)
+}
+
+/// The operator's tags for a class: the flag's, with the class's `tags` over them.
+fn class_tags(defaults: &Defaults, params: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut tags = defaults.tags.clone();
+    if let Some(v) = params.get("tags") {
+        tags.extend(parse_tags(v).map_err(|e| bad(format!("tags: {e}")))?);
+    }
+    if tags.len() > MAX_OWN_TAGS {
+        return Err(bad(format!(
+            "tags: {} with the flag's (--tags); EFS allows 50 per resource, and the provisioner sets 7 of its own",
+            tags.len()
+        )));
+    }
+    Ok(tags)
+}
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
     match v {
@@ -242,8 +337,9 @@ pub fn parse_class(
         Some("csi") => Some(VolumeSource::Csi),
         Some(v) => return Err(bad(format!("volumeSource {v:?} is not nfs or csi"))),
     };
+    let tags = class_tags(defaults, params)?;
     if mode == "accessPoint" {
-        return parse_access_point(params, source).map(ClassConfig::AccessPoint);
+        return parse_access_point(params, source, tags).map(ClassConfig::AccessPoint);
     }
     for k in
         ["fileSystemId", "uid", "gid", "gidRangeStart", "gidRangeEnd", "directoryPerms", "basePath", "subPathPattern"]
@@ -313,6 +409,19 @@ pub fn parse_class(
         )?));
     }
     check_lifecycle(&lifecycle, performance_mode, throughput)?;
+    let backup = get("backup").map(|v| parse_bool("backup", v)).transpose()?;
+    let availability_zone = match get("availabilityZoneName").map(str::trim) {
+        None => None,
+        Some("") => return Err(bad("availabilityZoneName is empty: name a zone (e.g. us-east-1a) or leave it out")),
+        Some(zone) => Some(zone.to_string()),
+    };
+    if let Some(zone) = &availability_zone
+        && performance_mode == PerformanceMode::MaxIo
+    {
+        return Err(bad(format!(
+            "availabilityZoneName {zone} (a One Zone file system) is not available with performanceMode maxIO"
+        )));
+    }
     Ok(ClassConfig::FileSystem(FileSystemClass {
         performance_mode,
         throughput,
@@ -322,6 +431,9 @@ pub fn parse_class(
         security_groups,
         lifecycle,
         source: source.unwrap_or(VolumeSource::Nfs),
+        backup,
+        availability_zone,
+        tags,
     }))
 }
 
@@ -365,6 +477,7 @@ pub fn check_lifecycle(
 fn parse_access_point(
     params: &BTreeMap<String, String>,
     source: Option<VolumeSource>,
+    tags: BTreeMap<String, String>,
 ) -> Result<AccessPointClass, ConfigError> {
     let get = |k: &str| params.get(k).map(String::as_str);
     for k in [
@@ -378,6 +491,8 @@ fn parse_access_point(
         "transitionToIA",
         "transitionToArchive",
         "transitionToPrimaryStorageClass",
+        "backup",
+        "availabilityZoneName",
     ] {
         if params.contains_key(k) {
             return Err(bad(format!("{k} applies only to mode filesystem; the access point's file system is shared")));
@@ -428,6 +543,7 @@ fn parse_access_point(
         base_path,
         sub_path_pattern,
         ensure_unique_directory,
+        tags,
     })
 }
 
@@ -679,6 +795,77 @@ mod tests {
             .unwrap_err()
             .0
             .contains("maxIO")
+        );
+    }
+
+    #[test]
+    fn backup_one_zone_and_tags_are_read_from_the_class() {
+        let d = Defaults {
+            tags: BTreeMap::from([("team".into(), "a".into()), ("env".into(), "prod".into())]),
+            ..seed_defaults()
+        };
+        let c = fs(parse_class(
+            &d,
+            "efs.aws.skpr.io/generalPurpose",
+            &params(&[("backup", "true"), ("availabilityZoneName", "ap-southeast-2a"), ("tags", "team=b,app=web")]),
+        )
+        .unwrap());
+        assert_eq!(c.backup, Some(true));
+        assert_eq!(c.availability_zone.as_deref(), Some("ap-southeast-2a"));
+        let want: BTreeMap<String, String> = [("team", "b"), ("env", "prod"), ("app", "web")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(c.tags, want, "the class's over the flag's");
+        let plain = fs(parse_class(&seed_defaults(), "efs.aws.skpr.io/generalPurpose", &params(&[])).unwrap());
+        assert_eq!((plain.backup, plain.availability_zone, plain.tags.len()), (None, None, 0), "EFS's defaults");
+        let ClassConfig::AccessPoint(ap) = parse_class(
+            &d,
+            "efs.aws.skpr.io/generalPurpose",
+            &params(&[("mode", "accessPoint"), ("fileSystemId", "fs-1"), ("tags", "app=db")]),
+        )
+        .unwrap() else {
+            panic!("access point class")
+        };
+        assert_eq!(ap.tags.get("app").map(String::as_str), Some("db"));
+    }
+
+    #[test]
+    fn options_efs_would_refuse_are_explained() {
+        let d = seed_defaults();
+        let n = "efs.aws.skpr.io/generalPurpose";
+        for (kv, needle) in [
+            (vec![("backup", "yes")], "backup"),
+            (
+                vec![("availabilityZoneName", "us-east-1a"), ("performanceMode", "maxIO")],
+                "not available with performanceMode maxIO",
+            ),
+            (vec![("availabilityZoneName", " ")], "availabilityZoneName is empty"),
+            (vec![("tags", "efs.aws.skpr.io/cluster=other")], "sets itself"),
+            (vec![("tags", "Name=mine")], "sets itself"),
+            (vec![("tags", "kubernetes.io/created-for/pv/name=x")], "sets itself"),
+            (vec![("tags", "aws:createdBy=me")], "reserved for AWS"),
+            (vec![("tags", "team")], "not key=value"),
+            (vec![("tags", "team=a;b")], "not valid in EFS"),
+            (vec![("tags", &*format!("{}=x", "k".repeat(129)))], "1 to 128"),
+            (vec![("tags", &*format!("k={}", "v".repeat(257)))], "up to 256"),
+            (vec![("mode", "accessPoint"), ("fileSystemId", "fs-1"), ("backup", "true")], "only to mode filesystem"),
+            (
+                vec![("mode", "accessPoint"), ("fileSystemId", "fs-1"), ("availabilityZoneName", "a")],
+                "only to mode filesystem",
+            ),
+        ] {
+            let err = parse_class(&d, n, &params(&kv)).unwrap_err();
+            assert!(err.0.contains(needle), "{kv:?}: {err}");
+        }
+        let many: Vec<String> = (0..44).map(|i| format!("k{i}=v")).collect();
+        assert!(parse_tags(&many.join(",")).unwrap_err().0.contains("at most 43"));
+        let flag = Defaults { tags: parse_tags(&many[..40].join(",")).unwrap(), ..seed_defaults() };
+        let err = parse_class(&flag, n, &params(&[("tags", "a=1,b=2,c=3,d=4")])).unwrap_err();
+        assert!(err.0.contains("EFS allows 50 per resource"), "{err}");
+        assert_eq!(
+            parse_tags("a==b, c=").unwrap(),
+            BTreeMap::from([("a".into(), "=b".into()), ("c".into(), "".into())])
         );
     }
 

@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::api::{
-    AccessPoint, AccessPointPage, ApiError, EfsApi, ErrorKind, FileSystem, FileSystemLookup, LifecycleRule,
-    MountTarget, NewAccessPoint, NewFileSystem, Operation,
+    AccessPoint, AccessPointPage, ApiError, EfsApi, ErrorKind, FileSystem, FileSystemLookup, FileSystemOptions,
+    LifecycleRule, MountTarget, NetworkApi, NewAccessPoint, NewFileSystem, Operation, SecurityGroup, Subnet,
 };
 
 /// How long each kind of request may take.
@@ -86,6 +86,13 @@ impl<A: EfsApi> EfsApi for DeadlineApi<A> {
     async fn create_file_system(&self, spec: &NewFileSystem) -> Result<FileSystem, ApiError> {
         self.call(Operation::CreateFileSystem, self.inner.create_file_system(spec)).await
     }
+    async fn create_file_system_with(
+        &self,
+        spec: &NewFileSystem,
+        o: &FileSystemOptions,
+    ) -> Result<FileSystem, ApiError> {
+        self.call(Operation::CreateFileSystem, self.inner.create_file_system_with(spec, o)).await
+    }
     async fn describe_file_system(&self, lookup: &FileSystemLookup) -> Result<Option<FileSystem>, ApiError> {
         self.call(Operation::DescribeFileSystems, self.inner.describe_file_system(lookup)).await
     }
@@ -123,5 +130,15 @@ impl<A: EfsApi> EfsApi for DeadlineApi<A> {
     }
     async fn tag_resource(&self, id: &str, tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
         self.call(Operation::TagResource, self.inner.tag_resource(id, tags)).await
+    }
+}
+
+#[async_trait]
+impl<N: NetworkApi> NetworkApi for DeadlineApi<N> {
+    async fn describe_subnets(&self, ids: &[String]) -> Result<Vec<Subnet>, ApiError> {
+        self.call(Operation::DescribeSubnets, self.inner.describe_subnets(ids)).await
+    }
+    async fn describe_security_groups(&self, ids: &[String]) -> Result<Vec<SecurityGroup>, ApiError> {
+        self.call(Operation::DescribeSecurityGroups, self.inner.describe_security_groups(ids)).await
     }
 }

@@ -5,8 +5,10 @@
 //! The layers, each usable alone:
 //! - [`api`]: the EFS requests behind the [`EfsApi`](api::EfsApi) trait, with plain data types;
 //!   [`sdk`] implements it on the AWS SDK's client.
-//! - [`limiter`]: one adaptive rate limit for every request, so throttling slows
-//!   the whole process down.
+//! - [`ec2`]: the EC2 subnet and security group lookups ([`NetworkApi`](api::NetworkApi))
+//!   of the topology check made before a file system is created.
+//! - [`limiter`]: an adaptive rate limit per operation under one ceiling, so
+//!   throttling slows the process down where AWS asked.
 //! - [`deadline`]: a deadline on every request, so an answer that never comes holds nothing.
 //! - [`config`]: defaults (the seed's environment variables) merged with a class's parameters.
 //! - [`volume`]: the PersistentVolume for a file system or access point.
@@ -20,6 +22,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod deadline;
+pub mod ec2;
 pub mod limiter;
 pub mod moto;
 pub mod provisioner;

@@ -28,7 +28,7 @@ async fn start() -> Result<(), RunError> {
     init_logging(&args.engine.log_format);
     log_deprecations(&deprecations);
     let (provisioner, limiter) =
-        efs_provisioner::cli::build(&args.efs, &args.deadlines).await.map_err(RunError::Flag)?;
+        efs_provisioner::cli::build(&args.efs, &args.deadlines, &args.tagging).await.map_err(RunError::Flag)?;
     run_with(args.engine, &args.efs.provisioner_names, provisioner, |builder, registry| {
         limiter.register(registry);
         builder

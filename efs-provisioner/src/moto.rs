@@ -1,6 +1,6 @@
 //! Helpers for tests, benchmarks and demos against moto (`moto[server]`),
 //! the AWS-compatible server `tests/moto/up` starts on loopback: a client
-//! with fake credentials, moto's default subnets and security group (from
+//! with fake credentials (EFS and EC2), moto's default subnets and security group (from
 //! its EC2 API), and a state reset. Blocking and dependency-free on purpose:
 //! plain HTTP/1.1 over a TCP socket to 127.0.0.1.
 
@@ -30,6 +30,15 @@ pub fn client(endpoint: &str, region: &str) -> aws_sdk_efs::Client {
         .credentials_provider(aws_sdk_efs::config::Credentials::new("testing", "testing", None, None, "moto"))
         .build();
     aws_sdk_efs::Client::from_conf(config)
+}
+
+/// An EC2 client ([`crate::ec2::Ec2Client`]) for moto at `endpoint` in
+/// `region`, with moto's fake credentials: moto answers EC2 on the same port.
+pub fn ec2_client(endpoint: &str, region: &str) -> crate::ec2::Ec2Client {
+    let credentials = aws_credential_types::provider::SharedCredentialsProvider::new(
+        aws_sdk_efs::config::Credentials::new("testing", "testing", None, None, "moto"),
+    );
+    crate::ec2::Ec2Client::new(endpoint, region, credentials)
 }
 
 fn host_port(endpoint: &str) -> Result<String, String> {

@@ -62,11 +62,11 @@ use provisioner_core::{
 use tracing::{debug, info, warn};
 
 use crate::api::{
-    AccessPoint, ApiError, EfsApi, ErrorKind, FileSystem, FileSystemLookup, LifeCycle, MAX_ACCESS_POINT_PAGE,
-    MountTarget, NetworkApi, NewAccessPoint, NewFileSystem, SecurityGroup, Subnet,
+    AccessPoint, ApiError, EfsApi, ErrorKind, FileSystem, FileSystemLookup, FileSystemOptions, LifeCycle,
+    MAX_ACCESS_POINT_PAGE, MountTarget, NetworkApi, NewAccessPoint, NewFileSystem, SecurityGroup, Subnet,
 };
 use crate::config::{AccessPointClass, ClassConfig, Defaults, FileSystemClass, Identity, parse_class, root_directory};
-use crate::volume::{SavedVolume, access_point_volume, file_system_volume, saved_volume_checked};
+use crate::volume::{SavedVolume, access_point_volume, file_system_volume, pin_to_zones, saved_volume_checked};
 
 /// How often a file system that is `creating` is looked at again (AWS takes
 /// about 30 s): a fixed poll, so a volume is ready soon after AWS is, instead
@@ -137,16 +137,29 @@ pub fn creation_token(pv_name: &str) -> String {
 
 /// The tags of everything created for a claim.
 pub fn tags(req: &ProvisionRequest, cluster_id: &str) -> BTreeMap<String, String> {
+    tags_with(req, cluster_id, &BTreeMap::new())
+}
+
+/// [`tags`] under the operator's own `extra` (`--tags`, a class's `tags`):
+/// where a key is both, the provisioner's wins, so no configuration can
+/// change the tags deletes rely on.
+pub fn tags_with(
+    req: &ProvisionRequest,
+    cluster_id: &str,
+    extra: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     let ns = req.claim.namespace().unwrap_or_default();
     let name = req.claim.name_any();
-    BTreeMap::from([
+    let mut all = extra.clone();
+    all.extend([
         ("Name".to_string(), tag_value(&format!("{ns}/{name}"))),
         (TAG_PV_NAME.to_string(), req.pv_name.clone()),
         (TAG_PVC_NAMESPACE.to_string(), ns),
         (TAG_PVC_NAME.to_string(), name),
         (TAG_CLUSTER.to_string(), cluster_id.to_string()),
         (TAG_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
-    ])
+    ]);
+    all
 }
 
 /// What is left to do about the mount targets of a file system.
@@ -284,6 +297,29 @@ pub fn check_topology(
     Ok(())
 }
 
+/// The subnet of a One Zone file system in `zone`: the one of `subnets`
+/// that EC2 reports in that zone. The reason, if there is none.
+pub fn one_zone_subnet(zone: &str, subnets: &[String], found_subnets: &[Subnet]) -> Result<String, String> {
+    let listed: Vec<&Subnet> = subnets.iter().filter_map(|s| found_subnets.iter().find(|f| &f.id == s)).collect();
+    let mut in_zone = listed.iter().filter(|s| s.availability_zone == zone);
+    match (in_zone.next(), in_zone.next()) {
+        (Some(s), None) => Ok(s.id.clone()),
+        (Some(a), Some(b)) => Err(format!(
+            "subnets {} and {} are both in zone {zone}; a One Zone file system takes one mount target: list one \
+             subnet per zone",
+            a.id, b.id
+        )),
+        (None, _) => {
+            let each: Vec<String> = listed.iter().map(|s| format!("{} ({})", s.id, s.availability_zone)).collect();
+            Err(format!(
+                "availabilityZoneName {zone}: none of the subnets is in that zone ({}); a One Zone file system \
+                 takes its one mount target there: add a subnet of {zone} to the class's subnets or AWS_SUBNETS",
+                if each.is_empty() { "none found".to_string() } else { each.join(", ") }
+            ))
+        }
+    }
+}
+
 /// The hint for an error a user has to fix outside the cluster's objects,
 /// over the [`ApiError`] itself (its source).
 pub fn explain_setup(e: &ApiError, region: &str) -> Option<Cause> {
@@ -388,13 +424,49 @@ impl<A: EfsApi> EfsProvisioner<A> {
             .describe_security_groups(&class.security_groups)
             .await
             .map_err(|e| self.after_error(req, &e, doing))?;
-        check_topology(&class.subnets, &class.security_groups, &subnets, &groups).map_err(|reason| {
-            ProvisionError::infeasible(format!(
-                "StorageClass {}: {reason} (region {}); nothing was created",
-                req.class.name_any(),
-                self.defaults.region
-            ))
-        })
+        check_topology(&class.subnets, &class.security_groups, &subnets, &groups)
+            .and_then(|()| match &class.availability_zone {
+                Some(zone) => one_zone_subnet(zone, &class.subnets, &subnets).map(|_| ()),
+                None => Ok(()),
+            })
+            .map_err(|reason| {
+                ProvisionError::infeasible(format!(
+                    "StorageClass {}: {reason} (region {}); nothing was created",
+                    req.class.name_any(),
+                    self.defaults.region
+                ))
+            })
+    }
+
+    /// The subnets that get a mount target: every listed one, or, for a One
+    /// Zone file system, the one in its zone (the existing mount target's,
+    /// else the one EC2 reports there). `Err(Ok(reason))`: none can be
+    /// chosen; `Err(Err(answer))`: the lookup failed.
+    async fn mount_target_subnets(
+        &self,
+        req: &ProvisionRequest,
+        class: &FileSystemClass,
+        existing: &[MountTarget],
+    ) -> Result<Vec<String>, Result<String, ProvisionError>> {
+        let Some(zone) = &class.availability_zone else { return Ok(class.subnets.clone()) };
+        if let Some(m) = existing.iter().find(|m| m.state != LifeCycle::Deleted && class.subnets.contains(&m.subnet_id))
+        {
+            return Ok(vec![m.subnet_id.clone()]);
+        }
+        let Some(network) = &self.network else {
+            return match class.subnets.as_slice() {
+                [one] => Ok(vec![one.clone()]),
+                _ => Err(Ok(format!(
+                    "availabilityZoneName {zone}: without the EC2 lookup (ec2:DescribeSubnets) the subnet of that \
+                     zone is not known; list only that zone's subnet in the class's subnets"
+                ))),
+            };
+        };
+        let found = network
+            .describe_subnets(&class.subnets)
+            .await
+            .map_err(|e| Err(self.after_error(req, &e, "looking up the subnet of the One Zone file system")))?;
+        one_zone_subnet(zone, &class.subnets, &found).map(|s| vec![s]).map_err(Ok)
     }
 
     async fn provision_file_system(
@@ -466,7 +538,12 @@ impl<A: EfsApi> EfsProvisioner<A> {
                 .await
                 .map_err(|e| self.after_error(req, &e, "listing mount targets"))?
         };
-        let mut plan = plan_mount_targets(&class.subnets, &existing);
+        let subnets = match self.mount_target_subnets(req, class, &existing).await {
+            Ok(subnets) => subnets,
+            Err(Ok(reason)) => return Err(self.start_rollback(req, &fs, reason).await),
+            Err(Err(answer)) => return Err(answer),
+        };
+        let mut plan = plan_mount_targets(&subnets, &existing);
         if !plan.missing.is_empty() {
             if !class.lifecycle.is_empty()
                 && let Err(e) = self.api.put_lifecycle_configuration(&fs.id, &class.lifecycle).await
@@ -507,7 +584,7 @@ impl<A: EfsApi> EfsProvisioner<A> {
                     return Err(self.start_rollback(req, &fs, reason).await);
                 }
             }
-            plan = plan_mount_targets(&class.subnets, &existing);
+            plan = plan_mount_targets(&subnets, &existing);
         }
         if !plan.failed.is_empty() {
             let reason =
@@ -526,12 +603,17 @@ impl<A: EfsApi> EfsProvisioner<A> {
         }
         let zones: Vec<String> = existing
             .iter()
-            .filter(|m| class.subnets.contains(&m.subnet_id))
+            .filter(|m| subnets.contains(&m.subnet_id))
             .filter_map(|m| m.availability_zone.clone())
             .collect();
         let class_mount_options = req.class.mount_options.as_ref().is_some_and(|m| !m.is_empty());
         info!(pv = req.pv_name, file_system = fs.id, "EFS file system ready");
-        Ok(file_system_volume(&fs.id, &self.defaults.region, class.source, class_mount_options, &zones))
+        let mut volume = file_system_volume(&fs.id, &self.defaults.region, class.source, class_mount_options, &zones);
+        if let Some(zone) = &class.availability_zone {
+            // One Zone: only that zone has a mount target, whatever the source.
+            pin_to_zones(&mut volume, std::slice::from_ref(zone));
+        }
+        Ok(volume)
     }
 
     /// Creates the file system, or finds the one an earlier attempt created.
@@ -547,9 +629,11 @@ impl<A: EfsApi> EfsProvisioner<A> {
             throughput: class.throughput,
             encrypted: class.encrypted,
             kms_key_id: class.kms_key_id.clone(),
-            tags: tags(req, &self.defaults.cluster_id),
+            tags: tags_with(req, &self.defaults.cluster_id, &class.tags),
         };
-        match self.api.create_file_system(&spec).await {
+        let options =
+            FileSystemOptions { backup: class.backup, availability_zone_name: class.availability_zone.clone() };
+        match self.api.create_file_system_with(&spec, &options).await {
             Ok(fs) => {
                 info!(pv = req.pv_name, file_system = fs.id, "created EFS file system");
                 Ok((fs, true))
@@ -751,7 +835,7 @@ impl<A: EfsApi> EfsProvisioner<A> {
                     gid,
                     path: path.clone(),
                     permissions: class.directory_perms.clone(),
-                    tags: tags(req, &self.defaults.cluster_id),
+                    tags: tags_with(req, &self.defaults.cluster_id, &class.tags),
                 };
                 match self.api.create_access_point(&spec).await {
                     Ok(ap) => {

@@ -16,8 +16,8 @@ use aws_sdk_efs::types::{
 };
 
 use crate::api::{
-    AccessPoint, AccessPointPage, ApiError, EfsApi, ErrorKind, FileSystem, FileSystemLookup, LifeCycle, LifecycleRule,
-    MountTarget, NewAccessPoint, NewFileSystem, Operation, PerformanceMode, Throughput,
+    AccessPoint, AccessPointPage, ApiError, EfsApi, ErrorKind, FileSystem, FileSystemLookup, FileSystemOptions,
+    LifeCycle, LifecycleRule, MountTarget, NewAccessPoint, NewFileSystem, Operation, PerformanceMode, Throughput,
 };
 
 /// Sorts an error code (and HTTP status) into what it means for the provisioner.
@@ -46,7 +46,10 @@ pub fn classify_code(code: &str, status: Option<u16>, message: &str) -> ErrorKin
         | "SecurityGroupNotFound"
         | "IpAddressInUse"
         | "UnsupportedAvailabilityZone"
-        | "AvailabilityZonesMismatch" => ErrorKind::BadRequest,
+        | "AvailabilityZonesMismatch"
+        | "InvalidParameterValue"
+        | "InvalidSubnetID.Malformed"
+        | "InvalidGroupId.Malformed" => ErrorKind::BadRequest,
         _ if message.to_ascii_lowercase().contains("retry quota exceeded") => ErrorKind::Throttled,
         _ => match status {
             Some(429 | 503) => ErrorKind::Throttled,
@@ -93,9 +96,15 @@ fn source_chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
     out
 }
 
-fn to_api_error<E>(op: Operation, err: SdkError<E, HttpResponse>) -> ApiError
+/// An SDK error as an [`ApiError`]. A service error is its code and message
+/// (the SDK's error says nothing more); for a request that got no usable
+/// answer (dispatch failure, timeout, unreadable response) the SDK error is
+/// kept as the [`source`](std::error::Error::source), so the chain names the
+/// cause underneath (connection refused, the credential provider's reason).
+/// Shared with [`crate::ec2`]: both SDKs return the same error type.
+pub(crate) fn to_api_error<E>(op: Operation, err: SdkError<E, HttpResponse>) -> ApiError
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let text = aws_sdk_efs::error::DisplayErrorContext(&err).to_string();
     match &err {
@@ -104,10 +113,12 @@ where
             let message = ctx.err().message().unwrap_or_default().to_string();
             let status = Some(ctx.raw().status().as_u16());
             let kind = classify_code(&code, status, &text);
-            ApiError { operation: op, kind, code, message }
+            ApiError::new(op, kind, &code, message)
         }
-        SdkError::TimeoutError(_) => ApiError::new(op, ErrorKind::Transient, "Timeout", text),
-        SdkError::ConstructionFailure(_) => ApiError::new(op, ErrorKind::BadRequest, "ConstructionFailure", text),
+        SdkError::TimeoutError(_) => ApiError::new(op, ErrorKind::Transient, "Timeout", "").with_source(err),
+        SdkError::ConstructionFailure(_) => {
+            ApiError::new(op, ErrorKind::BadRequest, "ConstructionFailure", "").with_source(err)
+        }
         SdkError::DispatchFailure(d) => {
             let chain = source_chain(&err);
             let kind = classify_no_answer(&chain, d.is_io(), d.is_timeout());
@@ -116,11 +127,11 @@ where
                 ErrorKind::Unreachable => "ConnectionError",
                 _ => "DispatchFailure",
             };
-            ApiError::new(op, kind, code, text)
+            ApiError::new(op, kind, code, "").with_source(err)
         }
         _ => {
             let kind = classify_code("", None, &text);
-            ApiError::new(op, kind, "RequestFailed", text)
+            ApiError::new(op, kind, "RequestFailed", "").with_source(err)
         }
     }
 }
@@ -191,6 +202,14 @@ fn lifecycle_policy(rule: &LifecycleRule) -> LifecyclePolicy {
 #[async_trait]
 impl EfsApi for Client {
     async fn create_file_system(&self, spec: &NewFileSystem) -> Result<FileSystem, ApiError> {
+        self.create_file_system_with(spec, &FileSystemOptions::default()).await
+    }
+
+    async fn create_file_system_with(
+        &self,
+        spec: &NewFileSystem,
+        options: &FileSystemOptions,
+    ) -> Result<FileSystem, ApiError> {
         let op = Operation::CreateFileSystem;
         let mut req = self
             .create_file_system()
@@ -201,6 +220,8 @@ impl EfsApi for Client {
             })
             .encrypted(spec.encrypted)
             .set_kms_key_id(spec.kms_key_id.clone())
+            .set_backup(options.backup)
+            .set_availability_zone_name(options.availability_zone_name.clone())
             .set_tags(Some(sdk_tags(&spec.tags, op)?));
         req = match spec.throughput {
             Throughput::Bursting => req.throughput_mode(ThroughputMode::Bursting),
@@ -474,5 +495,27 @@ mod tests {
         let e = EfsApi::delete_file_system(&client, "fs-1").await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unreachable, "{e}");
         assert_eq!(e.code, "ConnectionError");
+    }
+
+    #[tokio::test]
+    async fn a_dispatch_failure_keeps_the_sdk_error_so_the_message_names_the_refused_connection() {
+        let client = client_at(&closed_port(), None);
+        let e = EfsApi::delete_file_system(&client, "fs-1").await.unwrap_err();
+        assert_eq!(e.to_string(), "EFS DeleteFileSystem failed: ConnectionError", "the cause is in the chain, once");
+        let sdk = std::error::Error::source(&e).expect("the SDK error is the source");
+        assert!(sdk.downcast_ref::<SdkError<aws_sdk_efs::operation::delete_file_system::DeleteFileSystemError, HttpResponse>>().is_some());
+        // What the engine writes into the claim's event and the log.
+        let message = crate::provisioner::explain_setup(&e, "us-east-1").expect("a set-up problem").chain();
+        assert!(message.starts_with("could not reach EFS in us-east-1"), "{message}");
+        assert!(message.contains("EFS DeleteFileSystem failed: ConnectionError: dispatch failure"), "{message}");
+        assert!(message.to_ascii_lowercase().contains("connection refused"), "the io error at the end: {message}");
+        let credentials = crate::provisioner::explain_setup(
+            &ApiError::new(Operation::DeleteFileSystem, ErrorKind::Credentials, "CredentialsError", "")
+                .with_source(std::io::Error::other("the web identity token file is missing")),
+            "us-east-1",
+        )
+        .unwrap()
+        .chain();
+        assert!(credentials.ends_with("CredentialsError: the web identity token file is missing"), "{credentials}");
     }
 }

@@ -80,6 +80,13 @@ fn zone_affinity(zones: &[String]) -> Option<VolumeNodeAffinity> {
     })
 }
 
+/// Pins `volume` to nodes in `zones` (node affinity on
+/// `topology.kubernetes.io/zone`), whatever its source: for a One Zone file
+/// system, whose only mount target is in one zone.
+pub fn pin_to_zones(volume: &mut ProvisionedVolume, zones: &[String]) {
+    volume.spec.node_affinity = zone_affinity(zones);
+}
+
 fn base(region: &str, mode: &str, fs: &str) -> ProvisionedVolume {
     let spec = PersistentVolumeSpec {
         capacity: Some(BTreeMap::from([("storage".to_string(), Quantity(CAPACITY.to_string()))])),

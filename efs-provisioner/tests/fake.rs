@@ -11,10 +11,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use efs_provisioner::api::{EfsApi, ErrorKind, FileSystemLookup, LifeCycle, NetworkApi, Operation};
+use efs_provisioner::api::{
+    EfsApi, ErrorKind, FileSystemLookup, FileSystemOptions, LifeCycle, NetworkApi, NewFileSystem, Operation,
+    PerformanceMode,
+};
 use efs_provisioner::deadline::{DeadlineApi, Deadlines};
 use efs_provisioner::limiter::{AdaptiveLimiter, LimitedApi, LimiterConfig};
-use efs_provisioner::provisioner::{TAG_MANAGED_BY, TAG_ROLLBACK};
+use efs_provisioner::provisioner::{TAG_CLUSTER, TAG_MANAGED_BY, TAG_PV_NAME, TAG_ROLLBACK};
 use efs_provisioner::volume::{ACCESS_POINT_ID, FILE_SYSTEM_ID, ZONE_LABEL};
 use efs_provisioner::{Defaults, EfsProvisioner};
 use k8s_openapi::api::core::v1::PersistentVolume;
@@ -213,7 +216,7 @@ async fn access_denied_names_the_missing_iam_action() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn throttling_slows_every_call_down_and_reports_in_progress_not_failure() {
+async fn throttling_slows_the_throttled_operation_down_and_reports_in_progress_not_failure() {
     let aws = Aws::with(|w| {
         w.timing = Timing::instant();
         w.throttle.insert(Operation::CreateFileSystem, 2);
@@ -228,14 +231,45 @@ async fn throttling_slows_every_call_down_and_reports_in_progress_not_failure() 
             other => panic!("throttling must not fail the claim: {other:?}"),
         }
     }
-    assert_eq!(limiter.throttled(), 2);
-    assert!((limiter.rate() - 2.5).abs() < 1e-9, "halved twice: {}", limiter.rate());
-    let start = Instant::now();
+    assert_eq!(limiter.throttled_of(Operation::CreateFileSystem), 2);
+    let rate = limiter.rate_of(Operation::CreateFileSystem);
+    assert!((rate - 2.5).abs() < 1e-9, "halved twice: {rate}");
     p.provision(&req).await.expect("succeeds once EFS accepts again");
     let calls = aws.world().calls.clone();
-    let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1].at - w[0].at).collect();
-    assert!(gaps.iter().skip(1).all(|g| *g >= Duration::from_millis(300)), "{gaps:?}");
-    assert!(start.elapsed() >= Duration::from_millis(900), "{:?}", start.elapsed());
+    let creates: Vec<Instant> = calls.iter().filter(|c| c.op == Operation::CreateFileSystem).map(|c| c.at).collect();
+    assert!(creates[2] - creates[1] >= Duration::from_millis(400), "CreateFileSystem at its halved rate: {creates:?}");
+    let mounts: Vec<Instant> = calls.iter().filter(|c| c.op == Operation::CreateMountTarget).map(|c| c.at).collect();
+    assert!(mounts[1] - mounts[0] <= Duration::from_millis(100), "CreateMountTarget was not throttled: {mounts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_create_access_point_does_not_slow_describe_file_systems() {
+    let aws = Aws::with(|w| {
+        w.timing = Timing::instant();
+        w.throttle.insert(Operation::CreateAccessPoint, 5);
+    });
+    let shared = aws.add_file_system("shared", BTreeMap::new());
+    let limiter =
+        Arc::new(AdaptiveLimiter::new(LimiterConfig { max_rate: 10.0, min_rate: 0.2, burst: 1, recovery_step: 0.0 }));
+    let p = EfsProvisioner::new(LimitedApi::new(aws.clone(), limiter.clone()), defaults());
+    let ap = request_with("pvc-ap", &[("mode", "accessPoint"), ("fileSystemId", &shared)]);
+    for _ in 0..5 {
+        assert!(matches!(p.provision(&ap).await, Err(ProvisionError::InProgress(_))));
+    }
+    assert_eq!(limiter.throttled_of(Operation::CreateAccessPoint), 5);
+    assert!(limiter.rate_of(Operation::CreateAccessPoint) <= 0.35, "{}", limiter.rate_of(Operation::CreateAccessPoint));
+    // Another claim's file system, looked up 20 times: at the ceiling (10/s), not at 0.3/s.
+    let start = Instant::now();
+    for _ in 0..20 {
+        p.api().describe_file_system(&FileSystemLookup::Id(shared.clone())).await.unwrap();
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(2100),
+        "DescribeFileSystems slowed by CreateAccessPoint's throttling: {took:?}"
+    );
+    assert_eq!(limiter.rate_of(Operation::DescribeFileSystems), 10.0);
+    p.provision(&ap).await.expect("the access point once EFS accepts again");
 }
 
 #[tokio::test(start_paused = true)]
@@ -592,3 +626,275 @@ async fn a_file_system_found_by_token_without_our_tags_is_not_adopted() {
     assert_eq!(aws.calls(Operation::CreateMountTarget), 0);
     let _ = aws.describe_file_system(&FileSystemLookup::CreationToken("pvc-1".into())).await.unwrap().unwrap();
 }
+
+// ---- options users of the CSI driver ask for ----
+
+fn the_file_system(aws: &Aws) -> stand_in::Fs {
+    aws.world().file_systems.values().next().cloned().expect("a file system")
+}
+
+#[tokio::test]
+async fn backup_is_asked_for_in_the_create_call_only_when_the_class_says_so() {
+    let aws = Aws::with(|w| w.timing = Timing::instant());
+    provisioner(&aws).provision(&request_with("pvc-1", &[("backup", "true")])).await.unwrap();
+    assert_eq!(the_file_system(&aws).options.backup, Some(true));
+    let aws = Aws::with(|w| w.timing = Timing::instant());
+    provisioner(&aws).provision(&seed_request("pvc-1")).await.unwrap();
+    assert_eq!(the_file_system(&aws).options.backup, None, "EFS's default");
+}
+
+#[tokio::test]
+async fn custom_tags_are_set_in_the_create_calls_and_never_override_ours() {
+    let aws = Aws::with(|w| w.timing = Timing::instant());
+    let flag = BTreeMap::from([("team".to_string(), "storage".to_string()), ("env".to_string(), "prod".to_string())]);
+    let p = EfsProvisioner::new(aws.clone(), Defaults { tags: flag, ..defaults() })
+        .with_network(aws.clone() as Arc<dyn NetworkApi>);
+    p.provision(&request_with("pvc-1", &[("tags", "env=staging,app=web")])).await.unwrap();
+    let fs = the_file_system(&aws);
+    assert_eq!(fs.tags["team"], "storage");
+    assert_eq!(fs.tags["env"], "staging", "the class's over the flag's");
+    assert_eq!(fs.tags["app"], "web");
+    assert_eq!(fs.tags[TAG_CLUSTER], CLUSTER);
+    assert_eq!(aws.calls(Operation::TagResource), 0, "in the create call");
+    let ap = request_with("pvc-2", &[("mode", "accessPoint"), ("fileSystemId", &fs.id), ("tags", "app=db")]);
+    p.provision(&ap).await.unwrap();
+    let tags = aws.world().access_points.values().next().unwrap().spec.tags.clone();
+    assert_eq!((tags["team"].as_str(), tags["app"].as_str(), tags[TAG_PV_NAME].as_str()), ("storage", "db", "pvc-2"));
+    // Even tags that were never checked cannot replace ours.
+    let aws = Aws::with(|w| w.timing = Timing::instant());
+    let sneaky = BTreeMap::from([
+        (TAG_CLUSTER.to_string(), "other".to_string()),
+        (TAG_MANAGED_BY.to_string(), "me".to_string()),
+    ]);
+    EfsProvisioner::new(aws.clone(), Defaults { tags: sneaky, ..defaults() })
+        .provision(&seed_request("pvc-1"))
+        .await
+        .unwrap();
+    let fs = the_file_system(&aws);
+    assert_eq!((fs.tags[TAG_CLUSTER].as_str(), fs.tags[TAG_MANAGED_BY].as_str()), (CLUSTER, "efs-provisioner"));
+}
+
+#[tokio::test]
+async fn a_class_tag_efs_would_reject_is_infeasible_and_nothing_is_created() {
+    for tags in ["aws:owner=me", "team=a;b", "efs.aws.skpr.io/cluster=other"] {
+        let aws = Aws::new();
+        match provisioner(&aws).provision(&request_with("pvc-1", &[("tags", tags)])).await {
+            Err(ProvisionError::Infeasible(m)) => assert!(m.chain().contains("tags"), "{tags}: {m:#}"),
+            other => panic!("{tags}: expected Infeasible, got {other:?}"),
+        }
+        assert!(aws.world().calls.is_empty(), "{tags}: no request at all");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_one_zone_class_gets_one_mount_target_in_its_zone_and_volumes_pinned_to_it() {
+    for source in ["nfs", "csi"] {
+        let aws = Aws::new();
+        let p = provisioner(&aws);
+        let req = request_with("pvc-1", &[("availabilityZoneName", "az-b"), ("volumeSource", source)]);
+        let v = engine_rounds(&p, &req, Duration::from_secs(600)).await.0.expect("ready");
+        let fs = the_file_system(&aws);
+        assert_eq!(fs.options.availability_zone_name.as_deref(), Some("az-b"));
+        let mts: Vec<String> = aws.world().mount_targets.values().map(|m| m.subnet.id.clone()).collect();
+        assert_eq!(mts, ["subnet-b"], "only the subnet in az-b, of subnet-a and subnet-b");
+        assert_eq!(aws.calls(Operation::CreateMountTarget), 1);
+        let terms = v.spec.node_affinity.and_then(|a| a.required).map(|r| r.node_selector_terms).unwrap_or_default();
+        let expr = &terms[0].match_expressions.as_ref().unwrap()[0];
+        assert_eq!(
+            (expr.key.as_str(), expr.values.as_deref()),
+            (ZONE_LABEL, Some(&["az-b".to_string()][..])),
+            "{source}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_one_zone_class_efs_cannot_serve_is_infeasible_and_nothing_is_created() {
+    for (params, needle) in [
+        (
+            vec![("availabilityZoneName", "az-c")],
+            "none of the subnets is in that zone (subnet-a (az-a), subnet-b (az-b))",
+        ),
+        (
+            vec![("availabilityZoneName", "az-a"), ("performanceMode", "maxIO")],
+            "not available with performanceMode maxIO",
+        ),
+        (vec![("availabilityZoneName", "az-a"), ("subnets", "subnet-b,subnet-x")], "in one VPC"),
+    ] {
+        let aws = Aws::new();
+        match provisioner(&aws).provision(&request_with("pvc-1", &params)).await {
+            Err(ProvisionError::Infeasible(m)) => assert!(m.chain().contains(needle), "{params:?}: {m:#}"),
+            other => panic!("{params:?}: expected Infeasible, got {other:?}"),
+        }
+        assert_eq!(aws.calls(Operation::CreateFileSystem), 0, "{params:?}");
+    }
+    // Without the EC2 lookup, the zone's subnet must be the only one listed.
+    let aws = Aws::with(|w| w.timing = Timing::instant());
+    let (_, answers) = rounds(
+        &provisioner_without_network(&aws),
+        &request_with("pvc-1", &[("availabilityZoneName", "az-a")]),
+        Duration::from_secs(1),
+        20,
+    )
+    .await;
+    assert!(answers.iter().any(|a| a.chain().contains("list only that zone's subnet")), "{answers:?}");
+    let aws = Aws::with(|w| w.timing = Timing::instant());
+    let one = request_with("pvc-1", &[("availabilityZoneName", "az-a"), ("subnets", "subnet-a")]);
+    provisioner_without_network(&aws).provision(&one).await.expect("the one subnet listed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stand_in_one_zone_and_tag_rules() {
+    let aws = Aws::with(|w| w.timing = Timing::instant());
+    let one_zone = |zone: &str, mode| {
+        let spec = NewFileSystem {
+            creation_token: format!("t-{zone}-{mode:?}"),
+            performance_mode: mode,
+            ..NewFileSystem::default()
+        };
+        (spec, FileSystemOptions { availability_zone_name: Some(zone.into()), ..FileSystemOptions::default() })
+    };
+    let (spec, options) = one_zone("az-z", PerformanceMode::GeneralPurpose);
+    let e = aws.create_file_system_with(&spec, &options).await.unwrap_err();
+    assert_eq!(e.code, "UnsupportedAvailabilityZone");
+    let (spec, options) = one_zone("az-a", PerformanceMode::MaxIo);
+    assert_eq!(aws.create_file_system_with(&spec, &options).await.unwrap_err().kind, ErrorKind::BadRequest);
+    let (spec, options) = one_zone("az-a", PerformanceMode::GeneralPurpose);
+    let fs = aws.create_file_system_with(&spec, &options).await.unwrap();
+    let e = aws.create_mount_target(&fs.id, "subnet-b", &["sg-1".into()]).await.unwrap_err();
+    assert_eq!((e.kind, e.code.as_str()), (ErrorKind::BadRequest, "AvailabilityZonesMismatch"));
+    aws.create_mount_target(&fs.id, "subnet-a", &["sg-1".into()]).await.unwrap();
+    assert_eq!(aws.create_mount_target(&fs.id, "subnet-a2", &[]).await.unwrap_err().kind, ErrorKind::Conflict);
+    let aws_prefix = BTreeMap::from([("aws:owner".to_string(), "me".to_string())]);
+    assert_eq!(aws.tag_resource(&fs.id, &aws_prefix).await.unwrap_err().kind, ErrorKind::BadRequest);
+    let many: BTreeMap<String, String> = (0..51).map(|i| (format!("k{i}"), "v".to_string())).collect();
+    assert_eq!(aws.tag_resource(&fs.id, &many).await.unwrap_err().kind, ErrorKind::BadRequest);
+}
+
+// ---- figures ----
+
+/// Rounds as the engine paces them: the provisioner's "look again in"
+/// when it gives one, 1 s after other "in progress" answers (the backoff's
+/// first and shortest step), and its slow retry (5 min) after `Infeasible`;
+/// for `run` of (paused) time or until a volume.
+async fn engine_rounds<A: EfsApi>(
+    p: &EfsProvisioner<A>,
+    req: &ProvisionRequest,
+    run: Duration,
+) -> (Option<ProvisionedVolume>, Vec<ProvisionError>) {
+    let start = Instant::now();
+    let mut answers = Vec::new();
+    while start.elapsed() < run {
+        let wait = match p.provision(req).await {
+            Ok(v) => return (Some(v), answers),
+            Err(e) => {
+                let wait = match &e {
+                    ProvisionError::RetryAfter(_, d) => *d,
+                    ProvisionError::Infeasible(_) => Duration::from_secs(300),
+                    _ => Duration::from_secs(1),
+                };
+                answers.push(e);
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+    (None, answers)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_subnet_creates_no_file_system_however_many_rounds() {
+    for subnets in ["subnet-a,subnet-x", "subnet-a,subnet-a2", "subnet-a,subnet-gone"] {
+        let aws = Aws::new();
+        let p = provisioner(&aws);
+        let req = request_with("pvc-1", &[("subnets", subnets)]);
+        let (_, answers) = engine_rounds(&p, &req, Duration::from_secs(3600)).await;
+        assert_eq!(aws.calls(Operation::CreateFileSystem), 0, "{subnets}");
+        assert_eq!(aws.calls(Operation::CreateMountTarget), 0, "{subnets}");
+        assert!(answers.iter().all(|a| matches!(a, ProvisionError::Infeasible(_))), "{subnets}: {answers:?}");
+        println!("{subnets}: {} rounds in an hour, 0 file systems, 0 mount targets", answers.len());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn access_denied_on_the_second_mount_target_creates_one_file_system_per_slow_retry_at_most() {
+    let aws = denied_on_subnet_b();
+    let p = provisioner(&aws);
+    let req = seed_request("pvc-1");
+    let (_, answers) = engine_rounds(&p, &req, Duration::from_secs(300)).await;
+    assert_eq!(aws.calls(Operation::CreateFileSystem), 1, "{answers:?}");
+    assert!(answers.iter().any(|a| a.chain().contains("was deleted")), "rolled back within 5 min: {answers:?}");
+    let (_, more) = engine_rounds(&p, &req, Duration::from_secs(3300)).await;
+    let created = aws.calls(Operation::CreateFileSystem);
+    println!(
+        "AccessDenied on the second CreateMountTarget: 1 file system in the first 5 min ({} rounds), {created} in an \
+         hour ({} rounds), {} left",
+        answers.len(),
+        answers.len() + more.len(),
+        aws.file_system_count()
+    );
+    assert!(created <= 12, "at most one per slow retry: {created}");
+}
+
+fn per_volume(aws: &Aws, from: usize) -> BTreeMap<&'static str, usize> {
+    let mut out = BTreeMap::new();
+    for c in &aws.world().calls[from..] {
+        *out.entry(c.op.name()).or_default() += 1;
+    }
+    out
+}
+
+fn show(label: &str, counts: &BTreeMap<&'static str, usize>) -> usize {
+    let total: usize = counts.values().sum();
+    let each: Vec<String> = counts.iter().map(|(op, n)| format!("{op} {n}")).collect();
+    println!("{label}: {} = {total}", each.join(", "));
+    total
+}
+
+#[tokio::test(start_paused = true)]
+async fn efs_calls_per_volume_with_aws_timings() {
+    // File system per claim, two subnets, AWS's timings (30 s, 90 s), the EC2 check on.
+    let aws = Aws::new();
+    let p = provisioner(&aws);
+    let start = Instant::now();
+    let v = engine_rounds(&p, &seed_request("pvc-1"), Duration::from_secs(600)).await.0.expect("bound");
+    let ready = start.elapsed();
+    let provision = per_volume(&aws, 0);
+    let mark = aws.world().calls.len();
+    let pv = pv_of(&v, "pvc-1");
+    let start = Instant::now();
+    loop {
+        match p.delete(&pv).await {
+            Ok(()) => break,
+            Err(DeleteError::InUse(_)) => tokio::time::sleep(Duration::from_secs(10)).await,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let gone = start.elapsed();
+    let delete = per_volume(&aws, mark);
+    println!("file system per claim, 2 subnets: ready after {ready:?} (simulated), deleted after {gone:?}");
+    let fs_provision = show("  provision", &provision);
+    let fs_delete = show("  delete", &delete);
+
+    // Access point per claim on a shared file system.
+    let aws = Aws::new();
+    let shared = aws.add_file_system("shared", BTreeMap::new());
+    let p = provisioner(&aws);
+    let req = request_with("pvc-2", &[("mode", "accessPoint"), ("fileSystemId", &shared)]);
+    let v = engine_rounds(&p, &req, Duration::from_secs(600)).await.0.expect("bound");
+    let provision = per_volume(&aws, 0);
+    let mark = aws.world().calls.len();
+    p.delete(&pv_of(&v, "pvc-2")).await.expect("deleted");
+    let delete = per_volume(&aws, mark);
+    println!("access point per claim:");
+    let ap_provision = show("  provision", &provision);
+    let ap_delete = show("  delete", &delete);
+
+    // The figures in the README: change both together.
+    assert_eq!((fs_provision, fs_delete, ap_provision, ap_delete), (FIGURES.0, FIGURES.1, FIGURES.2, FIGURES.3));
+    assert!(ready <= Duration::from_secs(130), "{ready:?}");
+}
+
+/// EFS and EC2 calls per volume (file system: provision, delete; access
+/// point: provision, delete), as efs-provisioner/README.md states them.
+const FIGURES: (usize, usize, usize, usize) = (30, 24, 2, 2);

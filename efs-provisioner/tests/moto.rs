@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use efs_provisioner::api::{CountingApi, EfsApi, FileSystemLookup, LifeCycle, Operation};
+use efs_provisioner::api::{CountingApi, EfsApi, FileSystemLookup, LifeCycle, NetworkApi, Operation};
 use efs_provisioner::moto;
 use efs_provisioner::provisioner::{TAG_CLUSTER, TAG_MANAGED_BY, TAG_PV_NAME, TAG_PVC_NAME, TAG_PVC_NAMESPACE};
 use efs_provisioner::volume::{FILE_SYSTEM_ID, saved_volume};
@@ -14,7 +14,7 @@ use efs_provisioner::{Defaults, EfsProvisioner};
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::ObjectMeta;
 use provisioner_core::testing::fixtures::{claim, class};
-use provisioner_core::{ProvisionRequest, ProvisionedVolume, Provisioner};
+use provisioner_core::{ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
 
 const REGION: &str = "us-east-1";
 
@@ -243,4 +243,71 @@ async fn access_points_get_distinct_gids_tags_paths_and_are_found_again_after_a_
         .collect();
     assert_eq!(vec![gid], old_gids, "the freed gid is reused");
     assert!(saved_volume(&pv_from(&handles[&names[2]].1, "x")).is_some());
+}
+
+#[tokio::test]
+async fn the_ec2_client_finds_motos_subnets_and_security_group_and_leaves_unknown_ids_out() {
+    let m = moto();
+    let ec2 = moto::ec2_client(&m.endpoint, REGION);
+    let unknown = "subnet-0123456789abcdef0".to_string();
+    let mut ids: Vec<String> = m.subnets.iter().map(|s| s.0.clone()).collect();
+    ids.push(unknown.clone());
+    let found = ec2.describe_subnets(&ids).await.expect("DescribeSubnets");
+    assert_eq!(found.len(), m.subnets.len(), "every one of moto's, not the unknown one: {found:?}");
+    for (id, zone) in &m.subnets {
+        let s = found.iter().find(|s| &s.id == id).unwrap_or_else(|| panic!("{id} in {found:?}"));
+        assert_eq!(&s.availability_zone, zone);
+    }
+    let vpcs: std::collections::BTreeSet<&str> = found.iter().map(|s| s.vpc_id.as_str()).collect();
+    assert_eq!(vpcs.len(), 1, "moto's default VPC: {vpcs:?}");
+    assert!(ec2.describe_subnets(std::slice::from_ref(&unknown)).await.unwrap().is_empty());
+    let groups = ec2
+        .describe_security_groups(&[m.security_group.clone(), "sg-0123456789abcdef0".into()])
+        .await
+        .expect("DescribeSecurityGroups");
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(
+        (groups[0].id.as_str(), groups[0].vpc_id.as_str()),
+        (m.security_group.as_str(), found[0].vpc_id.as_str())
+    );
+}
+
+#[tokio::test]
+async fn with_the_ec2_check_a_claim_binds_and_an_unknown_subnet_creates_nothing() {
+    let m = moto();
+    let network: Arc<dyn NetworkApi> = Arc::new(moto::ec2_client(&m.endpoint, REGION));
+    let (p, api) = provisioner(&m);
+    let p = p.with_network(network);
+    p.provision(&request(&unique("pvc"), "efs.aws.skpr.io/generalPurpose", &[])).await.expect("provisioned");
+    api.reset();
+    let subnets = format!("{},subnet-0123456789abcdef0", m.subnets[0].0);
+    let req = request(&unique("pvc"), "efs.aws.skpr.io/generalPurpose", &[("subnets", subnets.as_str())]);
+    match p.provision(&req).await {
+        Err(ProvisionError::Infeasible(c)) => {
+            assert!(c.chain().contains("subnet-0123456789abcdef0 do not exist"), "{c:#}")
+        }
+        other => panic!("expected Infeasible, got {other:?}"),
+    }
+    assert_eq!(api.counts().get(&Operation::CreateFileSystem), None, "nothing created");
+}
+
+#[tokio::test]
+async fn one_zone_backup_and_custom_tags_reach_efs_through_the_sdk() {
+    let m = moto();
+    let network: Arc<dyn NetworkApi> = Arc::new(moto::ec2_client(&m.endpoint, REGION));
+    let (p, api) = provisioner(&m);
+    let p = p.with_network(network);
+    let (subnet, zone) = m.subnets[1].clone();
+    let params = [("availabilityZoneName", zone.as_str()), ("backup", "true"), ("tags", "team=storage")];
+    let v =
+        p.provision(&request(&unique("pvc"), "efs.aws.skpr.io/generalPurpose", &params)).await.expect("provisioned");
+    let fs_id = v.annotations[FILE_SYSTEM_ID].clone();
+    let d = api.inner().describe_file_systems().file_system_id(&fs_id).send().await.unwrap();
+    let d = &d.file_systems.unwrap()[0];
+    assert_eq!(d.availability_zone_name.as_deref(), Some(zone.as_str()));
+    assert!(d.tags.iter().any(|t| t.key == "team" && t.value == "storage"), "{:?}", d.tags);
+    let mts = EfsApi::describe_mount_targets(api.inner(), &fs_id).await.unwrap();
+    assert_eq!(mts.iter().map(|m| m.subnet_id.as_str()).collect::<Vec<_>>(), [subnet.as_str()]);
+    let backup = api.inner().describe_backup_policy().file_system_id(&fs_id).send().await.unwrap();
+    assert_eq!(backup.backup_policy.map(|b| b.status.as_str().to_string()).as_deref(), Some("ENABLED"));
 }

@@ -21,7 +21,8 @@
 //! 5. Mount targets, lifecycle policies and access points only on an
 //!    `available` file system (`IncorrectFileSystemLifeCycleState`).
 //! 6. **Tags**: key 1 to 128 characters, value up to 256, characters from
-//!    letters, digits, spaces and `_.:/=+-@` (`BadRequest` otherwise).
+//!    letters, digits, spaces and `_.:/=+-@`, no key starting with `aws:`,
+//!    at most 50 per resource (`BadRequest` otherwise).
 //! 7. **Lifecycle rules**: `TransitionToArchive` needs Elastic throughput and
 //!    General Purpose performance, and must be later than `TransitionToIA`;
 //!    Elastic throughput is not available with maxIO (`BadRequest`).
@@ -40,6 +41,12 @@
 //!     ([`ErrorKind::Credentials`], [`ErrorKind::Unreachable`]), **a response
 //!     that never comes**, and new file systems that end in `error`.
 //!
+//! 12. **One Zone** file systems (`AvailabilityZoneName`): the zone must be
+//!     one of the region's (`UnsupportedAvailabilityZone`), Max I/O is not
+//!     available (`BadRequest`), and the mount target must be in that zone
+//!     (`AvailabilityZonesMismatch`; one per zone leaves room for one).
+//!     `Backup` is recorded as asked ([`Fs::options`]).
+//!
 //! Every request is recorded ([`Aws::calls`]) with its time and resource.
 #![allow(dead_code, clippy::unwrap_used)] // each test crate uses part of it
 
@@ -49,9 +56,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use efs_provisioner::api::{
-    AccessPoint, AccessPointPage, ApiError, EfsApi, ErrorKind, FileSystem, FileSystemLookup, LifeCycle, LifecycleRule,
-    MAX_ACCESS_POINT_PAGE, MountTarget, NetworkApi, NewAccessPoint, NewFileSystem, Operation, PerformanceMode,
-    SecurityGroup, Subnet, Throughput,
+    AccessPoint, AccessPointPage, ApiError, EfsApi, ErrorKind, FileSystem, FileSystemLookup, FileSystemOptions,
+    LifeCycle, LifecycleRule, MAX_ACCESS_POINT_PAGE, MountTarget, NetworkApi, NewAccessPoint, NewFileSystem, Operation,
+    PerformanceMode, SecurityGroup, Subnet, Throughput,
 };
 use tokio::time::Instant;
 
@@ -118,6 +125,8 @@ pub struct Fs {
     pub tags: BTreeMap<String, String>,
     /// Its lifecycle policy.
     pub lifecycle: Vec<LifecycleRule>,
+    /// The options it was created with (backup, One Zone).
+    pub options: FileSystemOptions,
     created: Instant,
     deleting_since: Option<Instant>,
     fails: bool,
@@ -311,7 +320,16 @@ impl Aws {
         let created = Instant::now().checked_sub(Duration::from_secs(3600)).unwrap_or_else(Instant::now);
         w.file_systems.insert(
             id.clone(),
-            Fs { id: id.clone(), spec, tags, lifecycle: Vec::new(), created, deleting_since: None, fails: false },
+            Fs {
+                id: id.clone(),
+                spec,
+                tags,
+                lifecycle: Vec::new(),
+                options: FileSystemOptions::default(),
+                created,
+                deleting_since: None,
+                fails: false,
+            },
         );
         id
     }
@@ -376,9 +394,17 @@ fn not_available(op: Operation, id: &str) -> ApiError {
 /// Rule 6.
 pub fn check_tags(op: Operation, tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
     let allowed = |s: &str| s.chars().all(|c| c.is_alphanumeric() || " _.:/=+-@".contains(c));
+    if tags.len() > 50 {
+        return Err(err(
+            op,
+            ErrorKind::BadRequest,
+            "BadRequest",
+            format!("{} tags: at most 50 per resource", tags.len()),
+        ));
+    }
     for (k, v) in tags {
         let klen = k.chars().count();
-        if klen == 0 || klen > 128 || !allowed(k) {
+        if klen == 0 || klen > 128 || !allowed(k) || k.to_ascii_lowercase().starts_with("aws:") {
             return Err(err(op, ErrorKind::BadRequest, "BadRequest", format!("invalid tag key {k:?}")));
         }
         if v.chars().count() > 256 || !allowed(v) {
@@ -503,6 +529,14 @@ fn describe_ap(ap: &Ap) -> AccessPoint {
 #[async_trait]
 impl EfsApi for Aws {
     async fn create_file_system(&self, spec: &NewFileSystem) -> Result<FileSystem, ApiError> {
+        self.create_file_system_with(spec, &FileSystemOptions::default()).await
+    }
+
+    async fn create_file_system_with(
+        &self,
+        spec: &NewFileSystem,
+        options: &FileSystemOptions,
+    ) -> Result<FileSystem, ApiError> {
         let op = Operation::CreateFileSystem;
         self.gate(op, &spec.creation_token, None).await?;
         let now = Instant::now();
@@ -515,6 +549,24 @@ impl EfsApi for Aws {
         if spec.performance_mode == PerformanceMode::MaxIo && spec.throughput == Throughput::Elastic {
             return Err(err(op, ErrorKind::BadRequest, "BadRequest", "Elastic throughput is not supported for maxIO"));
         }
+        if let Some(zone) = &options.availability_zone_name {
+            if !w.subnets.values().any(|s| &s.availability_zone == zone) {
+                return Err(err(
+                    op,
+                    ErrorKind::BadRequest,
+                    "UnsupportedAvailabilityZone",
+                    format!("{zone} is not an availability zone of this region"),
+                ));
+            }
+            if spec.performance_mode == PerformanceMode::MaxIo {
+                return Err(err(
+                    op,
+                    ErrorKind::BadRequest,
+                    "BadRequest",
+                    "One Zone file systems support only the General Purpose performance mode",
+                ));
+            }
+        }
         if w.file_systems.len() >= w.max_file_systems {
             return Err(err(op, ErrorKind::LimitExceeded, "FileSystemLimitExceeded", "quota reached"));
         }
@@ -524,6 +576,7 @@ impl EfsApi for Aws {
             spec: spec.clone(),
             tags: spec.tags.clone(),
             lifecycle: Vec::new(),
+            options: options.clone(),
             created: now,
             deleting_since: None,
             fails: w.new_file_systems_fail,
@@ -591,12 +644,23 @@ impl EfsApi for Aws {
         self.gate(op, subnet, None).await?;
         let now = Instant::now();
         let mut w = self.world();
-        w.available_fs(op, fs_id, now)?;
+        let fs = w.available_fs(op, fs_id, now)?;
         let subnet = w
             .subnets
             .get(subnet)
             .cloned()
             .ok_or_else(|| err(op, ErrorKind::BadRequest, "SubnetNotFound", format!("{subnet} does not exist")))?;
+        if let Some(zone) = fs.options.availability_zone_name.as_ref().filter(|z| **z != subnet.availability_zone) {
+            return Err(err(
+                op,
+                ErrorKind::BadRequest,
+                "AvailabilityZonesMismatch",
+                format!(
+                    "{fs_id} is a One Zone file system in {zone}; subnet {} is in {}",
+                    subnet.id, subnet.availability_zone
+                ),
+            ));
+        }
         if sgs.len() > 5 {
             return Err(err(op, ErrorKind::LimitExceeded, "SecurityGroupLimitExceeded", "at most 5"));
         }
@@ -744,7 +808,10 @@ impl EfsApi for Aws {
         let mut w = self.world();
         w.sweep(now);
         if let Some(f) = w.file_systems.get_mut(id) {
-            f.tags.extend(tags.clone());
+            let mut merged = f.tags.clone();
+            merged.extend(tags.clone());
+            check_tags(op, &merged)?;
+            f.tags = merged;
             return Ok(());
         }
         if let Some(a) = w.access_points.get_mut(id) {
