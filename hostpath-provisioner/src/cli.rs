@@ -190,13 +190,15 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     let gauge = provisioner.health().gauge();
     let period = Duration::from_secs(args.base_dir_check_seconds.max(1));
     tokio::spawn(watch_base_dirs(provisioner.clone(), period, stop_watch.clone()));
+    let instance = args.node_name.clone();
     let result = run_with(args.engine, &args.provisioner_names, Arc::new(provisioner), |b, registry| {
         registry.register(
             "hostpath_unusable_base_dirs",
             "Base dirs of this node skipped as unusable (missing, unreadable, or a broken ledger) at their last look",
             gauge,
         );
-        b
+        // One instance per node, no leader: each keeps its own journal.
+        b.journal_instance(instance)
     })
     .await;
     stop_watch.cancel();

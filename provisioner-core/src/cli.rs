@@ -79,7 +79,8 @@ pub struct EngineArgs {
     #[arg(long, env = "PROVISIONER_LEADER_ELECT", default_value_t = false)]
     pub leader_elect: bool,
     /// Namespace of the Lease (default: the pod's, read from its ServiceAccount's
-    /// namespace file; `default` outside a pod).
+    /// namespace file; `default` outside a pod). The intent journal lives
+    /// there too.
     #[arg(long = "lease-namespace", visible_alias = "leader-election-namespace", env = "PROVISIONER_LEASE_NAMESPACE")]
     pub leader_election_namespace: Option<String>,
     /// How long a Lease holds without renewal, in seconds.
@@ -138,6 +139,8 @@ impl EngineArgs {
             initial: Duration::from_millis(self.backoff_initial_ms),
             max: Duration::from_secs(self.backoff_max_seconds),
         });
+        // The intent journal lives beside the Lease, in the pod's namespace.
+        builder = builder.journal_in(self.lease_namespace());
         if self.leader_elect {
             builder = builder.leader_election_in(self.lease_namespace()).lease_timings(
                 Duration::from_secs(self.lease_duration_seconds),

@@ -34,6 +34,9 @@ pub const CLASSES_KEY: &str = "_classes";
 pub const FORMAT_KEY: &str = "_format";
 /// The layout written by this version.
 pub const FORMAT: &str = "1";
+/// On a journal: which engine it belongs to (the provisioner name, then the
+/// instance if any, after a space). An engine refuses a journal of another.
+pub const OWNER_ANNOTATION: &str = "provisioner.rs/journal-of";
 /// The label every journal carries, for `kubectl get configmap -l`.
 pub const LABEL: &str = "provisioner.rs/journal";
 

@@ -3,11 +3,13 @@
 //! Terminating once the provisioner is gone, and say which backend volumes
 //! that leaves to the operator.
 //!
-//! What the engine leaves on objects: the intent record on a claim whose
-//! volume is being provisioned (a finalizer and two annotations, only until
-//! its PV is saved), and the deletion finalizer on its Delete-policy PVs.
-//! [`release`] removes both for the given provisioner names and nothing of
-//! anybody else's (a PV is ours only by `pv.kubernetes.io/provisioned-by`).
+//! What the engine leaves in the cluster: the deletion finalizer on its
+//! Delete-policy PVs, and its intent journals (ConfigMaps labelled
+//! [`journal::LABEL`]) whose entries name volumes being provisioned;
+//! versions before the journal also left an intent record on such claims (a
+//! finalizer and two annotations). [`release`] removes all of them for the
+//! given provisioner names and nothing of anybody else's (a PV is ours only
+//! by `pv.kubernetes.io/provisioned-by`, a journal by its owner annotation).
 //! Run it only once no replica of the provisioner runs: a running engine
 //! would write them again.
 //!
@@ -22,12 +24,12 @@
 
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim};
 use kube::api::{ListParams, Patch};
 use kube::{Api, Client, ResourceExt};
 
 use crate::decision::{Names, has_intent, volume_is_ours};
-use crate::{keys, removals};
+use crate::{journal, keys, removals};
 
 /// A claim whose intent record was removed: a backend volume may exist for
 /// its PV name that no PersistentVolume records.
@@ -60,6 +62,8 @@ pub struct Report {
     /// Our volumes without the finalizer: untouched, listed because their
     /// backends are the operator's from now on too.
     pub other_volumes: Vec<String>,
+    /// The intent journals of these names (`namespace/name`), deleted.
+    pub journals: Vec<String>,
     /// Nothing was written.
     pub dry_run: bool,
 }
@@ -67,7 +71,13 @@ pub struct Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verb = if self.dry_run { "would remove" } else { "removed" };
-        writeln!(f, "release: {verb} the intent record from {} claim(s)", self.claims.len())?;
+        let journals = if self.dry_run { "would delete" } else { "deleted" };
+        writeln!(f, "release: {journals} {} intent journal(s) {}", self.journals.len(), self.journals.join(", "))?;
+        writeln!(
+            f,
+            "release: {} volume(s) recorded as being provisioned (journal entries and claim records)",
+            self.claims.len()
+        )?;
         for c in &self.claims {
             writeln!(
                 f,
@@ -109,10 +119,45 @@ where
 }
 
 /// Removes the intent records of `names` from every claim and the deletion
-/// finalizer from every PV provisioned under `names`; with `dry_run`, only
-/// reports what it would remove.
+/// finalizer from every PV provisioned under `names`, and deletes their
+/// intent journals after listing the volumes they record that no PV does;
+/// with `dry_run`, only reports what it would remove.
 pub async fn release(client: Client, names: &Names, dry_run: bool) -> Result<Report, kube::Error> {
     let mut report = Report { dry_run, ..Report::default() };
+    let pv_names: std::collections::BTreeSet<String> = Api::<PersistentVolume>::all(client.clone())
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|v| v.name_any())
+        .collect();
+    let journals: Api<ConfigMap> = Api::all(client.clone());
+    for cm in journals.list(&ListParams::default().labels(&format!("{}=true", journal::LABEL))).await? {
+        let owner = cm.annotations().get(journal::OWNER_ANNOTATION).cloned().unwrap_or_default();
+        if !owner.split(' ').next().is_some_and(|n| names.contains(n)) {
+            continue;
+        }
+        let ns = cm.namespace().unwrap_or_default();
+        let contents = journal::Contents::read(cm.data.as_ref().unwrap_or(&Default::default()));
+        for (volume, value) in &contents.entries {
+            if pv_names.contains(volume) {
+                continue;
+            }
+            let claim = journal::decode_entry(value)
+                .map(|r| format!("{}/{}", r.claim.namespace().unwrap_or_default(), r.claim.name_any()))
+                .unwrap_or_default();
+            report.claims.push(ReleasedClaim { claim, volume: volume.clone() });
+        }
+        if !dry_run {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+            match api.delete(&cm.name_any(), &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        report.journals.push(format!("{ns}/{}", cm.name_any()));
+    }
     let claims: Api<PersistentVolumeClaim> = Api::all(client.clone());
     for claim in claims.list(&ListParams::default()).await? {
         if !has_intent(&claim, names) {

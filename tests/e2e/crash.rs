@@ -172,7 +172,7 @@ enum KillPoint {
 enum Stage {
     /// A backend volume exists and no PV records it: the window that leaks in the Go library.
     BackendWithoutVolume,
-    /// The intent is recorded; the backend was not reached yet.
+    /// The journal records the intent; the backend was not reached yet.
     IntentOnly,
     /// The PV is saved.
     VolumeSaved,
@@ -184,13 +184,18 @@ fn pv_name(c: &PersistentVolumeClaim) -> String {
     format!("pvc-{}", c.uid().expect("claim uid"))
 }
 
-fn stage(c: &PersistentVolumeClaim, volumes: &BTreeSet<String>, backend: &Backend) -> Stage {
+fn stage(
+    c: &PersistentVolumeClaim,
+    volumes: &BTreeSet<String>,
+    backend: &Backend,
+    journaled: &BTreeSet<String>,
+) -> Stage {
     let pv = pv_name(c);
     if volumes.contains(&pv) {
         Stage::VolumeSaved
     } else if backend.volumes.contains(&pv) {
         Stage::BackendWithoutVolume
-    } else if c.finalizers().iter().any(|f| f == keys::INTENT_FINALIZER) {
+    } else if journaled.contains(&pv) {
         Stage::IntentOnly
     } else {
         Stage::Untouched
@@ -332,7 +337,8 @@ async fn kill_9_during_a_burst_leaves_no_leak_and_no_duplicate() {
             .filter(|c| c.metadata.deletion_timestamp.is_none())
             .collect();
         let quota = to_delete_total * (i + 1) / plan.len() - to_delete_total * i / plan.len();
-        let victims = choose_victims(&live, quota, |c| stage(c, &volumes, &backend));
+        let journaled = e2e_support::journal::entries_of(&env.client, &name).await.expect("read the journal");
+        let victims = choose_victims(&live, quota, |c| stage(c, &volumes, &backend, &journaled));
         for v in &victims {
             claims.delete(&v.claim, &DeleteParams::default()).await.expect("delete claim");
         }

@@ -298,22 +298,40 @@ async fn after_release_an_uninstalled_provisioner_leaves_nothing_that_blocks_a_d
     backend.script((0..1000).map(|_| ProvisionAnswer::CreateThenFail(ProvisionError::in_progress("still creating"))));
     let busy = env.create(&claims, claim("busy", &class, "1Gi")).await;
     let busy_pv = pv_name(&busy);
-    env.wait_for(&claims, "busy", "the intent record", |c| {
-        c.is_some_and(|c| c.finalizers().iter().any(|f| f == keys::INTENT_FINALIZER))
-    })
-    .await;
+    // The journal records the volume being provisioned; the claim carries nothing of ours.
+    let journal_of = |busy_pv: String| {
+        let client = env.client.clone();
+        let name = name.clone();
+        async move {
+            let journals = e2e_support::journal::journals_of(&client, &name).await.expect("list journals");
+            journals.into_iter().find(|cm| cm.data.as_ref().is_some_and(|d| d.contains_key(&busy_pv)))
+        }
+    };
+    let mut recorded = None;
+    for _ in 0..100 {
+        recorded = journal_of(busy_pv.clone()).await;
+        if recorded.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let recorded = recorded.expect("the journal records the volume being provisioned");
+    let before = claims.get("busy").await.expect("claim");
+    assert!(!before.finalizers().iter().any(|f| f == keys::INTENT_FINALIZER), "{:?}", before.finalizers());
     engine.stop().await.expect("clean shutdown");
 
     let names = Names::new(name.clone(), Vec::<String>::new());
     let dry = provisioner_core::release::release(env.client.clone(), &names, true).await.expect("dry run");
     assert_eq!(dry.claims.iter().map(|c| c.volume.as_str()).collect::<Vec<_>>(), vec![busy_pv.as_str()]);
     assert!(dry.volumes.iter().any(|v| v.name == done_pv), "{dry:?}");
-    let still = claims.get("busy").await.expect("claim");
-    assert!(still.finalizers().iter().any(|f| f == keys::INTENT_FINALIZER), "a dry run writes nothing");
+    assert!(journal_of(busy_pv.clone()).await.is_some(), "a dry run writes nothing");
 
     let report = provisioner_core::release::release(env.client.clone(), &names, false).await.expect("release");
     let text = report.to_string();
     assert!(text.contains(&busy_pv) && text.contains(&done_pv), "the backends left are named:\n{text}");
+    let journal = format!("{}/{}", recorded.namespace().unwrap_or_default(), recorded.name_any());
+    assert_eq!(report.journals, vec![journal], "the journal is deleted");
+    assert!(journal_of(busy_pv.clone()).await.is_none());
 
     // Claims and volumes go as if the provisioner had never been there.
     claims.delete("done", &DeleteParams::default()).await.expect("delete claim");

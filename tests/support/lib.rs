@@ -336,6 +336,7 @@ pub mod fixtures {
     }
 }
 
+pub mod journal;
 pub mod scenarios;
 pub mod scheduling;
 

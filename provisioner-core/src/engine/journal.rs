@@ -26,12 +26,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::journal::{self, Contents, Recorded};
+use crate::journal::{self, Contents, OWNER_ANNOTATION, Recorded};
 use crate::metrics::Metrics;
-
-/// On the journal: which engine it belongs to (provisioner name, and the
-/// instance if any). An engine refuses a journal of another.
-pub(crate) const OWNER_ANNOTATION: &str = "provisioner.rs/journal-of";
 
 /// Where the journal is and how it commits.
 #[derive(Clone, Debug, Default)]
