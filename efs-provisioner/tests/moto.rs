@@ -311,3 +311,53 @@ async fn one_zone_backup_and_custom_tags_reach_efs_through_the_sdk() {
     let backup = api.inner().describe_backup_policy().file_system_id(&fs_id).send().await.unwrap();
     assert_eq!(backup.backup_policy.map(|b| b.status.as_str().to_string()).as_deref(), Some("ENABLED"));
 }
+
+/// The binary's wiring (`cli::build` from the seed's variables): EFS at
+/// `AWS_ENDPOINT_URL_EFS`, EC2 at the same endpoint (no `AWS_ENDPOINT_URL_EC2`),
+/// `PROVISIONER_TAGS` on what it creates, and an unknown subnet refused by the
+/// EC2 check before anything exists.
+#[test]
+fn the_binarys_wiring_checks_subnets_with_ec2_on_the_efs_endpoint() {
+    let m = moto();
+    let subnets = m.subnets.iter().map(|s| s.0.as_str()).collect::<Vec<_>>().join(",");
+    let env = [
+        ("AWS_ENDPOINT_URL_EFS", m.endpoint.as_str()),
+        ("AWS_REGION", REGION),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_SUBNETS", subnets.as_str()),
+        ("AWS_SECURITY_GROUP", m.security_group.as_str()),
+        ("PROVISIONER_CLUSTER_ID", "moto-tests"),
+        ("PROVISIONER_TAGS", "team=storage"),
+    ];
+    provisioner_core::cli::in_child_process(
+        "the_binarys_wiring_checks_subnets_with_ec2_on_the_efs_endpoint",
+        &env,
+        || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                use efs_provisioner::cli::{Args, SEED_NAMES, build, install_crypto_provider, renamed_variables};
+                install_crypto_provider();
+                let (args, _) =
+                    provisioner_core::cli::try_parse_from::<Args, _, _>(["efs-provisioner"], &renamed_variables())
+                        .unwrap();
+                let (p, limiter) = build(&args.efs, &args.deadlines, &args.tagging).await.expect("built");
+                let v = p.provision(&request(&unique("pvc"), SEED_NAMES[0], &[])).await.expect("provisioned");
+                let fs_id = v.annotations[FILE_SYSTEM_ID].clone();
+                let fs = moto::client(&m.endpoint, REGION)
+                    .describe_file_system(&FileSystemLookup::Id(fs_id))
+                    .await
+                    .unwrap()
+                    .expect("exists");
+                assert_eq!(fs.tags.get("team").map(String::as_str), Some("storage"));
+                let bad = request(&unique("pvc"), SEED_NAMES[0], &[("subnets", "subnet-0123456789abcdef0")]);
+                match p.provision(&bad).await {
+                    Err(ProvisionError::Infeasible(c)) => assert!(c.chain().contains("do not exist"), "{c:#}"),
+                    other => panic!("expected Infeasible, got {other:?}"),
+                }
+                assert_eq!(limiter.throttled(), 0);
+            });
+        },
+    );
+}
