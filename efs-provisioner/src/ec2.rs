@@ -9,8 +9,8 @@
 //!
 //! The ids are asked for with a filter (`subnet-id`, `group-id`), so ids
 //! that do not exist are simply left out of the answer, as [`NetworkApi`]
-//! says; a `...NotFound` error (the answer to ids asked for by name) is read
-//! the same way. Errors become [`ApiError`]s as in [`crate::sdk`]: access
+//! says. A `...NotFound` error (EC2's answer when ids are asked for by name,
+//! which this client does not do) is read as nothing found. Errors become [`ApiError`]s as in [`crate::sdk`]: access
 //! denied, throttled (`RequestLimitExceeded`), credentials that cannot be
 //! had or are refused (`AuthFailure`), no route to EC2. There is no retry
 //! here: the provisioner's next round is the retry.

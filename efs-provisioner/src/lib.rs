@@ -3,7 +3,7 @@
 //! shared file system (the EFS CSI driver's design).
 //!
 //! The layers, each usable alone:
-//! - [`api`]: the EFS requests behind the [`EfsApi`](api::EfsApi) trait, with plain data types;
+//! - [`api`]: the EFS requests behind the [`EfsApi`] trait, with plain data types;
 //!   [`sdk`] implements it on the AWS SDK's client.
 //! - [`ec2`]: the EC2 subnet and security group lookups ([`NetworkApi`](api::NetworkApi))
 //!   of the topology check made before a file system is created.
