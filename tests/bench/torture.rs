@@ -7,7 +7,12 @@
 //! of, in turn: SIGKILL a replica (then restart it), SIGKILL the API server
 //! (then start it again with the same command line; needs the plane's state
 //! directory, `--plane-dir`), SIGINT the leader (a graceful failover, then
-//! restart it). After the last burst it waits for the cluster to settle and
+//! restart it), make the leader abort inside a provision call right after
+//! its intent journal commit (before the backend) or right after the backend
+//! volume exists (before its PV; both through trigger files crash-target
+//! takes), delete the intent journal by hand, or empty it by hand (with an
+//! operator's note left in it). The first kind is chosen at random, so that
+//! runs with fewer bursts than kinds cover every kind between them. After the last burst it waits for the cluster to settle and
 //! prints the counts: live claims bound to exactly one volume, volumes
 //! without a claim, backend volumes without a PV, PVs without a backend
 //! volume, and per-volume duplicates of backend effects (created or deleted
@@ -29,13 +34,18 @@ use clap::Parser;
 use e2e_support::fixtures;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use rand::Rng;
 use rand::seq::SliceRandom;
 use tokio::process::{Child, Command};
+
+/// The kinds of abuse a burst gets, in turn: SIGKILL a replica, restart the
+/// API server, SIGINT a replica, abort the leader after its journal commit,
+/// abort it after the backend call, delete the journal, empty the journal.
+const CHAOS_KINDS: usize = 7;
 
 #[derive(Parser)]
 struct Args {
@@ -110,6 +120,28 @@ impl Harness {
             let _ = c.kill().await;
         }
     }
+    /// Waits up to `timeout` for a replica to die on its own (a trigger
+    /// file made it abort), counts it as killed and restarts it.
+    async fn restart_the_aborted(&mut self, timeout: Duration) -> Option<usize> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            for i in 0..self.replicas.len() {
+                let Some(c) = self.replicas[i].child.as_mut() else { continue };
+                let pid = c.id();
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    if let Some(pid) = pid {
+                        self.killed.insert(pid);
+                    }
+                    self.replicas[i].child = None;
+                    let _ = self.start(i);
+                    return Some(i);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     async fn sigint(&mut self, i: usize) {
         if let Some(mut c) = self.replicas[i].child.take() {
             if let Some(pid) = c.id() {
@@ -193,6 +225,8 @@ struct Backend {
     /// Per volume, the process ids of the engines that called, in order.
     provision_calls: BTreeMap<String, Vec<u32>>,
     delete_calls: BTreeMap<String, Vec<u32>>,
+    /// Engine processes that aborted on a trigger file (as if SIGKILLed).
+    aborted: BTreeSet<u32>,
     volumes: BTreeSet<String>,
 }
 
@@ -246,6 +280,9 @@ fn read_backend(dir: &Path) -> Backend {
         match (kind, pv, pid) {
             (Some("provision"), Some(pv), Some(pid)) => b.provision_calls.entry(pv.into()).or_default().push(pid),
             (Some("delete"), Some(pv), Some(pid)) => b.delete_calls.entry(pv.into()).or_default().push(pid),
+            (Some("abort"), Some(_), Some(pid)) => {
+                b.aborted.insert(pid);
+            }
             _ => eprintln!("torture: unexpected call line {line:?}"),
         }
     }
@@ -290,9 +327,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut live: Vec<String> = Vec::new();
     let mut deleted_total = 0usize;
     let mut actions: Vec<String> = Vec::new();
-    let mut next = 0usize;
+    // A random first kind, so that runs of fewer bursts than kinds cover them all between them.
+    let mut next = rand::rng().random_range(0..CHAOS_KINDS);
     let label = BTreeMap::from([("torture-run".to_string(), run.clone())]);
     for burst in 0..args.bursts {
+        if let Some(i) = h.restart_the_aborted(Duration::ZERO).await {
+            actions.push(format!("burst {burst}: replica {i} had died; restarted"));
+        }
         let new: Vec<String> = (0..args.claims).map(|i| format!("{run}-{burst}-{i:03}")).collect();
         let mut rng = rand::rng();
         live.shuffle(&mut rng);
@@ -335,8 +376,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .buffer_unordered(16)
             .collect::<Vec<_>>();
-        let kind = next % 3;
+        let kind = next % CHAOS_KINDS;
         next += 1;
+        let journals: Api<ConfigMap> = Api::default_namespaced(client.clone());
+        let journal_name = provisioner_core::journal::name_for(&name, None);
         let chaos = async {
             tokio::time::sleep(at).await;
             let victim = rand::rng().random_range(0..2);
@@ -355,11 +398,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     },
                     None => format!("burst {burst}: API server restart skipped (no --plane-dir)"),
                 },
-                _ => {
+                2 => {
                     h.sigint(victim).await;
                     h.start(victim)
                         .map(|_| format!("burst {burst}: SIGINT replica {victim} (graceful) at {at:?}, restarted"))
                         .unwrap_or_else(|e| format!("burst {burst}: restart failed: {e}"))
+                }
+                3 | 4 => {
+                    // The leader dies inside a provision call: after its
+                    // journal commit and before the backend, or after the
+                    // backend and before the PV.
+                    let trigger = if kind == 3 { "abort-before-backend" } else { "abort-after-backend" };
+                    let _ = std::fs::write(dir.join(trigger), b"");
+                    match h.restart_the_aborted(Duration::from_secs(15)).await {
+                        Some(i) => format!("burst {burst}: replica {i} aborted at {trigger}, restarted"),
+                        None => {
+                            let _ = std::fs::remove_file(dir.join(trigger));
+                            format!("burst {burst}: no provision call took {trigger} (no abort)")
+                        }
+                    }
+                }
+                5 => match journals.delete(&journal_name, &DeleteParams::default()).await {
+                    Ok(_) => format!("burst {burst}: journal deleted by hand at {at:?}"),
+                    Err(e) => format!("burst {burst}: deleting the journal: {e}"),
+                },
+                _ => {
+                    // An operator empties the journal and leaves a note.
+                    let patch = match journals.get(&journal_name).await {
+                        Ok(cm) => {
+                            let mut data: BTreeMap<String, Option<String>> =
+                                cm.data.unwrap_or_default().into_keys().map(|k| (k, None)).collect();
+                            data.insert("operator-note".into(), Some("emptied by hand".into()));
+                            serde_json::json!({ "data": data })
+                        }
+                        Err(e) => return format!("burst {burst}: reading the journal: {e}"),
+                    };
+                    match journals.patch(&journal_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                        Ok(_) => format!("burst {burst}: journal emptied by hand at {at:?}"),
+                        Err(e) => format!("burst {burst}: editing the journal: {e}"),
+                    }
                 }
             }
         };
@@ -425,6 +502,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pv_without_backend = pv_names.iter().filter(|v| !backend.volumes.contains(*v)).count();
     let dup_created = backend.created.values().filter(|n| **n > 1).count();
     let dup_deleted = backend.deleted.values().filter(|n| **n > 1).count();
+    h.killed.extend(backend.aborted.iter().copied());
     let (prov_after_kill, prov_dups) = repeats(&backend.provision_calls, &h.killed);
     let (del_after_kill, del_dups) = repeats(&backend.delete_calls, &h.killed);
     let starts: Vec<usize> = h.replicas.iter().map(|r| r.starts).collect();

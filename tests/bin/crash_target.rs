@@ -8,7 +8,12 @@
 //! - `journal`: `created <pv>` when a volume file is made that did not exist,
 //!   `deleted <pv>` when one that existed is removed;
 //! - `calls`: `provision <pv> <pid>` / `delete <pv> <pid>` for every call,
-//!   with the process id of the engine that made it.
+//!   with the process id of the engine that made it (and `abort <pv> <pid>`
+//!   when a trigger file made it die mid-call);
+//! - `abort-before-backend` / `abort-after-backend`: trigger files a test
+//!   drops; the next provision call takes one and aborts the process right
+//!   after the engine's intent is recorded (before the backend), or right
+//!   after the backend volume exists (before its PV).
 //!
 //! Lines are appended to files opened in append mode, each with one
 //! `write_all`, without fsync: the page cache outlives a killed process, and
@@ -152,6 +157,23 @@ impl FileBackend {
     }
 }
 
+/// Trigger files a test drops in `--dir`: the next provision call that
+/// takes one (by renaming it, so only one process does) aborts the process
+/// at that point, as a SIGKILL would.
+const ABORT_BEFORE_BACKEND: &str = "abort-before-backend";
+const ABORT_AFTER_BACKEND: &str = "abort-after-backend";
+
+impl FileBackend {
+    fn abort_if_asked(&self, trigger: &str, pv: &str) {
+        let taken = self.dir.join(format!("{trigger}.taken-{}", std::process::id()));
+        if std::fs::rename(self.dir.join(trigger), &taken).is_ok() {
+            eprintln!("crash-target: aborting at {trigger} while provisioning {pv}");
+            let _ = self.append("calls", format!("abort {pv} {}", std::process::id()));
+            std::process::abort();
+        }
+    }
+}
+
 // The file operations are a few microseconds on a local disk, so they run
 // inline rather than on the blocking pool.
 #[async_trait]
@@ -159,9 +181,14 @@ impl Provisioner for FileBackend {
     async fn provision(&self, req: &ProvisionRequest) -> Result<ProvisionedVolume, ProvisionError> {
         let call = self.append("calls", format!("provision {} {}", req.pv_name, std::process::id()));
         call.map_err(|e| ProvisionError::failed(Cause::context("recording the call", e)))?;
+        // The engine recorded its intent before this call: dying here is
+        // the window between the journal's commit and the backend.
+        self.abort_if_asked(ABORT_BEFORE_BACKEND, &req.pv_name);
         // A failure after the file may exist counts as "in progress": the
         // engine must finish it, never forget it.
         self.create(&req.pv_name).map_err(ProvisionError::in_progress)?;
+        // And here, between the backend volume and its PV.
+        self.abort_if_asked(ABORT_AFTER_BACKEND, &req.pv_name);
         tokio::time::sleep(self.provision_delay).await;
         Ok(ProvisionedVolume::new(PersistentVolumeSpec {
             host_path: Some(HostPathVolumeSource {
