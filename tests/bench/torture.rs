@@ -381,7 +381,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let journals: Api<ConfigMap> = Api::default_namespaced(client.clone());
         let journal_name = provisioner_core::journal::name_for(&name, None);
         let chaos = async {
-            tokio::time::sleep(at).await;
+            // An abort trigger is set before the burst's claims arrive, so
+            // that one of their provision calls takes it.
+            if kind != 3 && kind != 4 {
+                tokio::time::sleep(at).await;
+            }
             let victim = rand::rng().random_range(0..2);
             match kind {
                 0 => {
