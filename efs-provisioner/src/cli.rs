@@ -71,7 +71,7 @@ pub struct Args {
     name = "efs-provisioner release",
     bin_name = "efs-provisioner release",
     about = "With every replica stopped, remove the provisioner's \
-    finalizers and intent records from claims and volumes, and list the EFS file systems and access points \
+    finalizers, intent journals and 0.1's intent records from claims and volumes, and list the EFS file systems and access points \
     that leaves to you"
 )]
 pub struct ReleaseArgs {

@@ -48,7 +48,7 @@ pub fn renamed_variables() -> Vec<Renamed> {
     name = "hostpath-provisioner release",
     bin_name = "hostpath-provisioner release",
     about = "With the DaemonSet removed, remove the provisioner's \
-    finalizers and intent records from claims and volumes, and list the directories that leaves to you"
+    finalizers, intent journals and 0.1's intent records from claims and volumes, and list the directories that leaves to you"
 )]
 pub struct ReleaseArgs {
     /// The provisioner names to release (repeat or comma-separate for several).

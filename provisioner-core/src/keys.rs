@@ -1,6 +1,8 @@
 //! The annotation, label and finalizer names the engine reads and writes.
 //! Most are Kubernetes' own, shared with kube-controller-manager and every
-//! other external provisioner; the two `INTENT_*` names are this engine's.
+//! other external provisioner; the `INTENT_*` names are this engine's, and
+//! only read now: versions before the intent journal ([`crate::journal`])
+//! wrote them on claims, and the engine finishes and removes such records.
 
 /// Set on a claim by the PV binder: the provisioner that must provision it.
 pub const STORAGE_PROVISIONER: &str = "volume.kubernetes.io/storage-provisioner";
@@ -22,8 +24,8 @@ pub const VOLUME_FINALIZER: &str = "external-provisioner.volume.kubernetes.io/fi
 /// that engines for other names leave the record alone.
 pub const INTENT_PROVISIONER: &str = "provisioner.rs/provisioner";
 /// On a claim: the name of the PersistentVolume this engine is provisioning
-/// for it. Written, together with [`INTENT_FINALIZER`], before the backend is
-/// touched; see the crate's crash-safety notes.
+/// for it. Written by versions before the journal, together with
+/// [`INTENT_FINALIZER`], before the backend was touched.
 pub const INTENT_VOLUME: &str = "provisioner.rs/volume-name";
 /// On a claim: a backend volume may exist for it that no PersistentVolume
 /// records yet, so the claim must not disappear unnoticed.

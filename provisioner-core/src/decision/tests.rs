@@ -243,6 +243,82 @@ fn deleting_claim_with_a_saved_volume_has_its_intent_removed() {
     assert_eq!(run(Some(&c), Some(&v), None), Decision::RemoveIntent);
 }
 
+// ---- the intent journal ----
+
+fn recorded(
+    memory: &Memory,
+    live: Option<&PersistentVolumeClaim>,
+    entry: &PersistentVolumeClaim,
+    v: Option<&PersistentVolume>,
+    k: Option<&StorageClass>,
+) -> Decision {
+    let names = names();
+    let rules = Rules { names: &names, provisioner: &Hooks::default(), finalizer: true, give_up_after: None };
+    let snap = Snapshot { claim: live, volume: v, class: k, cache_stale: false, recorded: Some(entry) };
+    decide("pvc-u1", &snap, memory, &rules)
+}
+
+#[test]
+fn a_journaled_volume_whose_claim_is_gone_is_finished_with_the_claim_as_recorded() {
+    let entry = ours().build();
+    assert_eq!(recorded(&Memory::default(), None, &entry, None, Some(&fast())), plan(false, true, None));
+}
+
+#[test]
+fn a_journaled_volume_of_a_live_claim_is_provisioned_without_a_second_entry() {
+    let c = ours().build();
+    assert_eq!(recorded(&Memory::default(), Some(&c), &c, None, Some(&fast())), plan(false, false, None));
+}
+
+#[test]
+fn a_journaled_volume_whose_claim_was_replaced_by_another_of_the_name_finishes_the_recorded_one() {
+    let entry = ours().build();
+    let newer = claim("ns", "data").as_stored("u2").class("fast").provisioner(NAME).build();
+    assert_eq!(recorded(&Memory::default(), Some(&newer), &entry, None, Some(&fast())), plan(false, true, None));
+}
+
+#[test]
+fn a_journaled_volume_of_a_deleting_or_otherwise_bound_claim_only_finishes() {
+    let deleting = ours().deleting().build();
+    assert_eq!(recorded(&Memory::default(), Some(&deleting), &deleting, None, Some(&fast())), plan(false, true, None));
+    let elsewhere = ours().volume_name("pvc-static").build();
+    assert_eq!(
+        recorded(&Memory::default(), Some(&elsewhere), &elsewhere, None, Some(&fast())),
+        plan(false, true, None)
+    );
+}
+
+#[test]
+fn a_journaled_volume_whose_class_is_gone_waits_for_it() {
+    let entry = ours().build();
+    assert_eq!(recorded(&Memory::default(), None, &entry, None, None), Decision::WaitForClass("fast".into()));
+}
+
+#[test]
+fn the_journal_entry_goes_once_a_pv_of_ours_records_the_backend() {
+    let c = ours().build();
+    let v = volume("pvc-u1", NAME, &c).build();
+    assert_eq!(recorded(&Memory::default(), Some(&c), &c, Some(&v), Some(&fast())), Decision::RemoveIntent);
+    assert_eq!(recorded(&Memory::default(), None, &c, Some(&v), None), Decision::RemoveIntent);
+    // Another provisioner's PV of that name records nothing of ours.
+    let foreign = volume("pvc-u1", OTHER, &c).build();
+    assert_ne!(recorded(&Memory::default(), Some(&c), &c, Some(&foreign), Some(&fast())), Decision::RemoveIntent);
+}
+
+#[test]
+fn the_journal_entry_goes_once_this_process_saved_the_pv() {
+    let c = ours().build();
+    let saved = Memory { saved: true, ..Default::default() };
+    assert_eq!(recorded(&saved, Some(&c), &c, None, Some(&fast())), Decision::RemoveIntent);
+}
+
+#[test]
+fn a_journaled_volume_the_api_server_did_not_take_is_saved_with_the_recorded_claim() {
+    let entry = ours().build();
+    let unsaved = Memory { unsaved: Some(Box::default()), ..Default::default() };
+    assert_eq!(recorded(&unsaved, None, &entry, None, Some(&fast())), Decision::SaveVolume);
+}
+
 // ---- the engine's memory ----
 
 #[test]

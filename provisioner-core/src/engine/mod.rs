@@ -7,7 +7,8 @@
 //! runs a key, and what the queue does after), `reconcile` (what the cluster
 //! and the engine's memory say about one volume, and the decision taken on
 //! it), `provision` (the provision path), `delete` (the delete path and the
-//! volume finalizer), `intent` (the intent record on the claim), `writes`
+//! volume finalizer), `journal` (the intent journal's commits), `intent`
+//! (ending an intent, and the claim records of earlier versions), `writes`
 //! (the guarded patch every removal uses) and `context` (what workers and
 //! watches share). The rules themselves are all in [`crate::decision`], and
 //! the per-volume memory they read in [`crate::memory`].
@@ -33,38 +34,54 @@
 //! The danger is the window between "backend volume created" and
 //! "PersistentVolume saved": a crash there, or a claim deleted while the
 //! engine is down, would leak the backend volume. The engine closes it with
-//! an *intent record* on the claim, written before the backend is touched:
+//! an *intent journal* ([`crate::journal`]): a ConfigMap of its own (one per
+//! provisioner name, or per instance for node-local provisioners) in which
+//! it records a volume before the backend is touched:
 //!
-//! 1. One patch adds the finalizer [`crate::keys::INTENT_FINALIZER`] and the
-//!    annotation [`crate::keys::INTENT_VOLUME`] (the PV name) to the claim. It
-//!    carries the claim's resourceVersion, so it also confirms that the
-//!    cached claim is current (still unbound, not deleted) before the
-//!    dangerous call.
+//! 1. An entry keyed by the PV name, holding the claim as it is (name,
+//!    namespace, uid, labels, annotations, spec) and its class, is committed
+//!    to the journal. Commits are grouped: every provision waiting at that
+//!    moment shares one replace of the ConfigMap (with its resourceVersion,
+//!    so a concurrent change is merged, never overwritten).
 //! 2. `provision()` runs, keyed by the PV name, so a repeat returns the same
 //!    backend volume.
 //! 3. The PV is created with `claimRef.uid`; `AlreadyExists` for the same
-//!    claim uid is success.
+//!    claim uid is success. The entry is then forgotten: it leaves the
+//!    journal in the next commit (or after a linger of 10 s).
 //!
 //! Why this is enough: at every instant, any backend volume that may exist is
-//! recorded either by a claim carrying the intent finalizer or by a PV.
-//! The finalizer keeps the claim (and with it the class name, the request and
-//! the PV name) in the API server even if a user deletes it, so after a
-//! crash at any point the engine finds the claim, calls `provision()` again
-//! (idempotent: same volume, no duplicate), saves the PV, and only then
-//! removes the finalizer. A claim deleted meanwhile gets the PV anyway; the
-//! binder marks it `Released` once the claim is gone and the normal delete
-//! path removes the backend. If `provision()` answers that nothing was
-//! created (`Final`, `Reschedule`, `Infeasible`) for a claim that is going
-//! away, the finalizer is removed at once. Where several instances serve one
-//! provisioner name (one per node), only the instance whose
-//! `should_provision` takes the claim records, finishes or removes the
-//! intent; `Ignored` never touches the claim.
+//! recorded either by a journal entry on the server or by a PV (the entry is
+//! committed before the call, and is removed only once a PV exists, or once
+//! `provision()` said that nothing was created). At the start of each term
+//! the engine reads the journal afresh and looks at every entry: a PV by that
+//! name ends it; otherwise `provision()` is called again with the claim as
+//! it lives or, if it is gone (deleted while the engine was down, say), as
+//! recorded, and with the class as recorded if it is gone too; the PV is
+//! saved anyway, the binder marks it `Released` once its claim is gone, and
+//! the normal delete path removes the backend. If `provision()` answers that
+//! nothing was created (`Final`, `Reschedule`, `Infeasible`) for a claim
+//! that is gone or going, the entry is forgotten at once.
 //!
-//! The intent record is removed as soon as the cache shows the PV that
-//! records the backend (the claim may be bound or not, alive or deleted), so
-//! a bound claim carries nothing of ours that could block its deletion once
-//! the provisioner is gone. Provisioning costs four writes: the claim patch,
-//! the PV create, the `ProvisioningSucceeded` event and the record's removal.
+//! Two more rules keep an entry from outliving its backend or being lost:
+//! - before a backend is deleted, the engine waits until the server's
+//!   journal no longer holds an entry for that volume (a lingering one would
+//!   make a restart provision the volume again after its whole life ended);
+//! - the engine watches its journal: an entry it still holds that an edit
+//!   removed, or a journal deleted by hand, is written again at once, while
+//!   keys it cannot read (an operator's note) are kept as they are, and
+//!   entries it did not know (another replica's) are learned and looked at.
+//!   A journal whose owner annotation names another engine is refused at
+//!   start-up.
+//!
+//! Only the leader writes the journal. Claims carry nothing of ours, so a
+//! claim, or its namespace, can always be deleted, with or without the
+//! provisioner. Provisioning costs one PV create plus a share of the
+//! journal's commits: two commits for a volume provisioned alone, a small
+//! fraction of a write per volume when many start together. The
+//! `ProvisioningSucceeded` event goes on the events' own lane and client.
+//! Claims that versions before the journal recorded on the claim itself (a
+//! finalizer and two annotations) are finished the same way and their record
+//! removed.
 //!
 //! Deletion runs backend delete, then PV delete (with a uid precondition),
 //! then removal of [`crate::keys::VOLUME_FINALIZER`]; a crash in between repeats the
