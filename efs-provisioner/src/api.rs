@@ -315,8 +315,13 @@ pub enum ErrorKind {
     Throttled,
     /// The request is invalid as written (bad parameter, unknown subnet or security group).
     BadRequest,
-    /// The SDK could not get credentials (IRSA, Pod Identity, instance
-    /// profile): no request was sent. Retrying will not help until the set-up is fixed.
+    /// The credentials are the problem, not a permission: the SDK could not
+    /// get any (IRSA, Pod Identity, instance profile; code
+    /// `CredentialsError`, no request was sent), or AWS refused the ones it
+    /// got (`UnrecognizedClientException`, `InvalidClientTokenId`,
+    /// `InvalidSignatureException`, `SignatureDoesNotMatch`,
+    /// `ExpiredToken(Exception)`, EC2's `AuthFailure`). Retrying will not
+    /// help until the set-up is fixed.
     Credentials,
     /// EFS could not be reached (DNS, no route, connection refused): nothing
     /// was answered, and the request may or may not have been carried out.

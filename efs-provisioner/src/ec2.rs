@@ -250,8 +250,8 @@ pub fn error_of(op: Operation, status: u16, xml: &str) -> ApiError {
     let code = if code.is_empty() { format!("HTTP{status}") } else { code };
     let kind = match code.as_str() {
         "InvalidSubnetID.NotFound" | "InvalidGroup.NotFound" | "InvalidGroupId.NotFound" => ErrorKind::NotFound,
-        // The request was refused for its credentials (unknown key, expired token).
-        "AuthFailure" | "InvalidClientTokenId" | "ExpiredToken" | "RequestExpired" => ErrorKind::Credentials,
+        // `AuthFailure` (401) and the other refused-credential codes are
+        // sorted with EFS's, as `Credentials`.
         _ => classify_code(&code, Some(status), &message),
     };
     ApiError::new(op, kind, &code, message)
@@ -424,6 +424,9 @@ mod tests {
             ("UnauthorizedOperation", 403, ErrorKind::AccessDenied),
             ("RequestLimitExceeded", 503, ErrorKind::Throttled),
             ("AuthFailure", 401, ErrorKind::Credentials),
+            ("InvalidClientTokenId", 401, ErrorKind::Credentials),
+            ("SignatureDoesNotMatch", 403, ErrorKind::Credentials),
+            ("RequestExpired", 400, ErrorKind::Credentials),
             ("InternalError", 500, ErrorKind::Transient),
         ] {
             let e = error_of(op, status, &doc(code));

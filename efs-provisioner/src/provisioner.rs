@@ -324,9 +324,21 @@ pub fn one_zone_subnet(zone: &str, subnets: &[String], found_subnets: &[Subnet])
 /// over the [`ApiError`] itself (its source).
 pub fn explain_setup(e: &ApiError, region: &str) -> Option<Cause> {
     match e.kind {
-        ErrorKind::Credentials => Some(Cause::context(
+        // No request was sent: the SDK's credential chain found nothing usable.
+        ErrorKind::Credentials if e.code == "CredentialsError" => Some(Cause::context(
             "could not get AWS credentials; check the IRSA role annotation (eks.amazonaws.com/role-arn) on the \
              provisioner's ServiceAccount, or its EKS Pod Identity association",
+            e.clone(),
+        )),
+        // Sent, and refused for the credentials themselves, not for a permission.
+        ErrorKind::Credentials => Some(Cause::context(
+            format!(
+                "AWS refused the provisioner's credentials ({}: an unknown access key, a wrong secret or an \
+                 expired session token), so this is not a missing IAM permission; check the IRSA role \
+                 annotation or Pod Identity association, any AWS_ACCESS_KEY_ID set on the Deployment, and the \
+                 node's clock",
+                e.code
+            ),
             e.clone(),
         )),
         ErrorKind::Unreachable => Some(Cause::context(

@@ -34,6 +34,17 @@ pub fn classify_code(code: &str, status: Option<u16>, message: &str) -> ErrorKin
         | "SecurityGroupLimitExceeded"
         | "ThroughputLimitExceeded"
         | "InsufficientThroughputCapacity" => ErrorKind::LimitExceeded,
+        // The request was refused for its credentials (an unknown access key,
+        // a wrong secret, an expired session token), not for a missing IAM
+        // permission: the same 403, but the fix is elsewhere.
+        "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "InvalidSignatureException"
+        | "SignatureDoesNotMatch"
+        | "ExpiredToken"
+        | "ExpiredTokenException"
+        | "RequestExpired"
+        | "AuthFailure" => ErrorKind::Credentials,
         "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" | "UnauthorizedAccess" => {
             ErrorKind::AccessDenied
         }
@@ -439,6 +450,22 @@ mod tests {
         assert_eq!(classify_code("Whatever", Some(429), ""), ErrorKind::Throttled);
         assert_eq!(classify_code("Whatever", Some(503), ""), ErrorKind::Throttled);
         assert_eq!(classify_code("", None, "dispatch failure: retry quota exceeded"), ErrorKind::Throttled);
+    }
+
+    #[test]
+    fn refused_credentials_are_credentials_not_a_missing_permission() {
+        for (code, status) in [
+            ("UnrecognizedClientException", 403),
+            ("InvalidClientTokenId", 403),
+            ("InvalidSignatureException", 403),
+            ("SignatureDoesNotMatch", 403),
+            ("ExpiredToken", 403),
+            ("ExpiredTokenException", 403),
+            ("AuthFailure", 401),
+        ] {
+            assert_eq!(classify_code(code, Some(status), ""), ErrorKind::Credentials, "{code}");
+        }
+        assert_eq!(classify_code("AccessDeniedException", Some(403), ""), ErrorKind::AccessDenied);
     }
 
     #[test]

@@ -343,27 +343,133 @@ async fn an_answer_that_never_comes_ends_at_the_deadline() {
     assert!(calls[0]["status"].is_null(), "the stand-in never answered it: {calls:?}");
 }
 
+/// What the engine writes into the claim's warning, for a round that is
+/// not a volume.
+fn warning_of(answer: Result<provisioner_core::ProvisionedVolume, ProvisionError>) -> String {
+    match answer {
+        Ok(v) => panic!("no volume was expected: {v:?}"),
+        Err(ProvisionError::InProgress(c)) | Err(ProvisionError::RetryAfter(c, _)) => {
+            panic!("a failure the user must fix is reported, not 'in progress': {}", c.chain())
+        }
+        Err(ProvisionError::Stalled(c)) => c.chain(),
+        Err(e) => panic!("a credential failure is a warning with a retry (Stalled), not {e:?}"),
+    }
+}
+
+/// The stand-in's `revoke` is AWS's answer to an access key it does not
+/// know (`UnrecognizedClientException`) or a wrong secret
+/// (`InvalidSignatureException`): a 403 like a missing permission, but the
+/// warning must name the credentials, not the IAM role's permissions.
 #[tokio::test]
-async fn wrong_credentials_are_reported_and_not_retried() {
-    let Some(ep) = endpoint("wrong_credentials_are_reported_and_not_retried") else { return };
+async fn a_wrong_access_key_is_reported_as_credentials_not_as_a_missing_permission() {
+    let Some(ep) = endpoint("a_wrong_access_key_is_reported_as_credentials") else { return };
     let a = Account::new(&ep, "creds");
     a.faults(json!({ "revoke": "UnrecognizedClientException" }));
     let c = a.client().await;
     let e = EfsApi::create_file_system(&c, &new_fs(&unique("t"))).await.unwrap_err();
-    assert_eq!(e.code, "UnrecognizedClientException", "{e}");
-    assert!(matches!(e.kind, ErrorKind::AccessDenied | ErrorKind::Credentials), "{e:?}");
+    assert_eq!((e.kind.clone(), e.code.as_str()), (ErrorKind::Credentials, "UnrecognizedClientException"), "{e}");
     assert_eq!(a.calls_of("CreateFileSystem").len(), 1, "a 403 is not retried by the SDK");
 
-    a.faults(json!({ "revoke": "InvalidSignatureException" }));
-    let p = provisioner(a.client().await, Deadlines::default());
-    match p.provision(&request(&unique("pvc"), &[])).await {
-        Ok(v) => panic!("no volume with revoked credentials: {v:?}"),
-        Err(ProvisionError::InProgress(c)) | Err(ProvisionError::RetryAfter(c, _)) => {
-            panic!("a credential failure is reported, not 'in progress': {}", c.chain())
-        }
-        Err(e) => assert!(format!("{e:?}").contains("InvalidSignatureException"), "the cause is named: {e:?}"),
+    for code in ["UnrecognizedClientException", "InvalidSignatureException"] {
+        a.faults(json!({ "revoke": code }));
+        let p = provisioner(a.client().await, Deadlines::default());
+        let warning = warning_of(p.provision(&request(&unique("pvc"), &[])).await);
+        assert!(warning.contains("AWS refused the provisioner's credentials"), "{code}: {warning}");
+        assert!(warning.contains(code), "the code is named: {warning}");
+        assert!(!warning.contains("IAM role needs"), "not reported as a missing permission: {warning}");
     }
+
     assert!(a.state()["file_systems"].as_array().unwrap().is_empty(), "nothing was created");
+
+    // The topology check through the binary's EC2 client, with EFS's key
+    // accepted and EC2's refused: EC2 answers 401 AuthFailure.
+    let efs = Account::new(&ep, "creds-efs");
+    let p = provisioner(efs.client().await, Deadlines::default()).with_network(ec2_client(&a));
+    let warning = warning_of(p.provision(&request(&unique("pvc"), &[])).await);
+    assert!(warning.contains("AWS refused the provisioner's credentials (AuthFailure"), "{warning}");
+    assert!(warning.contains("checking the class's subnets"), "{warning}");
+    assert!(!warning.contains("IAM role needs"), "{warning}");
+    assert_eq!(a.calls_of("DescribeSubnets")[0]["error"], "AuthFailure");
+    assert!(efs.state()["file_systems"].as_array().unwrap().is_empty(), "nothing was created");
+}
+
+/// The binary's EC2 client ([`efs_provisioner::ec2::Ec2Client`]) on the
+/// stand-in, with the account's key.
+fn ec2_client(a: &Account) -> Arc<dyn efs_provisioner::api::NetworkApi> {
+    let credentials = aws_credential_types::provider::SharedCredentialsProvider::new(
+        aws_sdk_efs::config::Credentials::new(&a.key, "secret", None, None, "tests"),
+    );
+    Arc::new(efs_provisioner::ec2::Ec2Client::new(a.endpoint.clone(), REGION, credentials))
+}
+
+#[tokio::test]
+async fn the_topology_check_refuses_a_subnet_of_another_vpc_through_the_ec2_client_and_creates_nothing() {
+    let Some(ep) = endpoint("the_topology_check_refuses_a_subnet_of_another_vpc") else { return };
+    let a = Account::new(&ep, "topology");
+    let p = provisioner(a.client().await, Deadlines::default()).with_network(ec2_client(&a));
+    // subnet-x is in vpc-2, subnet-a in vpc-1.
+    let req = request(&unique("pvc"), &[("subnets", "subnet-a,subnet-x")]);
+    for _ in 0..3 {
+        match p.provision(&req).await {
+            Err(ProvisionError::Infeasible(c)) => {
+                let why = c.chain();
+                assert!(why.contains("subnet-a in vpc-1, subnet-x in vpc-2"), "{why}");
+                assert!(why.contains("in one VPC") && why.contains("nothing was created"), "{why}");
+            }
+            other => panic!("a subnet of another VPC is Infeasible before anything exists: {other:?}"),
+        }
+    }
+    let calls = a.calls();
+    let ops: Vec<&str> = calls.iter().map(|c| c["operation"].as_str().unwrap()).collect();
+    assert!(ops.iter().all(|o| o.starts_with("Describe")), "only lookups: {ops:?}");
+    let subnets = a.calls_of("DescribeSubnets");
+    assert_eq!(subnets.len(), 3, "one lookup a round: {calls:?}");
+    assert_eq!(subnets[0]["resource"], "subnet-a,subnet-x", "the filter's ids are in the call log: {calls:?}");
+    assert_eq!(subnets[0]["status"], 200);
+    assert!(a.state()["file_systems"].as_array().unwrap().is_empty(), "no file system");
+
+    // The same class with subnets of one VPC passes the check.
+    let ok = request(&unique("pvc"), &[("subnets", "subnet-a,subnet-b")]);
+    match p.provision(&ok).await {
+        Err(ProvisionError::RetryAfter(..)) | Err(ProvisionError::InProgress(_)) => {}
+        other => panic!("the file system is created and AWS is still working: {other:?}"),
+    }
+    assert_eq!(a.state()["file_systems"].as_array().unwrap().len(), 1);
+    let groups = a.calls_of("DescribeSecurityGroups");
+    assert_eq!(groups.last().unwrap()["resource"], "sg-1", "{groups:?}");
+}
+
+/// CreateFileSystem's `AvailabilityZoneName` and `Backup` reach the model
+/// over HTTP, so its One Zone rules apply to what the SDK sends.
+#[tokio::test]
+async fn one_zone_and_backup_reach_the_model_over_http() {
+    let Some(ep) = endpoint("one_zone_and_backup_reach_the_model_over_http") else { return };
+    let a = Account::new(&ep, "onezone");
+    scaled(&a, 0.0);
+    let c = a.client().await;
+    let options =
+        efs_provisioner::api::FileSystemOptions { backup: Some(false), availability_zone_name: Some("az-a".into()) };
+    let fs = c.create_file_system_with(&new_fs(&unique("t")), &options).await.unwrap().id;
+    let state = a.state();
+    let held = &state["file_systems"][0];
+    assert_eq!((&held["availability_zone_name"], &held["backup"]), (&json!("az-a"), &json!("DISABLED")), "{state}");
+    let e = EfsApi::create_mount_target(&c, &fs, "subnet-b", &["sg-1".into()]).await.unwrap_err();
+    assert_eq!((e.kind.clone(), e.code.as_str()), (ErrorKind::BadRequest, "AvailabilityZonesMismatch"), "{e}");
+    EfsApi::create_mount_target(&c, &fs, "subnet-a", &["sg-1".into()]).await.expect("its own zone");
+
+    let unknown = efs_provisioner::api::FileSystemOptions { availability_zone_name: Some("az-q".into()), ..options };
+    let e = c.create_file_system_with(&new_fs(&unique("t")), &unknown).await.unwrap_err();
+    assert_eq!(e.code, "UnsupportedAvailabilityZone", "{e}");
+    let mut max_io = new_fs(&unique("t"));
+    max_io.performance_mode = PerformanceMode::MaxIo;
+    let one_zone =
+        efs_provisioner::api::FileSystemOptions { availability_zone_name: Some("az-a".into()), backup: None };
+    let e = c.create_file_system_with(&max_io, &one_zone).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::BadRequest, "One Zone is General Purpose only: {e}");
+    let fs2 = c.create_file_system_with(&new_fs(&unique("t")), &one_zone).await.unwrap().id;
+    let state = a.state();
+    let held = state["file_systems"].as_array().unwrap().iter().find(|f| f["id"] == fs2.as_str()).unwrap().clone();
+    assert_eq!(held["backup"], "ENABLED", "One Zone file systems are backed up unless told otherwise: {state}");
 }
 
 #[tokio::test]
@@ -433,6 +539,26 @@ async fn ec2_lookups_answer_in_ec2_xml_and_unknown_ids_are_not_found_errors() {
     let (status, xml) = a.ec2("Action=DescribeSecurityGroups&Version=2016-11-15&GroupId.1=sg-nope");
     assert_eq!(status, 400);
     assert!(xml.contains("<Code>InvalidGroup.NotFound</Code>"), "{xml}");
+    // The filter form (what the binary's EC2 client sends): unknown ids are left out, not errors.
+    let (status, xml) = a.ec2(
+        "Action=DescribeSubnets&Version=2016-11-15&Filter.1.Name=subnet-id&Filter.1.Value.1=subnet-x\
+         &Filter.1.Value.2=subnet-nope",
+    );
+    assert_eq!(status, 200, "{xml}");
+    assert!(xml.contains("<subnetId>subnet-x</subnetId>") && !xml.contains("subnet-nope"), "{xml}");
+    assert!(!xml.contains("<subnetId>subnet-a</subnetId>"), "only the ids of the filter: {xml}");
+    let (status, xml) = a.ec2(
+        "Action=DescribeSecurityGroups&Version=2016-11-15&Filter.1.Name=group-id&Filter.1.Value.1=sg-2\
+         &Filter.2.Name=vpc-id&Filter.2.Value.1=vpc-1",
+    );
+    assert_eq!(status, 200, "{xml}");
+    assert!(!xml.contains("<groupId>"), "sg-2 is not in vpc-1: {xml}");
+    let (status, xml) = a.ec2("Action=DescribeSubnets&Version=2016-11-15&Filter.1.Name=tag:Name&Filter.1.Value.1=x");
+    assert_eq!(status, 400);
+    assert!(xml.contains("<Code>InvalidParameterValue</Code>"), "{xml}");
+    let logged: Vec<Value> = a.calls_of("DescribeSubnets").iter().map(|c| c["resource"].clone()).collect();
+    assert_eq!(logged[..3], [json!("subnet-a,subnet-x"), json!("subnet-a,subnet-nope"), json!("subnet-x,subnet-nope")]);
+    assert_eq!(a.calls_of("DescribeSecurityGroups").last().unwrap()["resource"], "sg-2");
     a.faults(json!({ "deny": [{ "operation": "DescribeSubnets" }] }));
     let (status, xml) = a.ec2("Action=DescribeSubnets&Version=2016-11-15&SubnetId.1=subnet-a");
     assert_eq!(status, 403);

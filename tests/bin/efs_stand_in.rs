@@ -13,9 +13,14 @@
 //!   "Message"}` (plus `FileSystemId` / `AccessPointId` on the
 //!   `...AlreadyExists` errors).
 //! - EC2 Query API on `POST /` (form-encoded): DescribeSubnets and
-//!   DescribeSecurityGroups by id (`SubnetId.N`, `GroupId.N`), answered in
-//!   EC2's XML; unknown ids are `InvalidSubnetID.NotFound` /
-//!   `InvalidGroup.NotFound` in EC2's error XML (status 400).
+//!   DescribeSecurityGroups by id (`SubnetId.N`, `GroupId.N`) or by filter
+//!   (`Filter.K.Name` `subnet-id` / `group-id` or `vpc-id`, with
+//!   `Filter.K.Value.N`; what `efs-provisioner`'s EC2 client sends), answered
+//!   in EC2's XML; unknown ids asked for by id are
+//!   `InvalidSubnetID.NotFound` / `InvalidGroup.NotFound` in EC2's error XML
+//!   (status 400), by filter simply left out, as EC2 does; another filter
+//!   name is `InvalidParameterValue`. The call log's resource is the ids
+//!   named either way.
 //!
 //! # Accounts
 //! Every access key id (read from the SigV4 `Authorization` header) gets
@@ -36,10 +41,12 @@
 //! region, access points per file system, 1 to 1,000 access points a page).
 //! Added here: `CreationToken` 1 to 64 characters; provisioned throughput
 //! needs `ProvisionedThroughputInMibps` (at least 1, at most
-//! `--max-provisioned-mibps`, else `ThroughputLimitExceeded`); One Zone file
-//! systems (`AvailabilityZoneName`) need a known zone
-//! (`UnsupportedAvailabilityZone`), no maxIO, and mount targets only in that
-//! zone; PutBackupPolicy is recorded (`ENABLED` / `DISABLED`).
+//! `--max-provisioned-mibps`, else `ThroughputLimitExceeded`);
+//! PutBackupPolicy is recorded (`ENABLED` / `DISABLED`). CreateFileSystem's
+//! `Backup` and `AvailabilityZoneName` reach the model as
+//! `FileSystemOptions`, so its One Zone rules apply: a known zone
+//! (`UnsupportedAvailabilityZone`), no maxIO, mount targets only in that
+//! zone (`AvailabilityZonesMismatch`).
 //!
 //! # Faults (admin API, per account: `?account=<access key id>`)
 //! `POST /_stand-in/faults` with a JSON object of any of:
@@ -66,7 +73,8 @@
 //! served), no replication, file system policies, account preferences,
 //! UntagResource or ListTagsForResource; IP addresses are invented and
 //! `IpAddressInUse` / `NoFreeAddressesInSubnet` never happen; EC2 filters
-//! (`Filter.N`) are ignored; the DNS name of a file system is not served.
+//! other than the ids and `vpc-id` are refused; the DNS name of a file
+//! system is not served.
 
 // The error side of a handler is the HTTP reply itself; its size does not matter here.
 #![allow(clippy::result_large_err)]
@@ -83,8 +91,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use efs_provisioner::api::{
-    AccessPoint, ApiError, EfsApi, ErrorKind, FileSystem, FileSystemLookup, LifecycleRule, MountTarget, NetworkApi,
-    NewAccessPoint, NewFileSystem, Operation, PerformanceMode, SecurityGroup, Subnet, Throughput,
+    AccessPoint, ApiError, EfsApi, ErrorKind, FileSystem, FileSystemLookup, FileSystemOptions, LifecycleRule,
+    MountTarget, NetworkApi, NewAccessPoint, NewFileSystem, Operation, PerformanceMode, SecurityGroup, Subnet,
+    Throughput,
 };
 use futures::FutureExt;
 use http_body_util::{BodyExt, Full};
@@ -139,8 +148,6 @@ struct Args {
 struct Extras {
     /// When each file system was created (Unix seconds), for `CreationTime`.
     created: BTreeMap<String, f64>,
-    /// One Zone file systems' zone.
-    zone: BTreeMap<String, String>,
     /// Backup policy status by file system.
     backup: BTreeMap<String, String>,
     /// Provisioned throughput by file system.
@@ -359,7 +366,7 @@ impl Server {
                 )));
             }
         }
-        if let Some(zone) = x.zone.get(&fs.id) {
+        if let Some(zone) = held.and_then(|f| f.options.availability_zone_name.as_ref()) {
             v["AvailabilityZoneName"] = json!(zone);
             v["AvailabilityZoneId"] = json!(Self::zone_id(zone));
         }
@@ -649,17 +656,19 @@ impl Server {
         let api = |e: ApiError| api_error_reply(&e);
         match op {
             Operation::CreateFileSystem => {
-                let spec = self.new_file_system(a, body)?;
-                let zone = body["AvailabilityZoneName"].as_str().map(str::to_string);
-                let fs = a.aws.create_file_system(&spec).await.map_err(api)?;
+                let spec = self.new_file_system(body)?;
+                // The model applies the One Zone rules (a known zone, no
+                // maxIO, mount targets only in that zone).
+                let options = FileSystemOptions {
+                    backup: body["Backup"].as_bool(),
+                    availability_zone_name: body["AvailabilityZoneName"].as_str().map(str::to_string),
+                };
+                let fs = a.aws.create_file_system_with(&spec, &options).await.map_err(api)?;
                 {
                     let mut x = a.extras();
                     x.created.insert(fs.id.clone(), unix_now());
-                    if let Some(z) = zone {
-                        x.zone.insert(fs.id.clone(), z);
-                    }
                     // One Zone file systems get automatic backups unless told otherwise.
-                    let backup = body["Backup"].as_bool().unwrap_or(x.zone.contains_key(&fs.id));
+                    let backup = options.backup.unwrap_or(options.availability_zone_name.is_some());
                     x.backup.insert(fs.id.clone(), if backup { "ENABLED" } else { "DISABLED" }.into());
                     if let Throughput::Provisioned(m) = spec.throughput {
                         x.mibps.insert(fs.id.clone(), m);
@@ -731,15 +740,6 @@ impl Server {
                     .as_array()
                     .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect())
                     .unwrap_or_default();
-                let one_zone = a.extras().zone.get(fs).cloned();
-                if let Some(zone) = one_zone {
-                    let subnet_zone = a.aws.world().subnets.get(subnet).map(|s| s.availability_zone.clone());
-                    if subnet_zone.is_some_and(|z| z != zone) {
-                        return Err(bad(format!(
-                            "{fs} is a One Zone file system in {zone}: a mount target can only be created in that zone"
-                        )));
-                    }
-                }
                 let mt = a.aws.create_mount_target(fs, subnet, &sgs).await.map_err(api)?;
                 Ok((StatusCode::OK, Some(self.mt_json(a, &mt)), Some(fs.to_string())))
             }
@@ -822,7 +822,7 @@ impl Server {
         }
     }
 
-    fn new_file_system(&self, a: &Account, body: &Value) -> Result<NewFileSystem, Reply> {
+    fn new_file_system(&self, body: &Value) -> Result<NewFileSystem, Reply> {
         let token = body["CreationToken"].as_str().unwrap_or("");
         if token.is_empty() || token.chars().count() > 64 {
             return Err(bad("CreationToken must be 1 to 64 characters"));
@@ -854,14 +854,6 @@ impl Server {
             }
             other => return Err(bad(format!("ThroughputMode {other:?} is not bursting, provisioned or elastic"))),
         };
-        if let Some(zone) = body["AvailabilityZoneName"].as_str() {
-            if !a.aws.world().subnets.values().any(|s| s.availability_zone == zone) {
-                return Err(efs_error(400, "UnsupportedAvailabilityZone", &format!("{zone} is not supported"), None));
-            }
-            if performance_mode == PerformanceMode::MaxIo {
-                return Err(bad("One Zone file systems support only the generalPurpose performance mode"));
-            }
-        }
         Ok(NewFileSystem {
             creation_token: token.to_string(),
             performance_mode,
@@ -895,9 +887,9 @@ impl Server {
             v.sort();
             v.into_iter().map(|(_, id)| id).collect()
         };
-        let (op, prefix) = match action {
-            "DescribeSubnets" => (Operation::DescribeSubnets, "SubnetId."),
-            "DescribeSecurityGroups" => (Operation::DescribeSecurityGroups, "GroupId."),
+        let (op, prefix, id_filter) = match action {
+            "DescribeSubnets" => (Operation::DescribeSubnets, "SubnetId.", "subnet-id"),
+            "DescribeSecurityGroups" => (Operation::DescribeSecurityGroups, "GroupId.", "group-id"),
             _ => {
                 return ec2_error(
                     400,
@@ -906,8 +898,32 @@ impl Server {
                 );
             }
         };
-        let mut wanted = ids(prefix);
-        let entry = a.log(action, &wanted.join(","), None);
+        // By id (`SubnetId.N`: an unknown id is an error) and by filter
+        // (`Filter.K.Name` / `Filter.K.Value.N`: what does not match is left out).
+        let by_id = ids(prefix);
+        let filters: Vec<(String, Vec<String>)> = (1..)
+            .map_while(|k| {
+                let name = form.get(&format!("Filter.{k}.Name"))?;
+                Some((name.clone(), ids(&format!("Filter.{k}.Value."))))
+            })
+            .collect();
+        let filtered_ids: Vec<String> =
+            filters.iter().filter(|(n, _)| n == id_filter).flat_map(|(_, v)| v.clone()).collect();
+        let named: Vec<String> = by_id.iter().chain(&filtered_ids).cloned().collect();
+        let entry = a.log(action, &named.join(","), None);
+        if let Some((name, _)) = filters.iter().find(|(n, _)| n != id_filter && n != "vpc-id") {
+            let r = ec2_error(400, "InvalidParameterValue", &format!("The filter '{name}' is invalid"));
+            a.finish(entry, 400, Some("InvalidParameterValue"));
+            return r;
+        }
+        let matches = |id: &str, vpc: &str| {
+            filters.iter().all(|(name, values)| {
+                let have = if name == "vpc-id" { vpc } else { id };
+                values.iter().any(|v| v == have)
+            })
+        };
+        // The ids the model is asked for: those named, else every one.
+        let mut wanted = if by_id.is_empty() { filtered_ids.clone() } else { by_id.clone() };
         if wanted.is_empty() {
             wanted = match op {
                 Operation::DescribeSubnets => self.subnets.iter().map(|s| s.id.clone()).collect(),
@@ -917,12 +933,13 @@ impl Server {
         let result = match op {
             Operation::DescribeSubnets => a.aws.describe_subnets(&wanted).await.map(|s| {
                 let found: BTreeSet<String> = s.iter().map(|x| x.id.clone()).collect();
-                let items: String = s.iter().map(|x| self.subnet_xml(x)).collect();
+                let items: String =
+                    s.iter().filter(|x| matches(&x.id, &x.vpc_id)).map(|x| self.subnet_xml(x)).collect();
                 (found, format!("<subnetSet>{items}</subnetSet>"))
             }),
             _ => a.aws.describe_security_groups(&wanted).await.map(|g| {
                 let found: BTreeSet<String> = g.iter().map(|x| x.id.clone()).collect();
-                let items: String = g.iter().map(|x| self.group_xml(x)).collect();
+                let items: String = g.iter().filter(|x| matches(&x.id, &x.vpc_id)).map(|x| self.group_xml(x)).collect();
                 (found, format!("<securityGroupInfo>{items}</securityGroupInfo>"))
             }),
         };
@@ -931,12 +948,14 @@ impl Server {
                 let (status, code) = match e.kind {
                     ErrorKind::Throttled => (503, "RequestLimitExceeded"),
                     ErrorKind::AccessDenied => (403, "UnauthorizedOperation"),
+                    ErrorKind::Credentials => (401, "AuthFailure"),
                     _ => (500, "InternalError"),
                 };
                 ec2_error(status, code, &e.message)
             }
             Ok((found, items)) => {
-                let missing: Vec<&String> = wanted.iter().filter(|i| !found.contains(*i)).collect();
+                // Only ids asked for by id are errors when unknown.
+                let missing: Vec<&String> = by_id.iter().filter(|i| !found.contains(*i)).collect();
                 if let Some(first) = missing.first() {
                     let list = missing.iter().map(|m| format!("'{m}'")).collect::<Vec<_>>().join(", ");
                     match op {
@@ -1066,6 +1085,7 @@ impl Server {
                 "id": f.id, "creation_token": f.creation_token, "state": lifecycle(f.state),
                 "performance_mode": f.performance_mode, "encrypted": f.encrypted, "tags": f.tags,
                 "lifecycle": lifecycle_rules(&f.id), "backup": x_backup.get(&f.id),
+                "availability_zone_name": w.file_systems.get(&f.id).and_then(|x| x.options.availability_zone_name.clone()),
             })).collect::<Vec<_>>(),
             "mount_targets": mts.iter().map(|m| json!({
                 "id": m.id, "file_system_id": m.file_system_id, "subnet_id": m.subnet_id,
