@@ -14,7 +14,9 @@
 //! The kit also runs WaitForFirstConsumer, Released with `Delete`, a volume
 //! deleted before its claim and leader election, on its paused clock.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use e2e_support::TestEnv;
 use e2e_support::engine::{provisioner_name, start};
@@ -63,7 +65,9 @@ async fn immediate_claim_is_provisioned_bound_and_described() {
     let class = env.name("immediate");
     env.create(&env.cluster_api(), class_for(&env, &class, "Delete", false)).await;
     let backend = ScriptedBackend::new();
-    let engine = start(&env, &provisioner_name(&env), Arc::new(backend.clone()), |b| b).await;
+    let engine =
+        start(&env, &provisioner_name(&env), Arc::new(backend.clone()), |b| b.journal_linger(Duration::from_secs(1)))
+            .await;
     // The initial lists are paged, so their count depends on the cluster's size.
     let reads_at_sync = engine.requests.reads();
 
@@ -93,18 +97,28 @@ async fn immediate_claim_is_provisioned_bound_and_described() {
     assert_eq!(ev.note.as_deref(), Some(format!("Successfully provisioned volume {pv_name}").as_str()));
     assert_eq!(ev.type_.as_deref(), Some("Normal"));
     assert_eq!(engine.metrics.provisioned(&class), 1);
-    // The intent record leaves the bound claim as soon as the PV records the
-    // backend: nothing of ours blocks the claim's deletion if the provisioner
-    // is uninstalled.
-    env.wait_for(&env.api::<PersistentVolumeClaim>(), "data", "the intent record to go", |c| {
-        c.is_some_and(|c| !c.finalizers().iter().any(|f| f == keys::INTENT_FINALIZER))
-    })
-    .await;
-    // Counted at the engine's client: the intent patch, the PV, the event and
-    // the intent's removal (which used to wait for the claim's deletion: the
-    // lifecycle's total is unchanged, see the delete test).
-    let writes = engine.requests.writes();
-    assert_eq!(writes, 4, "API writes to provision one volume");
+    // Nothing of ours is ever written on the claim, so nothing blocks its
+    // deletion if the provisioner is uninstalled.
+    let c = env.api::<PersistentVolumeClaim>().get("data").await.expect("claim");
+    assert!(!c.finalizers().iter().any(|f| f == keys::INTENT_FINALIZER), "{:?}", c.finalizers());
+    assert!(!c.annotations().keys().any(|k| k.starts_with("provisioner.rs/")), "{:?}", c.annotations());
+    // Counted at the engine's client: the journal's commit of the entry, the
+    // PV and the event; then, after the linger, the commit that removes the
+    // entry. (Before the journal: the claim's intent patch, the PV, the event
+    // and the intent's removal patch, four writes on the claim and PV.)
+    assert_eq!(engine.requests.writes(), 3, "API writes to provision one volume");
+    let client = env.client.clone();
+    let name = provisioner_name(&env);
+    let mut left = BTreeSet::from([pv_name.clone()]);
+    for _ in 0..100 {
+        left = e2e_support::journal::entries_of(&client, &name).await.expect("read the journal");
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(left.is_empty(), "the journal still holds {left:?}");
+    assert_eq!(engine.requests.writes(), 4, "and the journal's removal commit");
     assert_eq!(engine.requests.reads(), reads_at_sync, "no GET per volume");
     engine.stop().await.expect("clean shutdown");
     env.cleanup().await;

@@ -175,6 +175,12 @@ impl EngineBuilder {
         self.config.journal.instance = Some(instance.into());
         self
     }
+    /// How long finished journal entries may wait for a commit that writes
+    /// new ones before they get one of their own (default 10 s).
+    pub fn journal_linger(mut self, linger: Duration) -> Self {
+        self.config.journal.linger = Some(linger);
+        self
+    }
     /// Also act for claims of these provisioner names.
     pub fn additional_names<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.more_names.extend(names.into_iter().map(Into::into));
