@@ -144,7 +144,7 @@ impl Journal {
     pub(crate) async fn load(&self) -> Result<Vec<String>, String> {
         let mut delay = Duration::from_millis(200);
         let got = loop {
-            match self.api.get_opt(&self.name).await {
+            match bounded(self.api.get_opt(&self.name)).await {
                 Ok(got) => break got,
                 Err(e) => {
                     warn!(journal = %self.describe(), error = %e, "reading the intent journal failed; retrying");
@@ -332,8 +332,8 @@ impl Journal {
             self.metrics.api_writes.inc();
             self.metrics.journal_commits.inc();
             let written = match &rv {
-                Some(_) => self.api.replace(&self.name, &crate::keys::post_params(), &cm).await,
-                None => self.api.create(&crate::keys::post_params(), &cm).await,
+                Some(_) => bounded(self.api.replace(&self.name, &crate::keys::post_params(), &cm)).await,
+                None => bounded(self.api.create(&crate::keys::post_params(), &cm)).await,
             };
             match written {
                 Ok(saved) => {
@@ -401,7 +401,7 @@ impl Journal {
     /// Reads the server's journal after a conflict, learning entries this
     /// engine did not know (another replica's).
     async fn reread(&self) -> Result<(), String> {
-        let got = self.api.get_opt(&self.name).await.map_err(|e| e.to_string())?;
+        let got = bounded(self.api.get_opt(&self.name)).await.map_err(|e| e.to_string())?;
         self.learn(got.as_ref());
         Ok(())
     }
@@ -487,6 +487,22 @@ impl Journal {
                 }
             }
         }
+    }
+}
+
+/// How long one journal request may take. A request on a connection that
+/// died with its API server can otherwise hang for minutes, and with it
+/// every provision and delete waiting for a commit; a request cut short is
+/// retried (a write that landed anyway is written again, which is harmless).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn bounded<T>(call: impl std::future::Future<Output = Result<T, kube::Error>>) -> Result<T, kube::Error> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
+        Ok(result) => result,
+        Err(_) => Err(kube::Error::Service(Box::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer in {REQUEST_TIMEOUT:?}"),
+        )))),
     }
 }
 
