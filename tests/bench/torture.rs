@@ -478,6 +478,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     let settle = t_settle.elapsed();
+    // Every entry of the intent journal has done its job by now (each live
+    // claim has its PV): they leave within the linger (10 s) of the last one.
+    let mut journal_left = BTreeSet::new();
+    for _ in 0..60 {
+        journal_left = e2e_support::journal::entries_of(&client, &name).await.unwrap_or_default();
+        if journal_left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     tokio::time::sleep(Duration::from_secs(1)).await; // let the last journal lines land
     let backend = read_backend(&dir);
 
@@ -538,6 +548,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  provision repeated otherwise:     {}", prov_dups.len());
     println!("  delete repeated after a kill:     {del_after_kill}");
     println!("  delete repeated otherwise:        {}", del_dups.len());
+    println!("intent journal entries left:        {}", journal_left.len());
     println!("backend directory: {}", dir.display());
 
     let ok = bound_exactly_one == live_set.len()
@@ -547,7 +558,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         && dup_created == 0
         && dup_deleted == 0
         && prov_dups.is_empty()
-        && del_dups.is_empty();
+        && del_dups.is_empty()
+        && journal_left.is_empty();
     if !ok {
         // What was left, for whoever reads a failed run (CI keeps only the output).
         for d in prov_dups.iter().take(3) {
