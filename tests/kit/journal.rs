@@ -46,6 +46,20 @@ fn crashable(kit: &Kit, backend: &ScriptedBackend) -> RunningEngine {
         .expect("engine")
 }
 
+/// A claim whose provision call has started (and waits): its entry is in the journal.
+async fn provision_in_flight() -> (Kit, ScriptedBackend, KitEngine, String) {
+    let kit = Kit::new();
+    kit.class("gated", "Delete", false).await;
+    let backend = ScriptedBackend::new();
+    backend.pause();
+    let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
+    let created = kit.create_claim(claim(NS, "data").class("gated").build()).await;
+    let pv = pv_name(&created);
+    backend.wait_until(|s| !s.provision_calls.is_empty()).await.expect("provision called");
+    assert_eq!(entries(&kit).await, vec![pv.clone()], "recorded before the backend call");
+    (kit, backend, engine, pv)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_bound_claim_carries_nothing_of_ours_and_its_entry_leaves_the_journal() {
     let kit = Kit::new();
@@ -127,15 +141,7 @@ async fn a_claim_deleted_while_the_engine_was_down_has_its_backend_volume_delete
 
 #[tokio::test(start_paused = true)]
 async fn a_journal_deleted_by_hand_is_written_again_while_its_entries_are_live() {
-    let kit = Kit::new();
-    kit.class("gated", "Delete", false).await;
-    let backend = ScriptedBackend::new();
-    backend.pause();
-    let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
-    let created = kit.create_claim(claim(NS, "data").class("gated").build()).await;
-    let pv = pv_name(&created);
-    backend.wait_until(|s| !s.provision_calls.is_empty()).await.expect("provision called");
-    assert_eq!(entries(&kit).await, vec![pv.clone()], "recorded before the backend call");
+    let (kit, backend, engine, pv) = provision_in_flight().await;
 
     journals(&kit).delete(&journal_name(), &DeleteParams::default()).await.expect("delete the journal");
     journal_until(&kit, "the live entry again", |d| d.is_some_and(|d| d.contains_key(&pv))).await;
@@ -148,14 +154,7 @@ async fn a_journal_deleted_by_hand_is_written_again_while_its_entries_are_live()
 
 #[tokio::test(start_paused = true)]
 async fn a_journal_edited_by_hand_gets_the_engines_entries_back_and_keeps_the_operators_keys() {
-    let kit = Kit::new();
-    kit.class("gated", "Delete", false).await;
-    let backend = ScriptedBackend::new();
-    backend.pause();
-    let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
-    let created = kit.create_claim(claim(NS, "data").class("gated").build()).await;
-    let pv = pv_name(&created);
-    backend.wait_until(|s| !s.provision_calls.is_empty()).await.expect("provision called");
+    let (kit, backend, engine, pv) = provision_in_flight().await;
 
     let patch = json!({ "data": { pv.clone(): null, "operator-note": "checked by hand", "pvc-garbage": "{not json" } });
     journals(&kit).patch(&journal_name(), &PatchParams::default(), &Patch::Merge(&patch)).await.expect("edit");
