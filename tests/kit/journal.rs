@@ -215,3 +215,30 @@ async fn a_claim_recorded_by_an_earlier_version_is_finished_and_its_record_remov
     backend.wait_until(|s| s.deleted == 1).await.expect("backend deleted");
     engine.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_full_journal_makes_provisions_wait_and_every_claim_binds_as_entries_leave() {
+    let kit = Kit::new();
+    kit.class("gated", "Delete", false).await;
+    let backend = ScriptedBackend::new();
+    backend.pause();
+    // Room for about two entries.
+    let one = journal::encode_entry(&claim(NS, "c0").class("gated").build(), "gated").len() + 80;
+    let engine = kit.engine(Arc::new(backend.clone()), |b| b.journal_max_bytes(2 * one + 600).workers(10)).await;
+    for i in 0..6 {
+        kit.create_claim(claim(NS, &format!("c{i}")).class("gated").build()).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let started = backend.provision_calls().len();
+    assert!((1..=3).contains(&started), "{started} provisions started with room for about two entries");
+    assert!(engine.metrics_text().contains("provisioner_journal_full_total"), "counted");
+    assert!(!engine.metrics_text().contains("provisioner_journal_full_total 0"), "provisions waited");
+    backend.resume();
+    for i in 0..6 {
+        kit.bound(&format!("c{i}")).await;
+    }
+    assert_eq!(backend.created(), 6);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert!(entries(&kit).await.is_empty());
+    engine.stop().await.expect("clean shutdown");
+}

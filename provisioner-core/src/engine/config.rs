@@ -181,6 +181,12 @@ impl EngineBuilder {
         self.config.journal.linger = Some(linger);
         self
     }
+    /// The most the intent journal may hold, in bytes (default and at most
+    /// [`crate::journal::MAX_BYTES`]); past it new provisions wait.
+    pub fn journal_max_bytes(mut self, bytes: usize) -> Self {
+        self.config.journal.max_bytes = Some(bytes);
+        self
+    }
     /// Also act for claims of these provisioner names.
     pub fn additional_names<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.more_names.extend(names.into_iter().map(Into::into));

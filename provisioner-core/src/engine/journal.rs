@@ -41,6 +41,10 @@ pub struct JournalConfig {
     /// How long finished entries may wait for a commit that writes new ones
     /// before they get one of their own (default 10 s).
     pub linger: Option<Duration>,
+    /// The most the journal may hold, in bytes of keys and values (default
+    /// and at most [`journal::MAX_BYTES`], under the API server's 1 MiB per
+    /// ConfigMap). Past it new provisions wait for entries to leave.
+    pub max_bytes: Option<usize>,
 }
 
 /// Why an entry could not be written.
@@ -91,6 +95,9 @@ pub(crate) struct Journal {
     name: String,
     owner: String,
     linger: Duration,
+    max_bytes: usize,
+    /// When "the journal is full" was last logged at warning level.
+    full_warned: Mutex<Option<Instant>>,
     inner: Mutex<Inner>,
     wake: Notify,
     leading: AtomicBool,
@@ -109,6 +116,8 @@ impl Journal {
             name: journal::name_for(primary, config.instance.as_deref()),
             owner,
             linger: config.linger.unwrap_or(Duration::from_secs(10)),
+            max_bytes: config.max_bytes.unwrap_or(journal::MAX_BYTES).min(journal::MAX_BYTES),
+            full_warned: Mutex::new(None),
             inner: Mutex::new(Inner::default()),
             wake: Notify::new(),
             leading: AtomicBool::new(false),
@@ -210,8 +219,18 @@ impl Journal {
             }
             let value = journal::encode_entry(claim, &class.name_any());
             let size = inner.bytes + inner.adds.iter().map(|w| w.key.len() + w.value.len()).sum::<usize>();
-            if size + key.len() + value.len() > journal::MAX_BYTES {
+            if size + key.len() + value.len() > self.max_bytes {
                 self.metrics.journal_full.inc();
+                // Finished entries make room: they go now, not after the linger.
+                let room_coming = !inner.removed.is_empty();
+                if room_coming {
+                    inner.repair = true;
+                }
+                drop(inner);
+                if room_coming {
+                    self.wake.notify_one();
+                }
+                self.warn_full(size);
                 return Err(JournalError::Full(size));
             }
             let snapshot = serde_json::to_string(&journal::trimmed_class(class)).unwrap_or_default();
@@ -220,6 +239,19 @@ impl Journal {
         }
         self.wake.notify_one();
         rx.await.unwrap_or(Err(JournalError::NotLeading))
+    }
+
+    /// Says once a minute, at warning level, that provisions wait for room.
+    fn warn_full(&self, size: usize) {
+        let mut last = self.full_warned.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(Instant::now());
+            warn!(
+                journal = %self.describe(),
+                bytes = size,
+                "the intent journal is full: new provisions wait until volumes in progress are saved"
+            );
+        }
     }
 
     /// The entry for `key` has done its job (a PV records the backend, or
@@ -324,7 +356,7 @@ impl Journal {
             all_classes.extend(classes.clone());
             let contents = journal::commit_contents(remote.as_ref(), &live, &removed, &all_classes);
             let data = contents.to_data();
-            if journal::size(&data) > journal::MAX_BYTES + 64 * 1024 {
+            if journal::size(&data) > self.max_bytes + 64 * 1024 {
                 result = Err(JournalError::Full(journal::size(&data)));
                 break;
             }

@@ -71,7 +71,14 @@
 //!   keys it cannot read (an operator's note) are kept as they are, and
 //!   entries it did not know (another replica's) are learned and looked at.
 //!   A journal whose owner annotation names another engine is refused at
-//!   start-up.
+//!   start-up. (A journal deleted while no engine runs takes its entries
+//!   with it, as removing a finalizer by hand would: `release` is the way
+//!   to give them up, and it lists them.)
+//!
+//! The journal is bounded ([`crate::journal::MAX_BYTES`], under the API
+//! server's 1 MiB per ConfigMap, about 1,500 entries): when it is full, new
+//! provisions wait (counted in `provisioner_journal_full_total`, logged once
+//! a minute) and finished entries leave at once to make room.
 //!
 //! Only the leader writes the journal. Claims carry nothing of ours, so a
 //! claim, or its namespace, can always be deleted, with or without the
