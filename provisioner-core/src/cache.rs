@@ -186,12 +186,16 @@ impl<K: Resource + Serialize + DeserializeOwned> JsonWriter<K> {
         self.buffer.get_or_insert_with(HashMap::new).insert(key_of(object), Cached::new(object));
     }
 
-    /// The re-list is complete: it replaces the contents.
-    pub fn init_done(&mut self) {
+    /// The re-list is complete: it replaces the contents. Returns the
+    /// objects it dropped: deleted while the watch was down, they get no
+    /// deletion event of their own.
+    pub fn init_done(&mut self) -> Vec<Cached<K>> {
         let mut listed = self.buffer.take().unwrap_or_default();
         listed.shrink_to_fit();
-        *self.write() = listed;
+        let before = std::mem::replace(&mut *self.write(), listed);
         self.ready.send_replace(true);
+        let now = self.shared.objects.read().unwrap_or_else(|p| p.into_inner());
+        before.into_iter().filter(|(k, _)| !now.contains_key(k)).map(|(_, v)| v).collect()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Box<str>, Cached<K>>> {
@@ -264,7 +268,9 @@ mod tests {
         writer.init_insert(&new);
         assert!(volumes.get(None, "pvc-old").is_some(), "readers see the old contents during the re-list");
         assert!(volumes.get(None, "pvc-new").is_none());
-        writer.init_done();
+        let dropped = writer.init_done();
+        let dropped: Vec<String> = dropped.iter().filter_map(|c| c.decode().ok()?.metadata.name).collect();
+        assert_eq!(dropped, ["pvc-old"], "the re-list says what it dropped (deleted while the watch was down)");
         assert!(volumes.get(None, "pvc-old").is_none(), "what the re-list did not show is gone");
         assert!(volumes.get(None, "pvc-new").is_some());
         assert_eq!(volumes.len(), 1);

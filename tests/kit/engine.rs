@@ -655,6 +655,57 @@ async fn volumes_released_while_the_volume_watch_was_down_are_deleted_after_the_
     engine.stop().await.expect("clean shutdown");
 }
 
+/// The claim watch is down while claims are deleted: their volumes are
+/// released and seen, but the claim cache still shows the claims (the
+/// volume waits for them); the claim watch comes back through a re-list
+/// that no longer holds them, with no deletion event of its own, and the
+/// volumes must still be deleted.
+#[tokio::test(start_paused = true)]
+async fn claims_deleted_while_the_claim_watch_was_down_have_their_volumes_deleted_after_the_relist() {
+    let kit = Kit::new();
+    kit.class("gap", "Delete", false).await;
+    let backend = ScriptedBackend::new();
+    let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
+    let names = ["a", "b"];
+    for n in names {
+        kit.create_claim(claim(NS, n).class("gap").build()).await;
+    }
+    let mut pvs = Vec::new();
+    for n in names {
+        let bound = kit.bound(n).await;
+        pvs.push(bound.spec.and_then(|s| s.volume_name).expect("bound to a volume"));
+    }
+
+    kit.cluster.fail_next::<PersistentVolumeClaim>(Verb::Watch, Fault::InternalError, 10_000);
+    kit.cluster.fail_next::<PersistentVolumeClaim>(Verb::List, Fault::InternalError, 10_000);
+    kit.cluster.drop_watches();
+    for n in names {
+        kit.claims().delete(n, &DeleteParams::default()).await.expect("delete claim");
+    }
+    for pv in &pvs {
+        kit.cluster
+            .wait_for::<PersistentVolume>("", pv, |v| v.is_some_and(|v| volume_phase(v) == "Released"))
+            .await
+            .unwrap_or_else(|e| panic!("the binder released the volumes: {e}"));
+    }
+    // The volume watch is back and shows them Released; the claims are still cached.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(backend.delete_calls().is_empty(), "nothing deleted while the cache shows the claims");
+
+    kit.cluster.compact();
+    kit.cluster.clear_faults();
+    for pv in &pvs {
+        if let Err(e) = kit.cluster.wait_for::<PersistentVolume>("", pv, |v| v.is_none()).await {
+            panic!(
+                "released volumes deleted after the claims' re-list; delete calls: {:?}; {e}",
+                backend.delete_calls()
+            );
+        }
+    }
+    assert_eq!(backend.deleted(), 2);
+    engine.stop().await.expect("clean shutdown");
+}
+
 /// Events go on their own lane with a rate of their own: a trickle of
 /// events does not slow provisioning, and a Warning goes before the Normal
 /// events waiting ahead of it.

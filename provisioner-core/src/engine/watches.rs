@@ -63,6 +63,7 @@ async fn watch_cached<K>(
     let mut stream = start();
     // Asked for a fresh list: answered at the InitDone of a list started after the request.
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut vanished = Vec::new();
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
@@ -97,9 +98,18 @@ async fn watch_cached<K>(
                     watcher::Event::InitApply(o) if keep(o) => writer.init_insert(o),
                     watcher::Event::InitApply(_) => {}
                     watcher::Event::Init => writer.init(),
-                    watcher::Event::InitDone => writer.init_done(),
+                    watcher::Event::InitDone => vanished = writer.init_done(),
                 }
                 handle(event);
+                // Objects deleted while the watch was down are gone from the
+                // re-list without a deletion event: they get one here, after
+                // the re-list's own keys, so their keys are looked at again.
+                for gone in vanished.drain(..) {
+                    match gone.decode() {
+                        Ok(o) => handle(watcher::Event::Delete(o)),
+                        Err(e) => warn!(error = %e, "{what} dropped by a re-list does not decode"),
+                    }
+                }
                 if init_done {
                     // The listed objects are in the store and their keys queued.
                     for ack in waiting.drain(..) {
