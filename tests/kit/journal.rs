@@ -242,3 +242,18 @@ async fn a_full_journal_makes_provisions_wait_and_every_claim_binds_as_entries_l
     assert!(entries(&kit).await.is_empty());
     engine.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_engine_refused_its_journal_stops_with_a_message_naming_what_to_grant() {
+    let kit = Kit::new();
+    kit.cluster.fail_next::<ConfigMap>(Verb::Get, Fault::Status(403), 1_000);
+    let backend = ScriptedBackend::new();
+    let engine = Engine::builder(kit.cluster.client(), NAME, Arc::new(backend)).resync(None).build().expect("engine");
+    let result = tokio::time::timeout(default_timeout(), engine.run(CancellationToken::new())).await.expect("returns");
+    match result {
+        Err(EngineError::Config(msg)) => {
+            assert!(msg.contains("refused") && msg.contains("configmaps") && msg.contains("default"), "{msg}")
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}

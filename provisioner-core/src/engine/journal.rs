@@ -155,6 +155,17 @@ impl Journal {
         let got = loop {
             match bounded(self.api.get_opt(&self.name)).await {
                 Ok(got) => break got,
+                // Not allowed: no retry will change that, and the engine
+                // cannot run safely without its journal.
+                Err(kube::Error::Api(e)) if e.code == 401 || e.code == 403 => {
+                    return Err(format!(
+                        "reading the intent journal {} was refused ({}): grant configmaps get, list, watch, create \
+                         and update in namespace {} (the charts do), or give the namespace with --lease-namespace",
+                        self.describe(),
+                        e.message,
+                        self.api.namespace().unwrap_or_default()
+                    ));
+                }
                 Err(e) => {
                     warn!(journal = %self.describe(), error = %e, "reading the intent journal failed; retrying");
                     tokio::time::sleep(delay).await;
