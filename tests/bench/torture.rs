@@ -435,6 +435,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             data.insert("operator-note".into(), Some("emptied by hand".into()));
                             serde_json::json!({ "data": data })
                         }
+                        Err(kube::Error::Api(e)) if e.code == 404 => {
+                            return format!(
+                                "burst {burst}: no journal to empty (nothing in flight since it was deleted)"
+                            );
+                        }
                         Err(e) => return format!("burst {burst}: reading the journal: {e}"),
                     };
                     match journals.patch(&journal_name, &PatchParams::default(), &Patch::Merge(&patch)).await {

@@ -257,3 +257,26 @@ async fn an_engine_refused_its_journal_stops_with_a_message_naming_what_to_grant
         other => panic!("expected a configuration error, got {other:?}"),
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn leadership_lost_while_the_journal_is_read_starts_no_work() {
+    let kit = Kit::new();
+    kit.class("fast", "Delete", false).await;
+    kit.create_claim(claim(NS, "data").class("fast").build()).await;
+    // Reading the journal at the start of the term is slow (the API server is busy)...
+    kit.cluster.set_latency::<ConfigMap>(Some(Verb::Get), Duration::from_secs(5));
+    let (leading, leadership) = watch::channel(true);
+    let backend = ScriptedBackend::new();
+    let engine = kit.engine(Arc::new(backend.clone()), |b| b.leadership(leadership)).await;
+    // ... and leadership goes before it is read.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    leading.send_replace(false);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(backend.provision_calls().is_empty(), "a replica that does not lead called the backend");
+    assert!(entries(&kit).await.is_empty(), "a replica that does not lead wrote the journal");
+    // Leading again, it does the work.
+    leading.send_replace(true);
+    kit.bound("data").await;
+    assert_eq!(backend.provision_calls().len(), 1);
+    engine.stop().await.expect("clean shutdown");
+}

@@ -314,6 +314,7 @@ impl Engine {
             // afresh before any worker runs, and look at every entry.
             let loaded = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = wait_for(&mut leadership, false) => continue,
                 l = ctx.journal.load() => l,
             };
             match loaded {
@@ -329,6 +330,11 @@ impl Engine {
                     elector_stop.cancel();
                     return Err(EngineError::Config(msg));
                 }
+            }
+            // Reading the journal takes a request (retried while the API
+            // server is away): leadership may have gone meanwhile.
+            if !*leadership.borrow() {
+                continue;
             }
             ctx.journal.set_leading(true);
             ctx.metrics.leader.set(1);
