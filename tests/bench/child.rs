@@ -8,6 +8,7 @@
 //! `report` the parent writes to the child's stdin, and `final` after the
 //! engine has shut down, which it does on SIGTERM or when stdin closes.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
@@ -16,13 +17,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{HostPathVolumeSource, PersistentVolume, PersistentVolumeSpec};
 use prometheus_client::registry::Registry;
-use provisioner_core::client::{ApiRate, RequestCounts, build_client};
+use provisioner_core::client::{ApiRate, RequestCounts};
 use provisioner_core::engine::EngineConfig;
 use provisioner_core::metrics::Metrics;
 use provisioner_core::{DeleteError, Engine, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::kinds::{WriteKinds, build_counting_client};
 use crate::procfs;
 use crate::report::EngineReport;
 
@@ -93,13 +95,41 @@ impl Provisioner for NoIoBackend {
     }
 }
 
-fn report(event: &str, workers: usize, counts: &RequestCounts, metrics: &Metrics, class: &str) -> EngineReport {
+/// What the child knows of its clients and its engine.
+struct Sources {
+    workers: usize,
+    counts: Arc<RequestCounts>,
+    kinds: Arc<WriteKinds>,
+    event_counts: Arc<RequestCounts>,
+    metrics: Metrics,
+    registry: Registry,
+    class: String,
+}
+
+/// The exported `provisioner_events*_total` samples, by their exposition name and labels.
+fn event_metrics(registry: &Registry) -> BTreeMap<String, u64> {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        return BTreeMap::new();
+    }
+    text.lines()
+        // Counters only (the waiting gauge is no count of events).
+        .filter(|l| l.starts_with("provisioner_events") && l.contains("_total"))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse::<f64>().ok()? as u64))
+        })
+        .collect()
+}
+
+fn report(event: &str, s: &Sources) -> EngineReport {
+    let (metrics, class) = (&s.metrics, s.class.as_str());
     EngineReport {
         event: event.into(),
-        workers,
-        reads: counts.reads(),
-        writes: counts.writes(),
-        watches: counts.watches(),
+        workers: s.workers,
+        reads: s.counts.reads(),
+        writes: s.counts.writes(),
+        watches: s.counts.watches(),
         api_writes_metric: metrics.api_writes(),
         provisioned: metrics.provisioned(class),
         provision_failed: metrics.provision_failures(class),
@@ -107,6 +137,10 @@ fn report(event: &str, workers: usize, counts: &RequestCounts, metrics: &Metrics
         retries: metrics.retries(),
         queue_depth: metrics.queue_depth(),
         in_flight: metrics.in_flight(),
+        journal_commits: metrics.journal_commits(),
+        write_kinds: s.kinds.snapshot(),
+        event_writes: s.event_counts.writes(),
+        event_metrics: event_metrics(&s.registry),
     }
 }
 
@@ -120,15 +154,26 @@ fn emit(r: &EngineReport) {
 /// The child's `main`: runs the engine until SIGTERM or end of stdin.
 pub async fn run_engine(args: EngineArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = kube::Config::infer().await?;
-    let (client, counts) = build_client(config, args.rate())?;
+    let (client, counts, kinds) = build_counting_client(config.clone(), args.rate())?;
+    // Events through a client of their own, as the bundled binaries send them.
+    let (event_client, event_counts, _) = build_counting_client(config, None)?;
     let mut registry = Registry::default();
-    let mut builder = Engine::builder(client, &args.name, Arc::new(NoIoBackend)).metrics(&mut registry);
+    let mut builder =
+        Engine::builder(client, &args.name, Arc::new(NoIoBackend)).event_client(event_client).metrics(&mut registry);
     let workers = args.workers.unwrap_or(EngineConfig::default().workers);
     if let Some(w) = args.workers {
         builder = builder.workers(w);
     }
     let engine = builder.build()?;
-    let metrics = engine.metrics();
+    let sources = Sources {
+        workers,
+        counts,
+        kinds,
+        event_counts,
+        metrics: engine.metrics(),
+        registry,
+        class: args.class.clone(),
+    };
     let mut status = engine.status();
     let shutdown = CancellationToken::new();
     let mut run = tokio::spawn(engine.run(shutdown.clone()));
@@ -151,11 +196,11 @@ pub async fn run_engine(args: EngineArgs) -> Result<(), Box<dyn std::error::Erro
             changed = status.wait_for(|s| s.synced), if !announced => {
                 if changed.is_ok() {
                     announced = true;
-                    emit(&report("ready", workers, &counts, &metrics, &args.class));
+                    emit(&report("ready", &sources));
                 }
             }
             command = commands.recv() => match command.as_deref() {
-                Some("report") => emit(&report("report", workers, &counts, &metrics, &args.class)),
+                Some("report") => emit(&report("report", &sources)),
                 Some(_) => {}
                 None => break,
             },
@@ -172,7 +217,7 @@ pub async fn run_engine(args: EngineArgs) -> Result<(), Box<dyn std::error::Erro
     }
     shutdown.cancel();
     run.await??;
-    emit(&report("final", workers, &counts, &metrics, &args.class));
+    emit(&report("final", &sources));
     Ok(())
 }
 

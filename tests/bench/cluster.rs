@@ -346,9 +346,10 @@ pub async fn create_claims(
 }
 
 /// Creates `n` claims and, for each, exactly what the engine would have
-/// written: its intent record on the claim and the PersistentVolume
-/// `pvc-<uid>` built by the engine's own [`build_volume`] from the bench
-/// backend's answer. The binder then binds them as it binds the engine's.
+/// written: the PersistentVolume `pvc-<uid>` built by the engine's own
+/// [`build_volume`] from the bench backend's answer. Nothing of the engine's
+/// goes on the claim (its intents are in its journal, and gone once the PV is
+/// saved). The binder then binds them as it binds the engine's.
 pub async fn create_provisioned(
     client: &Client,
     names: &RunNames,
@@ -374,23 +375,7 @@ pub async fn create_provisioned(
                 ]));
                 let created = claims.create(pp, &claim).await.map_err(|e| format!("creating claim {name}: {e}"))?;
                 let pv_name = format!("pvc-{}", created.uid().unwrap_or_default());
-                // The engine's intent record (see provisioner_core::engine).
-                let mut finalizers = created.finalizers().to_vec();
-                finalizers.push(keys::INTENT_FINALIZER.to_string());
-                let intent = json!({
-                    "metadata": {
-                        "finalizers": finalizers,
-                        "annotations": {
-                            keys::INTENT_VOLUME: pv_name,
-                            keys::INTENT_PROVISIONER: names.provisioner,
-                        },
-                    }
-                });
-                let recorded = claims
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&intent))
-                    .await
-                    .map_err(|e| format!("recording intent on {name}: {e}"))?;
-                let pv = build_volume(&pv_name, volume_for(&pv_name), &recorded, class, &VolumeOptions::default());
+                let pv = build_volume(&pv_name, volume_for(&pv_name), &created, class, &VolumeOptions::default());
                 volumes.create(pp, &pv).await.map_err(|e| format!("creating volume {pv_name}: {e}"))?;
                 let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 if k % 1000 == 0 {

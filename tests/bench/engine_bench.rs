@@ -21,6 +21,7 @@
 
 mod child;
 mod cluster;
+mod kinds;
 mod procfs;
 mod report;
 
@@ -37,10 +38,12 @@ use crate::child::{EngineArgs, EngineChild};
 use crate::cluster::{Clock, RunNames, Tracker, progress};
 use crate::procfs::{Memory, PlaneProcess};
 use crate::report::{
-    ApiServerCounters, Deletion, EngineReport, Provisioning, RequestDelta, human_secs, kib_per_volume,
+    ApiServerCounters, Deletion, EngineReport, Provisioning, RequestDelta, human_secs, kib_per_volume, per,
 };
 
-/// The targets the figures are held against.
+/// The targets the figures are held against: main-budget writes over a
+/// volume's life (PV create, PV delete, PV finalizer removal; the journal's
+/// share on top must stay a small fraction).
 const MAX_WRITES_PER_VOLUME: f64 = 3.0;
 const MAX_KIB_PER_CACHED_VOLUME: f64 = 10.0;
 
@@ -546,12 +549,13 @@ fn print_figures(f: &Figures, args: &BenchArgs, workers: usize, plane: &Plane) {
             human_secs(d.result.latency.p99)
         );
         println!(
-            "  engine writes {} = {:.2} per volume (claim release, PV delete, PV finalizer); reads +{}",
+            "  engine writes {} = {:.2} per volume (PV delete, PV finalizer removal, journal); reads +{}",
             d.requests.writes,
             d.requests.writes_per(d.result.volumes),
             d.requests.reads
         );
     }
+    print_writes_by_kind(p);
     if let Some(e) = &f.memory_error {
         println!();
         println!("Memory: FAILED: {e}");
@@ -589,10 +593,15 @@ fn print_figures(f: &Figures, args: &BenchArgs, workers: usize, plane: &Plane) {
     }
     println!();
     println!("Targets");
-    let wpv = p.requests.writes_per(r.volumes);
+    let life = lifecycle(p);
+    let wpv = per(life.writes, r.volumes);
+    let journal = per(life.journal_commits, r.volumes);
+    let scope = if p.deletion.is_some() { "lifecycle" } else { "provisioning only, --keep" };
     println!(
-        "  API writes per provisioned volume: {wpv:.2} (target <= {MAX_WRITES_PER_VOLUME}): {}",
-        met(r.volumes > 0 && wpv <= MAX_WRITES_PER_VOLUME)
+        "  main-budget API writes per volume ({scope}): {wpv:.3}; without the journal's share of {journal:.3}: \
+         {:.3} (target <= {MAX_WRITES_PER_VOLUME}, plus a small fraction for the journal): {}",
+        wpv - journal,
+        met(r.volumes > 0 && wpv - journal <= MAX_WRITES_PER_VOLUME && journal < 0.5)
     );
     if let Some(m) = &f.memory {
         let kpv = kib_per_volume(m.loaded.rss_kib, m.baseline.rss_kib, m.cached);
@@ -602,6 +611,136 @@ fn print_figures(f: &Figures, args: &BenchArgs, workers: usize, plane: &Plane) {
         );
     }
     println!("{}", figures_json(f, args, workers, plane, cores));
+}
+
+/// The engine's requests over a volume's whole life: provisioning, then deletion.
+fn lifecycle(p: &ProvisioningFigures) -> RequestDelta {
+    match &p.deletion {
+        Some(d) => p.requests.plus(&d.requests),
+        None => p.requests.clone(),
+    }
+}
+
+/// Main-budget writes filed by what they are, at the client and in the
+/// engine's metrics.
+struct WriteBreakdown {
+    pv_creates: u64,
+    pv_deletes: u64,
+    pv_patches: u64,
+    journal_client: u64,
+    journal_commits: u64,
+    claim_writes: u64,
+    other: u64,
+    main_client: u64,
+    main_metric: u64,
+    event_writes: u64,
+    events_normal: u64,
+    events_warning: u64,
+    events_dropped: u64,
+    events_coalesced: u64,
+}
+
+impl WriteBreakdown {
+    fn of(d: &RequestDelta) -> WriteBreakdown {
+        let kinds = |pred: &dyn Fn(&str, &str) -> bool| -> u64 {
+            d.write_kinds
+                .iter()
+                .filter(|(k, _)| k.split_once(' ').is_some_and(|(m, r)| pred(m, r)))
+                .map(|(_, v)| v)
+                .sum()
+        };
+        let pv_creates = d.kind("POST persistentvolumes");
+        let pv_deletes = d.kind("DELETE persistentvolumes");
+        let pv_patches = kinds(&|m, r| (m == "PATCH" || m == "PUT") && r == "persistentvolumes");
+        let journal_client = kinds(&|_, r| r == "configmaps");
+        let claim_writes = kinds(&|_, r| r.starts_with("persistentvolumeclaims"));
+        let main_client: u64 = d.write_kinds.values().sum();
+        let metric = |prefix: &str| -> u64 {
+            d.event_metrics.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v).sum()
+        };
+        WriteBreakdown {
+            pv_creates,
+            pv_deletes,
+            pv_patches,
+            journal_client,
+            journal_commits: d.journal_commits,
+            claim_writes,
+            other: main_client - pv_creates - pv_deletes - pv_patches - journal_client - claim_writes,
+            main_client,
+            main_metric: d.api_writes_metric,
+            event_writes: d.event_writes,
+            events_normal: metric("provisioner_events_total{type=\"Normal\"}"),
+            events_warning: metric("provisioner_events_total{type=\"Warning\"}"),
+            events_dropped: metric("provisioner_events_dropped_total"),
+            events_coalesced: metric("provisioner_events_coalesced_total"),
+        }
+    }
+
+    fn json(&self, volumes: usize) -> serde_json::Value {
+        let p = |c: u64| per(c, volumes);
+        json!({
+            "volumes": volumes,
+            "main_budget": {
+                "pv_creates": p(self.pv_creates),
+                "pv_deletes": p(self.pv_deletes),
+                "pv_patches": p(self.pv_patches),
+                "journal_writes": p(self.journal_client),
+                "journal_commits_metric": p(self.journal_commits),
+                "claim_writes": p(self.claim_writes),
+                "other": p(self.other),
+                "total_client": p(self.main_client),
+                "total_metric": p(self.main_metric),
+            },
+            "events": {
+                "writes": p(self.event_writes),
+                "normal": p(self.events_normal),
+                "warning": p(self.events_warning),
+                "dropped": p(self.events_dropped),
+                "coalesced": p(self.events_coalesced),
+            },
+        })
+    }
+}
+
+fn print_writes_by_kind(p: &ProvisioningFigures) {
+    let volumes = p.result.volumes;
+    let phases: Vec<(&str, RequestDelta)> = match &p.deletion {
+        Some(d) => vec![("provision", p.requests.clone()), ("delete", d.requests.clone()), ("lifecycle", lifecycle(p))],
+        None => vec![("provision", p.requests.clone())],
+    };
+    let rows: Vec<(&str, WriteBreakdown)> = phases.iter().map(|(n, d)| (*n, WriteBreakdown::of(d))).collect();
+    let f = |c: u64| format!("{:>10.3}", per(c, volumes));
+    let line = |label: &str, get: &dyn Fn(&WriteBreakdown) -> u64| {
+        let cells: Vec<String> = rows.iter().map(|(_, b)| f(get(b))).collect();
+        println!("  {label:<44}{}", cells.join(""));
+    };
+    println!();
+    println!("Writes per volume by kind ({volumes} volumes; main client counted by kind at its transport)");
+    let heads: Vec<String> = rows.iter().map(|(n, _)| format!("{n:>10}")).collect();
+    println!("  {:<44}{}", "", heads.join(""));
+    println!("  main budget");
+    line("PV creates (POST persistentvolumes)", &|b| b.pv_creates);
+    line("PV deletes (DELETE persistentvolumes)", &|b| b.pv_deletes);
+    line("PV finalizer removals (PATCH/PUT PV)", &|b| b.pv_patches);
+    line("journal commits (writes to its ConfigMap)", &|b| b.journal_client);
+    line("  provisioner_journal_commits_total", &|b| b.journal_commits);
+    line("claim writes", &|b| b.claim_writes);
+    line("other", &|b| b.other);
+    line("total at the client", &|b| b.main_client);
+    line("  provisioner_api_writes_total", &|b| b.main_metric);
+    println!("  events (their own client and lane)");
+    line("event writes at the events' client", &|b| b.event_writes);
+    line("  provisioner_events_total{type=\"Normal\"}", &|b| b.events_normal);
+    line("  provisioner_events_total{type=\"Warning\"}", &|b| b.events_warning);
+    line("  provisioner_events_dropped_total", &|b| b.events_dropped);
+    line("  provisioner_events_coalesced_total", &|b| b.events_coalesced);
+    if let Some((_, life)) = rows.last() {
+        println!(
+            "  journal commits per volume over the lifecycle: {:.3} ({} commits for {volumes} volumes)",
+            per(life.journal_commits, volumes),
+            life.journal_commits
+        );
+    }
 }
 
 fn figures_json(f: &Figures, args: &BenchArgs, workers: usize, plane: &Plane, cores: usize) -> serde_json::Value {
@@ -644,6 +783,7 @@ fn figures_json(f: &Figures, args: &BenchArgs, workers: usize, plane: &Plane, co
         "incomplete": p.timed_out,
         "requests": p.requests,
         "writes_per_volume": p.requests.writes_per(p.result.volumes),
+        "lifecycle_writes_by_kind": WriteBreakdown::of(&lifecycle(p)).json(p.result.volumes),
         "startup_reads": p.startup.reads,
         "startup_watches": p.startup.watches,
         "engine_hwm_kib": p.engine_memory.hwm_kib,

@@ -1,9 +1,14 @@
 //! `noop-engine`: our engine with a backend that does no I/O, the Rust side
 //! of the side-by-side benchmark (the Go side is `tests/peer`). Takes the
 //! engine's usual flags (`--workers`, `--kube-api-qps`, `--kube-api-burst`,
-//! `--leader-elect`, ...) at their production defaults. On SIGTERM/SIGINT it
-//! stops and prints one JSON line: API requests made (counted at the client)
-//! and backend calls received.
+//! `--leader-elect`, ...) at their production defaults, and sends events
+//! through a client of their own as the bundled binaries do. On SIGTERM/SIGINT
+//! it stops and prints one JSON line: API requests made (counted at the
+//! clients; `writes` includes the events' client's `event_writes`, and
+//! `write_kinds` files the main client's writes by kind) and backend calls
+//! received.
+
+mod kinds;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +17,6 @@ use async_trait::async_trait;
 use clap::Parser;
 use k8s_openapi::api::core::v1::{HostPathVolumeSource, PersistentVolume, PersistentVolumeSpec};
 use provisioner_core::cli::{EngineArgs, init_logging};
-use provisioner_core::client::build_client;
 use provisioner_core::serve::shutdown_on_signals;
 use provisioner_core::{DeleteError, Engine, ProvisionError, ProvisionRequest, ProvisionedVolume, Provisioner};
 
@@ -53,12 +57,19 @@ impl Provisioner for Noop {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     init_logging(&args.engine.log_format);
-    let (client, counts) = build_client(kube::Config::infer().await?, args.engine.rate())?;
+    let config = kube::Config::infer().await?;
+    let (client, counts, write_kinds) = kinds::build_counting_client(config.clone(), args.engine.rate())?;
+    let (event_client, event_counts, _) = kinds::build_counting_client(config, None)?;
     let backend = Arc::new(Noop::default());
-    let engine = args.engine.apply(Engine::builder(client, args.provisioner.clone(), backend.clone())).build()?;
+    let builder = Engine::builder(client, args.provisioner.clone(), backend.clone()).event_client(event_client);
+    let engine = args.engine.apply(builder).build()?;
     engine.run(shutdown_on_signals()).await?;
     let line = serde_json::json!({
-        "reads": counts.reads(), "writes": counts.writes(), "watches": counts.watches(),
+        "reads": counts.reads() + event_counts.reads(),
+        "writes": counts.writes() + event_counts.writes(),
+        "event_writes": event_counts.writes(),
+        "watches": counts.watches() + event_counts.watches(),
+        "write_kinds": write_kinds.snapshot(),
         "provision_calls": backend.provisions.load(Ordering::Relaxed),
         "delete_calls": backend.deletes.load(Ordering::Relaxed),
     })

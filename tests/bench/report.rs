@@ -1,6 +1,8 @@
 //! The figures: per-claim timelines turned into rates, percentiles and the
 //! spans that show where the time went. Pure, so it is unit-tested.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Seconds since the benchmark started, as seen by the parent.
@@ -212,6 +214,19 @@ pub struct EngineReport {
     pub queue_depth: i64,
     /// `provisioner_in_flight_operations`.
     pub in_flight: i64,
+    /// `provisioner_journal_commits_total`.
+    #[serde(default)]
+    pub journal_commits: u64,
+    /// The main client's writes by kind (`"POST persistentvolumes"`, ...).
+    #[serde(default)]
+    pub write_kinds: BTreeMap<String, u64>,
+    /// Writes of the events' own client.
+    #[serde(default)]
+    pub event_writes: u64,
+    /// The engine's event counters (`provisioner_events_total{type="Normal"}`,
+    /// `provisioner_events_dropped_total{...}`, ...), as exported.
+    #[serde(default)]
+    pub event_metrics: BTreeMap<String, u64>,
 }
 
 impl EngineReport {
@@ -222,12 +237,23 @@ impl EngineReport {
             writes: self.writes.saturating_sub(earlier.writes),
             watches: self.watches.saturating_sub(earlier.watches),
             api_writes_metric: self.api_writes_metric.saturating_sub(earlier.api_writes_metric),
+            journal_commits: self.journal_commits.saturating_sub(earlier.journal_commits),
+            write_kinds: delta(&self.write_kinds, &earlier.write_kinds),
+            event_writes: self.event_writes.saturating_sub(earlier.event_writes),
+            event_metrics: delta(&self.event_metrics, &earlier.event_metrics),
         }
     }
 }
 
+fn delta(now: &BTreeMap<String, u64>, earlier: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    now.iter()
+        .map(|(k, v)| (k.clone(), v.saturating_sub(earlier.get(k).copied().unwrap_or(0))))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
 /// Requests of the engine's client over a stretch of time.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct RequestDelta {
     /// Gets and lists.
     pub reads: u64,
@@ -237,13 +263,50 @@ pub struct RequestDelta {
     pub watches: u64,
     /// The engine's `provisioner_api_writes_total` over the same stretch.
     pub api_writes_metric: u64,
+    /// The engine's `provisioner_journal_commits_total` over the same stretch.
+    pub journal_commits: u64,
+    /// The main client's writes by kind.
+    pub write_kinds: BTreeMap<String, u64>,
+    /// Writes of the events' own client.
+    pub event_writes: u64,
+    /// The engine's event counters over the same stretch.
+    pub event_metrics: BTreeMap<String, u64>,
 }
 
 impl RequestDelta {
     /// Writes per volume for `volumes` volumes.
     pub fn writes_per(&self, volumes: usize) -> f64 {
-        if volumes == 0 { 0.0 } else { self.writes as f64 / volumes as f64 }
+        per(self.writes, volumes)
     }
+    /// Main-client writes of `kind` (`"POST persistentvolumes"`).
+    pub fn kind(&self, kind: &str) -> u64 {
+        self.write_kinds.get(kind).copied().unwrap_or(0)
+    }
+    /// Both stretches together (provisioning, then deletion).
+    pub fn plus(&self, other: &RequestDelta) -> RequestDelta {
+        let sum = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| {
+            let mut s = a.clone();
+            for (k, v) in b {
+                *s.entry(k.clone()).or_default() += v;
+            }
+            s
+        };
+        RequestDelta {
+            reads: self.reads + other.reads,
+            writes: self.writes + other.writes,
+            watches: self.watches + other.watches,
+            api_writes_metric: self.api_writes_metric + other.api_writes_metric,
+            journal_commits: self.journal_commits + other.journal_commits,
+            write_kinds: sum(&self.write_kinds, &other.write_kinds),
+            event_writes: self.event_writes + other.event_writes,
+            event_metrics: sum(&self.event_metrics, &other.event_metrics),
+        }
+    }
+}
+
+/// `count` per volume for `volumes` volumes (0 without volumes).
+pub fn per(count: u64, volumes: usize) -> f64 {
+    if volumes == 0 { 0.0 } else { count as f64 / volumes as f64 }
 }
 
 /// Counters of the API server's own `/metrics` that show it, not the engine, limiting.

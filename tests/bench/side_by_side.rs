@@ -10,9 +10,16 @@
 //! gone (time to all deleted); then read the process's CPU seconds
 //! (`/proc/<pid>/stat`) and peak RSS (`VmHWM`), stop it with SIGTERM and read
 //! its API request counts (one JSON line it prints). Prints one table with
-//! the medians over the rounds and the ratios ours/theirs. The `steady`
-//! configuration creates the N claims at `--rate` per second instead of all
-//! at once (equal settings), which shows latency under a sustained load.
+//! the medians over the rounds and the ratios ours/theirs. Configurations:
+//! `defaults` (each side at its own), `equal` (both at `--workers`, `--qps`,
+//! `--burst`), `protected` (equal settings with the Go library's
+//! `AddFinalizer(true)`, the deletion protection our engine has by default),
+//! `steady` (equal settings, the N claims created at `--rate` per second
+//! instead of all at once, which shows latency under a sustained load) and
+//! `unthrottled` (`--unthrottled-claims` at once, both clients at
+//! `--unthrottled-qps`, so the API server is the limit). Writes are reported
+//! apart for events: ours go through a client of their own, the Go library's
+//! through its one client (counted by path).
 //!
 //! `--rss-cached N` instead measures memory: each side's RSS with an empty
 //! cluster and with N bound claims and their volumes, either provisioned by
@@ -61,10 +68,18 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     rounds: usize,
     /// Configurations, comma-separated: `defaults` (each side at its own
-    /// defaults), `equal` (both at `--workers`/`--qps`/`--burst`), `steady`
-    /// (equal settings, claims created at a steady `--rate` instead of at once).
-    #[arg(long, default_value = "defaults,equal")]
+    /// defaults), `equal` (both at `--workers`/`--qps`/`--burst`),
+    /// `protected` (equal, with the Go library's finalizer on), `steady`
+    /// (equal settings, claims created at a steady `--rate` instead of at
+    /// once), `unthrottled` (`--unthrottled-claims` at `--unthrottled-qps`).
+    #[arg(long, default_value = "defaults,equal,protected")]
     configs: String,
+    /// Claims in the `unthrottled` configuration.
+    #[arg(long, default_value_t = 5000)]
+    unthrottled_claims: usize,
+    /// Client QPS of both sides in the `unthrottled` configuration (burst twice that).
+    #[arg(long, default_value_t = 1000.0)]
+    unthrottled_qps: f64,
     /// Claims per second in the `steady` configuration.
     #[arg(long, default_value_t = 20.0)]
     rate: f64,
@@ -131,7 +146,9 @@ struct RunResult {
     all_bound_s: f64,
     all_deleted_s: f64,
     reads_per_vol: f64,
-    writes_per_vol: f64,
+    /// Writes but events (for us: the main client's budget).
+    main_writes_per_vol: f64,
+    event_writes_per_vol: f64,
     cpu_s: f64,
     peak_rss_mib: f64,
     complete: bool,
@@ -179,6 +196,8 @@ struct Setting {
     workers: Option<usize>,
     qps: Option<f64>,
     burst: Option<u32>,
+    /// The Go library's `AddFinalizer(true)` (ours has its finalizer on by default).
+    peer_finalizer: bool,
 }
 
 fn command_for(side: Side, bin: &PathBuf, name: &str, s: &Setting, counts: &PathBuf) -> tokio::process::Command {
@@ -196,6 +215,10 @@ fn command_for(side: Side, bin: &PathBuf, name: &str, s: &Setting, counts: &Path
     }
     if let Some(b) = s.burst {
         cmd.arg("--kube-api-burst").arg(b.to_string());
+    }
+    if side == Side::Theirs && s.peer_finalizer {
+        // A Go bool flag takes its value only after `=`.
+        cmd.arg("--add-finalizer=true");
     }
     cmd.stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true);
     cmd
@@ -375,6 +398,7 @@ async fn one_run(
     let counts: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
     let reads = counts["reads"].as_f64().unwrap_or(f64::NAN);
     let writes = counts["writes"].as_f64().unwrap_or(f64::NAN);
+    let event_writes = counts["event_writes"].as_f64().unwrap_or(f64::NAN);
     let _ = classes.delete(&class, &DeleteParams::default()).await;
     eprintln!(
         "side-by-side: {run_id}: n={n} created in {created_s:.1}s, {vols_per_s:.1} vol/s, p50 {:.0} ms, p99 {:.0} ms, \
@@ -391,7 +415,8 @@ async fn one_run(
         all_bound_s,
         all_deleted_s,
         reads_per_vol: reads / n as f64,
-        writes_per_vol: writes / n as f64,
+        main_writes_per_vol: (writes - event_writes) / n as f64,
+        event_writes_per_vol: event_writes / n as f64,
         cpu_s,
         peak_rss_mib,
         complete,
@@ -423,19 +448,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return rss_cached(&client, &args, &ours, &theirs, n).await;
     }
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() % 100_000;
-    let mut table: Vec<(String, usize, BTreeMap<Side, Vec<RunResult>>)> = Vec::new();
+    let mut table: Vec<(String, usize, bool, BTreeMap<Side, Vec<RunResult>>)> = Vec::new();
     for config in args.configs.split(',').map(str::trim) {
         let (n, mine, peer) = match config {
             "defaults" => (
                 args.defaults_claims.unwrap_or(args.claims),
-                Setting { workers: None, qps: None, burst: None },
-                Setting { workers: None, qps: None, burst: None },
+                Setting { workers: None, qps: None, burst: None, peer_finalizer: false },
+                Setting { workers: None, qps: None, burst: None, peer_finalizer: false },
             ),
-            "equal" | "steady" => (
+            "equal" | "steady" | "protected" => (
                 args.claims,
-                Setting { workers: Some(args.workers), qps: Some(args.qps), burst: Some(args.burst) },
-                Setting { workers: Some(args.workers), qps: Some(args.qps), burst: Some(args.burst) },
+                Setting {
+                    workers: Some(args.workers),
+                    qps: Some(args.qps),
+                    burst: Some(args.burst),
+                    peer_finalizer: false,
+                },
+                Setting {
+                    workers: Some(args.workers),
+                    qps: Some(args.qps),
+                    burst: Some(args.burst),
+                    peer_finalizer: config == "protected",
+                },
             ),
+            "unthrottled" => {
+                let (qps, burst) = (Some(args.unthrottled_qps), Some((args.unthrottled_qps * 2.0).ceil() as u32));
+                (
+                    args.unthrottled_claims,
+                    Setting { workers: Some(args.workers), qps, burst, peer_finalizer: false },
+                    Setting { workers: Some(args.workers), qps, burst, peer_finalizer: false },
+                )
+            }
             other => return Err(format!("unknown configuration {other:?}").into()),
         };
         let mut by_side: BTreeMap<Side, Vec<RunResult>> = BTreeMap::new();
@@ -450,31 +493,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 by_side.entry(side).or_default().push(r);
             }
         }
-        table.push((config.to_string(), n, by_side));
+        table.push((config.to_string(), n, peer.peer_finalizer, by_side));
     }
 
     println!();
     println!(
-        "| config | N | side | vol/s | p50 ms | p99 ms | all Bound s | all deleted s | reads/vol | writes/vol | CPU s | peak RSS MiB | complete |"
+        "| config | N | side | vol/s | p50 ms | p99 ms | all Bound s | all deleted s | reads/vol | writes/vol but events | event writes/vol | CPU s | peak RSS MiB | complete |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (config, n, by_side) in &table {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (config, n, peer_finalizer, by_side) in &table {
         let med = |side: Side, f: fn(&RunResult) -> f64| median(by_side[&side].iter().map(f).collect());
-        let fields: [(&str, fn(&RunResult) -> f64); 9] = [
+        let fields: [(&str, fn(&RunResult) -> f64); 10] = [
             ("vol/s", |r| r.vols_per_s),
             ("p50", |r| r.p50_ms),
             ("p99", |r| r.p99_ms),
             ("bound", |r| r.all_bound_s),
             ("deleted", |r| r.all_deleted_s),
             ("reads", |r| r.reads_per_vol),
-            ("writes", |r| r.writes_per_vol),
+            ("writes", |r| r.main_writes_per_vol),
+            ("events", |r| r.event_writes_per_vol),
             ("cpu", |r| r.cpu_s),
             ("rss", |r| r.peak_rss_mib),
         ];
         for side in [Side::Ours, Side::Theirs] {
             let complete = by_side[&side].iter().all(|r| r.complete && r.n == *n);
             let cells: Vec<String> = fields.iter().map(|(_, f)| format!("{:.2}", med(side, *f))).collect();
-            let label = if side == Side::Ours { "ours (Rust)" } else { "theirs (Go lib v13)" };
+            let label = match (side, peer_finalizer) {
+                (Side::Ours, _) => "ours (Rust)",
+                (Side::Theirs, false) => "theirs (Go lib v13)",
+                (Side::Theirs, true) => "theirs (Go lib v13, AddFinalizer(true))",
+            };
             println!("| {config} | {n} | {label} | {} | {complete} |", cells.join(" | "));
         }
         let ratios: Vec<String> =
@@ -504,7 +552,7 @@ fn rss_name(side: Side) -> String {
 async fn settled_rss(side: Side, bin: &PathBuf, settle: u64) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     let name = rss_name(side);
     let counts = std::env::temp_dir().join("sbs-rss-counts.json");
-    let setting = Setting { workers: None, qps: None, burst: None };
+    let setting = Setting { workers: None, qps: None, burst: None, peer_finalizer: false };
     let mut child = command_for(side, bin, &name, &setting, &counts).spawn()?;
     let pid = child.id().ok_or("exited at once")?;
     tokio::time::sleep(Duration::from_secs(settle)).await;

@@ -2,8 +2,9 @@
 // with a backend that does no I/O, so that the side-by-side benchmark can
 // compare the two engines and nothing else. Provision answers a hostPath PV at
 // once; Delete answers nil. On SIGTERM/SIGINT it prints one JSON line with the
-// API requests this process made (counted at its HTTP transport) and the
-// backend calls it received, then exits.
+// API requests this process made (counted at its HTTP transport; "writes"
+// includes the events' "event_writes") and the backend calls it received,
+// then exits.
 package main
 
 import (
@@ -29,7 +30,7 @@ import (
 
 // counts of API requests, split the way the Rust side splits them.
 type counts struct {
-	Reads, Writes, Watches, Provisions, Deletes atomic.Int64
+	Reads, Writes, EventWrites, Watches, Provisions, Deletes atomic.Int64
 }
 
 var c counts
@@ -44,6 +45,9 @@ func (t countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		c.Reads.Add(1)
 	default:
 		c.Writes.Add(1)
+		if strings.Contains(r.URL.Path, "/events") {
+			c.EventWrites.Add(1)
+		}
 	}
 	return t.next.RoundTrip(r)
 }
@@ -122,7 +126,8 @@ func main() {
 	case <-time.After(3 * time.Second):
 	}
 	line, _ := json.Marshal(map[string]int64{
-		"reads": c.Reads.Load(), "writes": c.Writes.Load(), "watches": c.Watches.Load(),
+		"reads": c.Reads.Load(), "writes": c.Writes.Load(), "event_writes": c.EventWrites.Load(),
+		"watches":         c.Watches.Load(),
 		"provision_calls": c.Provisions.Load(), "delete_calls": c.Deletes.Load(),
 	})
 	fmt.Println(string(line))
