@@ -27,6 +27,8 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
+use crate::keys;
+
 /// The key holding the classes the entries name (a PV name cannot start
 /// with `_`, so it never collides with an entry).
 pub const CLASSES_KEY: &str = "_classes";
@@ -130,10 +132,52 @@ pub fn trimmed_class(class: &StorageClass) -> StorageClass {
 }
 
 /// Writes an entry's value.
+///
+/// A tenant may put up to 256 KiB of labels and annotations on a claim; a few
+/// such claims would fill the journal and make every provision wait. An
+/// entry larger than [`MAX_ENTRY_BYTES`] keeps only the annotations the
+/// engine itself reads (the provisioner, the selected node, the class) and
+/// no labels: enough to finish the volume and clean it up if the claim is
+/// gone, which is all the record is read for.
+///
+/// ```
+/// use provisioner_core::journal::{encode_entry, decode_entry, MAX_ENTRY_BYTES};
+/// use provisioner_core::k8s_openapi::api::core::v1::PersistentVolumeClaim;
+/// let mut c = PersistentVolumeClaim::default();
+/// c.metadata.uid = Some("u1".into());
+/// c.metadata.annotations = Some([
+///     ("huge".to_string(), "x".repeat(200_000)),
+///     ("volume.kubernetes.io/selected-node".to_string(), "node-a".to_string()),
+/// ].into());
+/// let entry = encode_entry(&c, "fast");
+/// assert!(entry.len() <= MAX_ENTRY_BYTES);
+/// let kept = decode_entry(&entry).unwrap().claim.metadata.annotations.clone().unwrap();
+/// assert_eq!(kept.get("volume.kubernetes.io/selected-node").map(String::as_str), Some("node-a"));
+/// assert!(!kept.contains_key("huge"));
+/// ```
 pub fn encode_entry(claim: &PersistentVolumeClaim, class: &str) -> String {
-    let entry = EntryJson { claim: trimmed_claim(claim), class: class.to_string() };
+    let mut entry = EntryJson { claim: trimmed_claim(claim), class: class.to_string() };
+    let full = serde_json::to_string(&entry).unwrap_or_default();
+    if full.len() <= MAX_ENTRY_BYTES {
+        return full;
+    }
+    const READ_BY_THE_ENGINE: &[&str] = &[
+        keys::STORAGE_PROVISIONER,
+        keys::BETA_STORAGE_PROVISIONER,
+        keys::SELECTED_NODE,
+        keys::ALPHA_SELECTED_NODE,
+        keys::BETA_STORAGE_CLASS,
+    ];
+    let meta = &mut entry.claim.metadata;
+    meta.labels = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.retain(|k, _| READ_BY_THE_ENGINE.contains(&k.as_str()));
+    }
     serde_json::to_string(&entry).unwrap_or_default()
 }
+
+/// The largest entry kept whole (see [`encode_entry`]).
+pub const MAX_ENTRY_BYTES: usize = 8 * 1024;
 
 /// Reads an entry's value.
 pub fn decode_entry(value: &str) -> Option<Recorded> {

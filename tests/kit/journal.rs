@@ -280,3 +280,44 @@ async fn leadership_lost_while_the_journal_is_read_starts_no_work() {
     assert_eq!(backend.provision_calls().len(), 1);
     engine.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_is_deleted_only_once_its_journal_entry_is_gone_from_the_server() {
+    let kit = Kit::new();
+    kit.class("fast", "Delete", false).await;
+    let backend = ScriptedBackend::new();
+    // Finished entries would otherwise wait a minute for a commit.
+    let engine = kit.engine(Arc::new(backend.clone()), |b| b.journal_linger(Duration::from_secs(60))).await;
+    let created = kit.create_claim(claim(NS, "data").class("fast").build()).await;
+    let pv = pv_name(&created);
+    kit.bound("data").await;
+    assert_eq!(entries(&kit).await, vec![pv.clone()], "the entry lingers after the PV is saved");
+    // The claim goes at once: the volume is released and its backend deleted ...
+    kit.claims().delete("data", &DeleteParams::default()).await.expect("delete claim");
+    backend.wait_until(|s| s.deleted == 1).await.expect("backend deleted");
+    // ... and by then the entry had left the server, long before the linger:
+    // a restart now must not provision the volume again.
+    assert!(entries(&kit).await.is_empty(), "an entry outlived its backend: {:?}", entries(&kit).await);
+    kit.volume_gone(&pv).await;
+    assert_eq!(backend.created(), 1);
+    engine.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_with_huge_annotations_takes_little_of_the_journal() {
+    let kit = Kit::new();
+    kit.class("gated", "Delete", false).await;
+    let backend = ScriptedBackend::new();
+    backend.pause();
+    let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
+    let mut c = claim(NS, "big").class("gated").build();
+    c.metadata.annotations.get_or_insert_with(Default::default).insert("tenant/blob".into(), "x".repeat(200_000));
+    kit.create_claim(c).await;
+    backend.wait_until(|s| !s.provision_calls.is_empty()).await.expect("provision called");
+    let cm = journals(&kit).get(&journal_name()).await.expect("journal");
+    let size: usize = cm.data.unwrap_or_default().iter().map(|(k, v)| k.len() + v.len()).sum();
+    assert!(size < 20 * 1024, "one claim took {size} bytes of the journal");
+    backend.resume();
+    kit.bound("big").await;
+    engine.stop().await.expect("clean shutdown");
+}
