@@ -123,6 +123,20 @@ impl Kit {
         .expect("claim exists")
     }
 
+    /// Creates the claims `names` of `class` and waits until each is Bound;
+    /// returns their volumes' names in the same order.
+    async fn bound_claims(&self, names: &[&str], class: &str) -> Vec<String> {
+        for n in names {
+            self.create_claim(claim(NS, n).class(class).build()).await;
+        }
+        let mut pvs = Vec::new();
+        for n in names {
+            let bound = self.bound(n).await;
+            pvs.push(bound.spec.and_then(|s| s.volume_name).expect("bound to a volume"));
+        }
+        pvs
+    }
+
     async fn volume_gone(&self, name: &str) {
         wait_for(&self.volumes(), name, "the volume to be gone", default_timeout(), |v| v.is_none())
             .await
@@ -608,14 +622,7 @@ async fn volumes_released_while_the_volume_watch_was_down_are_deleted_after_the_
     // and workers run between its pages.
     let engine = kit.engine(Arc::new(backend.clone()), |b| b.list_page_size(1)).await;
     let names = ["a", "b", "c"];
-    for n in names {
-        kit.create_claim(claim(NS, n).class("paged").build()).await;
-    }
-    let mut pvs = Vec::new();
-    for n in names {
-        let bound = kit.bound(n).await;
-        pvs.push(bound.spec.and_then(|s| s.volume_name).expect("bound to a volume"));
-    }
+    let mut pvs = kit.bound_claims(&names, "paged").await;
 
     // The volume watch breaks and cannot come back; meanwhile the claims
     // are deleted and the binder releases their volumes.
@@ -667,14 +674,7 @@ async fn claims_deleted_while_the_claim_watch_was_down_have_their_volumes_delete
     let backend = ScriptedBackend::new();
     let engine = kit.engine(Arc::new(backend.clone()), |b| b).await;
     let names = ["a", "b"];
-    for n in names {
-        kit.create_claim(claim(NS, n).class("gap").build()).await;
-    }
-    let mut pvs = Vec::new();
-    for n in names {
-        let bound = kit.bound(n).await;
-        pvs.push(bound.spec.and_then(|s| s.volume_name).expect("bound to a volume"));
-    }
+    let pvs = kit.bound_claims(&names, "gap").await;
 
     kit.cluster.fail_next::<PersistentVolumeClaim>(Verb::Watch, Fault::InternalError, 10_000);
     kit.cluster.fail_next::<PersistentVolumeClaim>(Verb::List, Fault::InternalError, 10_000);
